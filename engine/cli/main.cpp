@@ -1,0 +1,79 @@
+// The `ttq` command-line program. Library code throws ttq::Error; this is the one place that turns
+// errors into messages and exit codes.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "engine/core/error.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/device.h"
+
+namespace ttq::cli {
+int run_demo(const std::vector<std::string>& argv);
+}
+
+namespace {
+
+const char* kUsage =
+    "usage: ttq COMMAND [options]\n"
+    "\n"
+    "Trained Ternary Quantization (TTQ) training engine.\n"
+    "\n"
+    "commands:\n"
+    "  demo    train a model on a synthetic problem on the CPU: full precision, then TTQ\n"
+    "  info    show what this build has (CPU kernels, CUDA, cuDNN, NCCL, MPI) and the GPUs found\n"
+    "\n"
+    "Run `ttq COMMAND --help` for the options of a command.\n";
+
+int run_info() {
+  std::printf("ttq build:\n");
+  std::printf("  CPU kernels : %s\n", ttq::cpu::onednn_built() ? "oneDNN (reference kernels also built)" : "reference");
+#ifdef TTQ_HAVE_CUDA
+  std::printf("  CUDA        : built\n");
+#else
+  std::printf("  CUDA        : not built\n");
+#endif
+#ifdef TTQ_HAVE_CUDNN
+  std::printf("  cuDNN       : built\n");
+#else
+  std::printf("  cuDNN       : not built\n");
+#endif
+#ifdef TTQ_HAVE_NCCL
+  std::printf("  NCCL        : built\n");
+#else
+  std::printf("  NCCL        : not built\n");
+#endif
+#ifdef TTQ_HAVE_MPI
+  std::printf("  MPI         : built\n");
+#else
+  std::printf("  MPI         : not built\n");
+#endif
+  std::printf("  GPUs        : %s\n", ttq::cuda_device_summary().c_str());
+  if (ttq::cuda_device_count() == 0) std::printf("No usable GPU: training runs on the CPU.\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::fputs(kUsage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  const std::vector<std::string> rest(argv + 2, argv + argc);
+  try {
+    if (cmd == "demo") return ttq::cli::run_demo(rest);
+    if (cmd == "info") return run_info();
+    std::fprintf(stderr, "ttq: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const ttq::Error& e) {
+    std::fprintf(stderr, "ttq %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ttq %s: unexpected error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,101 @@
+// Tensor: a shape, a dtype, a device and a view into (possibly shared) storage.
+// Always contiguous, row-major (NCHW for images). Views share storage with their source.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/core/error.h"
+
+namespace ttq {
+
+enum class DType : uint8_t { F32, BF16, I8, U8, I32 };
+enum class Device : uint8_t { CPU, CUDA };
+
+size_t dtype_size(DType dt);
+const char* dtype_name(DType dt);
+const char* device_name(Device d);
+
+using Shape = std::vector<int64_t>;
+std::string shape_str(const Shape& s);
+int64_t shape_numel(const Shape& s);
+
+// Owns (or, for external memory, merely refers to) a block of bytes on one device.
+class Storage {
+ public:
+  Storage(size_t nbytes, Device device);                 // owning
+  Storage(void* external, size_t nbytes, Device device);  // non-owning
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+  Device device_ = Device::CPU;
+  bool owning_ = true;
+};
+
+template <typename T> constexpr DType dtype_of();
+template <> constexpr DType dtype_of<float>() { return DType::F32; }
+template <> constexpr DType dtype_of<int8_t>() { return DType::I8; }
+template <> constexpr DType dtype_of<uint8_t>() { return DType::U8; }
+template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
+
+class Tensor {
+ public:
+  Tensor() = default;
+
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  static Tensor full(const Shape& shape, float value);
+  static Tensor from_vector(const Shape& shape, const std::vector<float>& values);
+  // Wraps memory the caller keeps alive; nothing is freed when the tensor goes.
+  static Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device = Device::CPU);
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  int64_t dim(int i) const;
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  DType dtype() const { return dtype_; }
+  Device device() const;
+
+  template <typename T> T* data() const {
+    TTQ_CHECK(defined(), "data() on an undefined tensor");
+    TTQ_CHECK(dtype_of<T>() == dtype_, "data<" << dtype_name(dtype_of<T>()) << ">() on a "
+                                               << dtype_name(dtype_) << " tensor");
+    return reinterpret_cast<T*>(static_cast<char*>(storage_->data()) + offset_);
+  }
+  void* raw() const;
+
+  // Same storage, new shape (numel must agree).
+  Tensor view(const Shape& shape) const;
+  // Rows [begin, end) of the first dimension, sharing storage.
+  Tensor slice(int64_t begin, int64_t end) const;
+  // A new tensor with its own storage holding a copy of the values (CPU only for now).
+  Tensor clone() const;
+  void copy_from(const Tensor& src);
+
+  void fill(float value);
+  void zero();
+
+  // Number of tensors sharing this storage, for tests of view semantics.
+  long use_count() const { return storage_.use_count(); }
+  std::string str() const;  // "f32[2, 3, 4] cpu"
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  size_t offset_ = 0;  // bytes
+  Shape shape_;
+  DType dtype_ = DType::F32;
+};
+
+}  // namespace ttq

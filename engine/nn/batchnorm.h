@@ -1,0 +1,44 @@
+// Batch normalisation over the channel axis of [N, C, H, W] (BatchNorm2d) or [N, C] (BatchNorm1d).
+// Training mode normalises with batch statistics and updates the running ones PyTorch's way:
+// running = (1 - momentum) * running + momentum * batch (unbiased variance). momentum = 0.1 here is
+// TensorFlow's decay 0.9. Evaluation mode uses the running statistics.
+#pragma once
+
+#include "engine/nn/module.h"
+#include "kernels/op_shapes.h"
+
+namespace ttq {
+
+class BatchNorm : public Module {
+ public:
+  // spatial_dims: 2 for BatchNorm2d, 0 for BatchNorm1d.
+  BatchNorm(int64_t channels, int spatial_dims, float eps = 1e-5f, float momentum = 0.1f);
+  int64_t channels() const { return c_; }
+  float eps() const { return eps_; }
+  float momentum() const { return momentum_; }
+  Parameter& weight() { return gamma_; }
+  Parameter& bias() { return beta_; }
+  Tensor& running_mean() { return running_mean_; }
+  Tensor& running_var() { return running_var_; }
+
+ protected:
+  void check_input(const Tensor& x) const override;
+  Tensor forward_impl(const Tensor& x) override;
+  Tensor backward_impl(const Tensor& dy) override;
+
+ private:
+  BatchNormShape shape_of(const Tensor& x) const;
+
+  int64_t c_;
+  int spatial_dims_;
+  float eps_, momentum_;
+  Parameter gamma_, beta_;
+  Tensor running_mean_, running_var_;
+  Tensor x_, mean_, var_, inv_std_;
+  bool forward_was_training_ = true;
+};
+
+std::shared_ptr<BatchNorm> make_batchnorm2d(int64_t channels, float eps = 1e-5f, float momentum = 0.1f);
+std::shared_ptr<BatchNorm> make_batchnorm1d(int64_t channels, float eps = 1e-5f, float momentum = 0.1f);
+
+}  // namespace ttq

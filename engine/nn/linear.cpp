@@ -1,0 +1,41 @@
+#include "engine/nn/linear.h"
+
+#include "kernels/cpu/ops.h"
+
+namespace ttq {
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
+    : QuantizableLayer("Linear"), in_(in_features), out_(out_features) {
+  TTQ_CHECK(in_features > 0 && out_features > 0,
+            "Linear: invalid sizes in=" << in_features << " out=" << out_features);
+  init_weight({out_features, in_features}, bias, out_features);
+}
+
+void Linear::check_input(const Tensor& x) const {
+  TTQ_CHECK(x.ndim() == 2 && x.dim(1) == in_,
+            who() << ": expects input [N, " << in_ << "], got " << shape_str(x.shape()));
+}
+
+Tensor Linear::forward_impl(const Tensor& x) {
+  const Tensor& w = effective_weight();
+  Tensor y = Tensor::empty({x.dim(0), out_});
+  cpu::linear_forward(x.dim(0), in_, out_, x.data<float>(), w.data<float>(),
+                      has_bias() ? bias().value.data<float>() : nullptr, y.data<float>());
+  x_ = x;
+  return y;
+}
+
+Tensor Linear::backward_impl(const Tensor& dy) {
+  TTQ_CHECK(dy.shape() == Shape({x_.dim(0), out_}),
+            who() << ": gradient " << shape_str(dy.shape()) << " does not match output [" << x_.dim(0) << ", " << out_ << "]");
+  const Tensor& w = is_ternary() ? quantizer()->quantized() : weight().value;
+  Tensor dx = Tensor::empty(x_.shape());
+  cpu::linear_backward(x_.dim(0), in_, out_, x_.data<float>(), w.data<float>(), dy.data<float>(),
+                       dx.data<float>(), weight_grad_scratch().data<float>(),
+                       has_bias() ? bias_grad_scratch().data<float>() : nullptr);
+  accumulate_grads();
+  x_ = Tensor();
+  return dx;
+}
+
+}  // namespace ttq

@@ -1,0 +1,28 @@
+// Softmax cross-entropy (mean over the batch, optional label smoothing) and top-k counting.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/core/tensor.h"
+
+namespace ttq {
+
+class CrossEntropyLoss {
+ public:
+  explicit CrossEntropyLoss(float label_smoothing = 0.0f);
+  // logits [N, K], labels: N values in [0, K). Returns the mean loss.
+  double forward(const Tensor& logits, const std::vector<int32_t>& labels);
+  // dL/dlogits for the last forward.
+  Tensor backward();
+
+ private:
+  float smoothing_;
+  Tensor probs_;
+  std::vector<int32_t> labels_;
+};
+
+// Number of rows whose label is among the k largest logits (ties go to the lower class index).
+int64_t count_topk_correct(const Tensor& logits, const std::vector<int32_t>& labels, int k);
+
+}  // namespace ttq

@@ -1,0 +1,82 @@
+#include "engine/nn/pooling.h"
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/ops_ref.h"
+
+namespace ttq {
+
+Pool2d::Pool2d(PoolKind kind, const Pool2dOptions& o)
+    : Module(kind == PoolKind::Max ? "MaxPool2d" : "AvgPool2d"), kind_(kind), opt_(o) {
+  TTQ_CHECK(o.kernel > 0 && o.stride > 0 && o.padding >= 0 && o.padding < o.kernel,
+            type() << ": invalid options (kernel " << o.kernel << ", stride " << o.stride << ", padding "
+                   << o.padding << ")");
+}
+
+Pool2dShape Pool2d::shape_for(const Shape& x) const {
+  Pool2dShape s;
+  s.n = x[0];
+  s.c = x[1];
+  s.h = x[2];
+  s.w = x[3];
+  s.kh = s.kw = opt_.kernel;
+  s.stride_h = s.stride_w = opt_.stride;
+  s.count_include_pad = opt_.count_include_pad;
+  if (opt_.same_padding) {
+    const PadPair ph = same_padding(s.h, s.kh, s.stride_h), pw = same_padding(s.w, s.kw, s.stride_w);
+    s.pad_t = ph.before;
+    s.pad_b = ph.after;
+    s.pad_l = pw.before;
+    s.pad_r = pw.after;
+  } else {
+    s.pad_t = s.pad_b = s.pad_l = s.pad_r = opt_.padding;
+  }
+  return s;
+}
+
+void Pool2d::check_input(const Tensor& x) const {
+  TTQ_CHECK(x.ndim() == 4, who() << ": expects input [N, C, H, W], got " << shape_str(x.shape()));
+  shape_for(x.shape()).validate(who());
+}
+
+Tensor Pool2d::forward_impl(const Tensor& x) {
+  s_ = shape_for(x.shape());
+  Tensor y = Tensor::empty({s_.n, s_.c, s_.out_h(), s_.out_w()});
+  cpu::pool2d_forward(kind_, s_, x.data<float>(), y.data<float>());
+  x_ = x;
+  return y;
+}
+
+Tensor Pool2d::backward_impl(const Tensor& dy) {
+  TTQ_CHECK(dy.shape() == Shape({s_.n, s_.c, s_.out_h(), s_.out_w()}),
+            who() << ": gradient " << shape_str(dy.shape()) << " does not match the output of the forward pass");
+  Tensor dx = Tensor::empty(x_.shape());
+  cpu::pool2d_backward(kind_, s_, x_.data<float>(), dy.data<float>(), dx.data<float>());
+  x_ = Tensor();
+  return dx;
+}
+
+std::shared_ptr<Pool2d> make_maxpool2d(const Pool2dOptions& o) { return std::make_shared<Pool2d>(PoolKind::Max, o); }
+std::shared_ptr<Pool2d> make_avgpool2d(const Pool2dOptions& o) { return std::make_shared<Pool2d>(PoolKind::Avg, o); }
+
+void GlobalAvgPool2d::check_input(const Tensor& x) const {
+  TTQ_CHECK(x.ndim() == 4, who() << ": expects input [N, C, H, W], got " << shape_str(x.shape()));
+}
+
+Tensor GlobalAvgPool2d::forward_impl(const Tensor& x) {
+  in_shape_ = x.shape();
+  Tensor y = Tensor::empty({x.dim(0), x.dim(1)});
+  ref::global_avgpool_forward(x.dim(0), x.dim(1), x.dim(2) * x.dim(3), x.data<float>(), y.data<float>());
+  return y;
+}
+
+Tensor GlobalAvgPool2d::backward_impl(const Tensor& dy) {
+  TTQ_CHECK(dy.shape() == Shape({in_shape_[0], in_shape_[1]}),
+            who() << ": gradient " << shape_str(dy.shape()) << " does not match output [" << in_shape_[0] << ", "
+                  << in_shape_[1] << "]");
+  Tensor dx = Tensor::empty(in_shape_);
+  ref::global_avgpool_backward(in_shape_[0], in_shape_[1], in_shape_[2] * in_shape_[3], dy.data<float>(),
+                               dx.data<float>());
+  return dx;
+}
+
+}  // namespace ttq

@@ -1,0 +1,44 @@
+// QuantizableLayer: the shared part of Conv2d and Linear, whose weight may be ternary.
+// Without a quantizer the layer computes with its weight as is; with one, forward uses the
+// quantized weights w_t and backward routes dL/dw_t through the quantizer.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "engine/nn/module.h"
+#include "engine/quant/ternary.h"
+
+namespace ttq {
+
+class QuantizableLayer : public Module {
+ public:
+  using Module::Module;
+
+  Parameter& weight() { return weight_; }
+  bool has_bias() const { return has_bias_; }
+  Parameter& bias() { return bias_; }
+
+  // Makes the weight ternary (registers "<path>.wp" and "<path>.wn" when the scales train).
+  void enable_ternary(const TernaryConfig& cfg);
+  bool is_ternary() const { return quant_ != nullptr; }
+  TernaryQuantizer* quantizer() { return quant_.get(); }
+
+ protected:
+  void init_weight(const Shape& shape, bool bias, int64_t bias_size);
+  // The weights to compute with this step: w_t for a ternary layer, the weight otherwise.
+  const Tensor& effective_weight();
+  // Scratch of the weight's shape for dL/d(effective weight), and (when the layer has a bias)
+  // one for dL/dbias; fill them, then call accumulate_grads().
+  Tensor& weight_grad_scratch();
+  Tensor& bias_grad_scratch();
+  void accumulate_grads();
+
+ private:
+  Parameter weight_, bias_;
+  bool has_bias_ = false;
+  std::unique_ptr<TernaryQuantizer> quant_;
+  Tensor dw_scratch_, db_scratch_;
+};
+
+}  // namespace ttq

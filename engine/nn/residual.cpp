@@ -1,0 +1,77 @@
+#include "engine/nn/residual.h"
+
+#include "kernels/cpu/ops_ref.h"
+
+namespace ttq {
+
+void Residual::set_shortcut(const std::string& name, std::shared_ptr<Module> m) {
+  TTQ_CHECK(!shortcut_, who() << ": shortcut already set");
+  shortcut_ = register_module(name, std::move(m));
+}
+
+Tensor Residual::forward_impl(const Tensor& x) {
+  Tensor h = x;
+  for (auto& m : body_) h = m->forward(h);
+  Tensor s = shortcut_ ? shortcut_->forward(x) : x;
+  TTQ_CHECK(h.shape() == s.shape(), who() << ": body output " << shape_str(h.shape())
+                                          << " and shortcut output " << shape_str(s.shape()) << " differ");
+  Tensor y = Tensor::empty(h.shape());
+  float* yp = y.data<float>();
+  const float* hp = h.data<float>();
+  const float* sp = s.data<float>();
+  const int64_t n = y.numel();
+  for (int64_t i = 0; i < n; ++i) yp[i] = hp[i] + sp[i];
+  if (relu_after_add_) ref::relu_forward(n, yp, yp);
+  y_ = y;
+  return y;
+}
+
+Tensor Residual::backward_impl(const Tensor& dy) {
+  TTQ_CHECK(dy.shape() == y_.shape(), who() << ": gradient " << shape_str(dy.shape()) << " does not match output "
+                                            << shape_str(y_.shape()));
+  Tensor g = dy;
+  if (relu_after_add_) {
+    g = Tensor::empty(dy.shape());
+    ref::relu_backward(dy.numel(), y_.data<float>(), dy.data<float>(), g.data<float>());
+  }
+  Tensor gb = g;
+  for (auto it = body_.rbegin(); it != body_.rend(); ++it) gb = (*it)->backward(gb);
+  Tensor gs = shortcut_ ? shortcut_->backward(g) : g;
+  Tensor dx = Tensor::empty(gb.shape());
+  float* dp = dx.data<float>();
+  const float* bp = gb.data<float>();
+  const float* sp = gs.data<float>();
+  for (int64_t i = 0, n = dx.numel(); i < n; ++i) dp[i] = bp[i] + sp[i];
+  y_ = Tensor();
+  return dx;
+}
+
+ShortcutA::ShortcutA(int64_t in_channels, int64_t out_channels, int64_t stride)
+    : Module("ShortcutA"), in_(in_channels), out_(out_channels), stride_(stride) {
+  TTQ_CHECK(in_channels > 0 && out_channels >= in_channels && stride > 0,
+            "ShortcutA: needs 0 < in_channels <= out_channels and stride > 0 (in " << in_channels << ", out "
+                                                                                  << out_channels << ", stride " << stride << ")");
+}
+
+void ShortcutA::check_input(const Tensor& x) const {
+  TTQ_CHECK(x.ndim() == 4 && x.dim(1) == in_,
+            who() << ": expects input [N, " << in_ << ", H, W], got " << shape_str(x.shape()));
+}
+
+Tensor ShortcutA::forward_impl(const Tensor& x) {
+  in_shape_ = x.shape();
+  const int64_t oh = (x.dim(2) + stride_ - 1) / stride_, ow = (x.dim(3) + stride_ - 1) / stride_;
+  Tensor y = Tensor::empty({x.dim(0), out_, oh, ow});
+  ref::shortcut_a_forward(x.dim(0), in_, x.dim(2), x.dim(3), out_, (out_ - in_) / 2, stride_, x.data<float>(),
+                          y.data<float>());
+  return y;
+}
+
+Tensor ShortcutA::backward_impl(const Tensor& dy) {
+  Tensor dx = Tensor::empty(in_shape_);
+  ref::shortcut_a_backward(in_shape_[0], in_, in_shape_[2], in_shape_[3], out_, (out_ - in_) / 2, stride_,
+                           dy.data<float>(), dx.data<float>());
+  return dx;
+}
+
+}  // namespace ttq

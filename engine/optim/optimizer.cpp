@@ -1,0 +1,97 @@
+#include "engine/optim/optimizer.h"
+
+#include <cmath>
+
+#include "kernels/optim_math.h"
+
+namespace ttq {
+
+void OptimizerConfig::validate() const {
+  TTQ_CHECK(type == "sgd" || type == "adam", "unknown optimizer type '" << type << "' (expected sgd or adam)");
+  TTQ_CHECK(lr > 0.0 && std::isfinite(lr), "optimizer lr must be positive, got " << lr);
+  TTQ_CHECK(weight_decay >= 0.0, "optimizer weight_decay must be >= 0, got " << weight_decay);
+  TTQ_CHECK(momentum >= 0.0 && momentum < 1.0, "optimizer momentum must be in [0, 1), got " << momentum);
+  TTQ_CHECK(!nesterov || momentum > 0.0, "nesterov needs momentum > 0");
+  TTQ_CHECK(beta1 >= 0.0 && beta1 < 1.0 && beta2 >= 0.0 && beta2 < 1.0,
+            "adam betas must be in [0, 1), got " << beta1 << ", " << beta2);
+  TTQ_CHECK(eps > 0.0, "adam eps must be positive, got " << eps);
+  for (const auto& g : groups) TTQ_CHECK(g.lr_mult >= 0.0, "lr_mult must be >= 0, got " << g.lr_mult);
+}
+
+Optimizer::Optimizer(std::vector<NamedParameter> params, const OptimizerConfig& cfg) : cfg_(cfg) {
+  cfg_.validate();
+  for (auto& np : params)
+    if (np.param->trainable) params_.push_back(np);
+}
+
+void Optimizer::step(double lr) {
+  ++steps_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Parameter& p = *params_[i].param;
+    const GroupOptions& g = cfg_.group(p.kind);
+    update(i, p, static_cast<float>(lr * g.lr_mult), g.weight_decay ? static_cast<float>(cfg_.weight_decay) : 0.0f);
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (auto& np : params_) np.param->grad.zero();
+}
+
+Sgd::Sgd(std::vector<NamedParameter> params, const OptimizerConfig& cfg) : Optimizer(std::move(params), cfg) {
+  if (cfg_.momentum != 0.0)
+    for (auto& np : params_) momentum_.push_back(Tensor::zeros(np.param->value.shape()));
+}
+
+void Sgd::update(size_t index, Parameter& p, float lr, float wd) {
+  float* w = p.value.data<float>();
+  const float* g = p.grad.data<float>();
+  float dummy = 0.0f;
+  float* buf = momentum_.empty() ? nullptr : momentum_[index].data<float>();
+  const float mom = static_cast<float>(cfg_.momentum);
+  const bool first = steps_ == 1;
+  for (int64_t i = 0, n = p.value.numel(); i < n; ++i)
+    math::sgd_update(w[i], g[i], buf ? buf[i] : dummy, lr, mom, wd, cfg_.nesterov, first);
+}
+
+std::vector<NamedBuffer> Sgd::state() {
+  std::vector<NamedBuffer> out;
+  for (size_t i = 0; i < momentum_.size(); ++i) out.push_back({params_[i].name + ".momentum_buffer", &momentum_[i]});
+  return out;
+}
+
+Adam::Adam(std::vector<NamedParameter> params, const OptimizerConfig& cfg) : Optimizer(std::move(params), cfg) {
+  for (auto& np : params_) {
+    m_.push_back(Tensor::zeros(np.param->value.shape()));
+    v_.push_back(Tensor::zeros(np.param->value.shape()));
+  }
+}
+
+void Adam::update(size_t index, Parameter& p, float lr, float wd) {
+  float* w = p.value.data<float>();
+  const float* g = p.grad.data<float>();
+  float* m = m_[index].data<float>();
+  float* v = v_[index].data<float>();
+  const float b1 = static_cast<float>(cfg_.beta1), b2 = static_cast<float>(cfg_.beta2);
+  const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(steps_)));
+  const float bc2 = static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(steps_)));
+  const float eps = static_cast<float>(cfg_.eps);
+  for (int64_t i = 0, n = p.value.numel(); i < n; ++i)
+    math::adam_update(w[i], g[i], m[i], v[i], lr, b1, b2, eps, wd, bc1, bc2);
+}
+
+std::vector<NamedBuffer> Adam::state() {
+  std::vector<NamedBuffer> out;
+  for (size_t i = 0; i < m_.size(); ++i) {
+    out.push_back({params_[i].name + ".exp_avg", &m_[i]});
+    out.push_back({params_[i].name + ".exp_avg_sq", &v_[i]});
+  }
+  return out;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(std::vector<NamedParameter> params, const OptimizerConfig& cfg) {
+  cfg.validate();
+  if (cfg.type == "sgd") return std::make_unique<Sgd>(std::move(params), cfg);
+  return std::make_unique<Adam>(std::move(params), cfg);
+}
+
+}  // namespace ttq

@@ -1,0 +1,86 @@
+// Optimizers (SGD with momentum / Nesterov, Adam), PyTorch semantics, with parameter groups by
+// kind so Wp/Wn, biases and BatchNorm can get their own learning-rate multiplier and weight decay.
+// The per-element updates are kernels/optim_math.h, shared with the CUDA kernels.
+#pragma once
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/nn/module.h"
+
+namespace ttq {
+
+struct GroupOptions {
+  double lr_mult = 1.0;
+  bool weight_decay = true;
+};
+
+struct OptimizerConfig {
+  std::string type = "sgd";  // "sgd" | "adam"
+  double lr = 0.1;           // base learning rate (the schedule scales it)
+  double weight_decay = 0.0;
+  double momentum = 0.9;     // sgd
+  bool nesterov = false;     // sgd
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // adam
+  // Indexed by ParamKind: Weight, Bias, Norm, Scale. By default conv/linear weights and the TTQ
+  // scales are decayed (as the TTQ authors' CIFAR run does), biases and BatchNorm are not.
+  std::array<GroupOptions, 4> groups{GroupOptions{1.0, true}, GroupOptions{1.0, false},
+                                     GroupOptions{1.0, false}, GroupOptions{1.0, true}};
+
+  GroupOptions& group(ParamKind k) { return groups[static_cast<size_t>(k)]; }
+  const GroupOptions& group(ParamKind k) const { return groups[static_cast<size_t>(k)]; }
+  void validate() const;
+};
+
+class Optimizer {
+ public:
+  Optimizer(std::vector<NamedParameter> params, const OptimizerConfig& cfg);
+  virtual ~Optimizer() = default;
+
+  // One update of every trainable parameter with learning rate lr (before group multipliers).
+  void step(double lr);
+  void zero_grad();
+  int64_t steps() const { return steps_; }
+  const OptimizerConfig& config() const { return cfg_; }
+  const std::vector<NamedParameter>& params() const { return params_; }
+  // Named state tensors ("<param>.momentum_buffer", "<param>.exp_avg", ...) for checkpoints.
+  virtual std::vector<NamedBuffer> state() = 0;
+  void set_steps(int64_t s) { steps_ = s; }
+
+ protected:
+  virtual void update(size_t index, Parameter& p, float lr, float wd) = 0;
+
+  OptimizerConfig cfg_;
+  std::vector<NamedParameter> params_;  // trainable ones only
+  int64_t steps_ = 0;
+};
+
+class Sgd : public Optimizer {
+ public:
+  Sgd(std::vector<NamedParameter> params, const OptimizerConfig& cfg);
+  std::vector<NamedBuffer> state() override;
+
+ protected:
+  void update(size_t index, Parameter& p, float lr, float wd) override;
+
+ private:
+  std::vector<Tensor> momentum_;
+};
+
+class Adam : public Optimizer {
+ public:
+  Adam(std::vector<NamedParameter> params, const OptimizerConfig& cfg);
+  std::vector<NamedBuffer> state() override;
+
+ protected:
+  void update(size_t index, Parameter& p, float lr, float wd) override;
+
+ private:
+  std::vector<Tensor> m_, v_;
+};
+
+std::unique_ptr<Optimizer> make_optimizer(std::vector<NamedParameter> params, const OptimizerConfig& cfg);
+
+}  // namespace ttq

@@ -1,0 +1,68 @@
+#include "engine/quant/quantize_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "engine/config/json_reader.h"
+#include "engine/nn/quantizable.h"
+
+namespace ttq {
+
+std::vector<QuantizableLayer*> quantizable_layers(Module& model) {
+  std::vector<QuantizableLayer*> out;
+  for (auto& [path, m] : model.named_modules())
+    if (auto* q = dynamic_cast<QuantizableLayer*>(m)) out.push_back(q);
+  return out;
+}
+
+std::vector<std::string> quantize_model(Module& model, const QuantizeOptions& opt) {
+  opt.ternary.validate();
+  auto layers = quantizable_layers(model);
+  std::vector<std::string> paths;
+  for (auto* l : layers) paths.push_back(l->path());
+  const std::set<std::string> keep(opt.full_precision_layers.begin(), opt.full_precision_layers.end());
+  for (const auto& name : keep) {
+    if (std::find(paths.begin(), paths.end(), name) != paths.end()) continue;
+    const std::string hint = closest_match(name, paths);
+    TTQ_FAIL("full-precision layer '" << name << "' is not a Conv2d/Linear of this model"
+                                      << (hint.empty() ? std::string() : " (did you mean '" + hint + "'?)"));
+  }
+  std::vector<std::string> done;
+  for (auto* l : layers) {
+    if (keep.count(l->path()) || l->is_ternary()) continue;
+    if (opt.normalize_init) {
+      Tensor& w = l->weight().value;
+      float* p = w.data<float>();
+      float m = 0.0f;
+      for (int64_t i = 0; i < w.numel(); ++i) m = std::max(m, std::fabs(p[i]));
+      if (m > 0.0f)
+        for (int64_t i = 0; i < w.numel(); ++i) p[i] /= m;
+    }
+    l->enable_ternary(opt.ternary);
+    done.push_back(l->path());
+  }
+  return done;
+}
+
+}  // namespace ttq
+
+namespace ttq {
+
+ModelSize model_size(Module& model) {
+  ModelSize s;
+  for (auto& np : model.named_parameters()) {
+    if (np.param->kind == ParamKind::Scale) continue;  // counted with their layer below
+    s.fp32_bytes += np.param->value.numel() * 4;
+  }
+  for (auto& nb : model.named_buffers()) s.fp32_bytes += nb.tensor->numel() * 4;
+  s.deployed_bytes = s.fp32_bytes;
+  for (auto* l : quantizable_layers(model)) {
+    if (!l->is_ternary()) continue;
+    const int64_t n = l->weight().value.numel();
+    s.deployed_bytes += (n + 3) / 4 + 2 * 4 - n * 4;
+  }
+  return s;
+}
+
+}  // namespace ttq

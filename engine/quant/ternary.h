@@ -1,0 +1,77 @@
+// TernaryQuantizer: the TTQ state and passes of one quantized layer (kernels/ttq_math.h holds the
+// per-element formulas). It owns the trainable magnitudes Wp and Wn, computes the threshold D each
+// forward pass, keeps one int8 code per weight for the backward pass, and turns dL/dw_t into the
+// scaled latent gradient plus dL/dWp and dL/dWn.
+#pragma once
+
+#include <string>
+
+#include "engine/core/tensor.h"
+#include "engine/nn/module.h"
+#include "kernels/ttq_math.h"
+
+namespace ttq {
+
+struct TernaryConfig {
+  math::ThresholdMode mode = math::ThresholdMode::Max;
+  float t = 0.05f;  // Max mode: D = t * max|W~|
+  float r = 0.0f;   // Sparsity mode: target fraction of zeros, in [0, 1)
+  // Initialise Wp/Wn to the mean |W~| over I_p / I_n instead of 1.0 (an empty set keeps 1.0).
+  bool init_scales_from_weights = false;
+  // Keep Wp, Wn >= 0: negative values are clamped to 0 at the start of each forward pass.
+  bool clamp_scales = false;
+
+  void validate() const;  // throws on t < 0, r outside [0, 1)
+};
+
+const char* threshold_mode_name(math::ThresholdMode m);
+// "max", "sparsity", "twn"; throws naming the valid choices otherwise.
+math::ThresholdMode parse_threshold_mode(const std::string& s);
+
+// What a quantized layer looks like now.
+struct TernaryStats {
+  float threshold = 0.0f;  // D
+  float wp = 0.0f, wn = 0.0f;
+  int64_t positive = 0, negative = 0, zeros = 0;
+  double sparsity() const {
+    const int64_t n = positive + negative + zeros;
+    return n ? static_cast<double>(zeros) / n : 0.0;
+  }
+};
+
+class TernaryQuantizer {
+ public:
+  // `layer` names the owning layer in error messages.
+  TernaryQuantizer(const TernaryConfig& cfg, std::string layer);
+
+  // Sets Wp/Wn (1.0, or from the weights when configured) and computes the first codes.
+  void init(const Tensor& latent);
+
+  // Latent weights -> quantized weights w_t (valid until the next forward). Saves the codes.
+  const Tensor& forward(const Tensor& latent);
+  // g = dL/dw_t. Adds the scaled latent gradient into latent_grad and dL/dWp, dL/dWn into the
+  // scales' gradients (TWN: plain straight-through gradient, no scale gradients).
+  void backward(const Tensor& g, Tensor& latent_grad);
+
+  const TernaryConfig& config() const { return cfg_; }
+  bool trainable_scales() const { return cfg_.mode != math::ThresholdMode::Twn; }
+  Parameter& wp() { return wp_; }
+  Parameter& wn() { return wn_; }
+  const Tensor& codes() const { return codes_; }
+  const Tensor& quantized() const { return w_t_; }
+  const TernaryStats& stats() const { return stats_; }
+
+ private:
+  float scale_p() const;  // Wp in use this step (TWN: its fixed scale)
+  float scale_n() const;
+
+  TernaryConfig cfg_;
+  std::string layer_;
+  Parameter wp_, wn_;
+  float twn_scale_ = 0.0f;
+  Tensor w_t_, codes_;
+  TernaryStats stats_;
+  bool has_codes_ = false;
+};
+
+}  // namespace ttq

@@ -1,0 +1,28 @@
+#include "engine/train/step.h"
+
+namespace ttq {
+
+StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr) {
+  net.train(true);
+  opt.zero_grad();
+  Tensor logits = net.forward(batch.images);
+  StepResult r;
+  r.loss = loss.forward(logits, batch.labels);
+  r.correct = count_topk_correct(logits, batch.labels, 1);
+  net.backward(loss.backward());
+  opt.step(lr);
+  return r;
+}
+
+StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch) {
+  const bool was_training = net.training();
+  net.eval();
+  Tensor logits = net.forward(batch.images);
+  StepResult r;
+  r.loss = loss.forward(logits, batch.labels);
+  r.correct = count_topk_correct(logits, batch.labels, 1);
+  net.train(was_training);
+  return r;
+}
+
+}  // namespace ttq

@@ -1,0 +1,42 @@
+// CPU loops around the TTQ per-element math of kernels/ttq_math.h, one quantized tensor at a time.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/ttq_math.h"
+
+namespace ttq::cpu {
+
+struct ThresholdResult {
+  float threshold = 0.0f;  // D
+  float twn_scale = 0.0f;  // TWN only: mean |w| over |w| > D (0 when no weight is above D)
+};
+
+// D for one tensor of n latent weights (t for Max mode, r for Sparsity mode).
+ThresholdResult ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, float r);
+
+struct TernarizeCounts {
+  int64_t positive = 0, negative = 0;
+};
+
+// w_t[i] = ternary_value(code_i, wp, wn), codes[i] = ternary_code(w[i], d).
+TernarizeCounts ttq_ternarize(const float* w, int64_t n, float d, float wp, float wn, float* w_t,
+                              int8_t* codes);
+
+struct ScaleGrads {
+  double wp = 0.0, wn = 0.0;  // dL/dWp, dL/dWn (the latter already carries the minus sign)
+};
+
+// latent_grad[i] += latent_grad_scale(code_i) * g[i]; returns the scale gradients. With
+// scale_latent false (TWN baseline) the latent gradient is the plain straight-through g.
+ScaleGrads ttq_backward(const int8_t* codes, const float* g, int64_t n, float wp, float wn,
+                        bool scale_latent, float* latent_grad);
+
+// Mean |w| over the positive and negative sets for the given threshold (used to initialise
+// Wp/Wn from the weights); a set that is empty gives 0.
+struct SetMeans {
+  float positive = 0.0f, negative = 0.0f;
+};
+SetMeans ttq_set_means(const float* w, int64_t n, float d);
+
+}  // namespace ttq::cpu

@@ -1,0 +1,313 @@
+// CUDA TTQ kernels, per tensor: threshold, ternarize, backward (see ttq_kernels.h).
+//
+// Deterministic reductions: a reduction kernel runs reduce_blocks(n) blocks (a function of n
+// only); every thread folds its grid-stride elements in order, cub::BlockReduce combines a block
+// in a fixed tree, the block writes one partial to the workspace, and a single-block finish kernel
+// folds the partials in a fixed order and writes the scalar results to device memory.
+//
+// Sparsity threshold: a radix select on the bit patterns of |w| (for non-negative floats the
+// uint32 pattern orders like the value). Four passes, one 8-bit digit each from the top: count
+// the digits of the elements whose higher digits match the prefix found so far, then one block
+// finds the bin holding rank k and extends the prefix. After the last digit the prefix is exactly
+// the bit pattern of the k-th smallest |w|.
+#include "kernels/cuda/ttq_kernels.h"
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace ttq::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxReduceBlocks = 1024;  // partials per reduction
+constexpr int64_t kMaxMapBlocks = 8192;     // elementwise kernels
+
+constexpr int kRadixBits = 8;
+constexpr int kRadixBins = 1 << kRadixBits;
+constexpr int kRadixPasses = 32 / kRadixBits;
+
+// Two running values per thread: (sum or max, second sum), e.g. (dL/dWp, dL/dWn).
+struct Pair {
+  double a, b;
+};
+struct SumOp {
+  __device__ Pair operator()(const Pair& x, const Pair& y) const { return {x.a + y.a, x.b + y.b}; }
+};
+struct MaxOp {
+  __device__ Pair operator()(const Pair& x, const Pair& y) const {
+    return {fmax(x.a, y.a), fmax(x.b, y.b)};
+  }
+};
+
+// Sparsity-select progress: the digits of the answer found so far and the rank of the answer
+// among the elements that share them.
+struct SelectState {
+  uint32_t prefix;
+  int64_t rank;
+};
+
+int64_t blocks_for(int64_t n, int64_t cap) {
+  return std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, cap);
+}
+int64_t reduce_blocks(int64_t n) { return blocks_for(n, kMaxReduceBlocks); }
+
+// Workspace: reduce_blocks(n) partials, then the radix histograms (one per pass), then the state.
+struct Workspace {
+  Pair* partials;
+  unsigned long long* hist;
+  SelectState* select;
+};
+size_t hist_offset(int64_t n) { return static_cast<size_t>(reduce_blocks(n)) * sizeof(Pair); }
+constexpr size_t kHistBytes = sizeof(unsigned long long) * kRadixPasses * kRadixBins;
+static_assert(kHistBytes % alignof(SelectState) == 0);
+
+Workspace carve(void* ws, size_t ws_bytes, int64_t n) {
+  TTQ_CHECK(n >= 0, "TTQ kernels: negative element count " << n);
+  TTQ_CHECK(ws != nullptr && ws_bytes >= ttq_workspace_bytes(n),
+            "TTQ kernels: workspace of " << ws_bytes << " bytes, need " << ttq_workspace_bytes(n));
+  TTQ_CHECK(reinterpret_cast<uintptr_t>(ws) % alignof(Pair) == 0,
+            "TTQ kernels: workspace not " << alignof(Pair) << "-byte aligned");
+  char* base = static_cast<char*>(ws);
+  return {reinterpret_cast<Pair*>(base),
+          reinterpret_cast<unsigned long long*>(base + hist_offset(n)),
+          reinterpret_cast<SelectState*>(base + hist_offset(n) + kHistBytes)};
+}
+
+#define TTQ_GRID_STRIDE(i, n)                                                         \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// Block-wide fold of v in a fixed order; the result is valid in thread 0.
+template <class Op>
+__device__ Pair block_reduce(const Pair& v, Op op) {
+  using Reduce = cub::BlockReduce<Pair, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  return Reduce(tmp).Reduce(v, op);
+}
+
+// ---- reductions: per-block partials, then one finishing block --------------------------------
+
+__global__ void max_abs_partials(const float* w, int64_t n, Pair* partials) {
+  float m = 0.0f;  // fmaxf skips NaN like std::max(m, NaN) in the CPU loop
+  TTQ_GRID_STRIDE(i, n) m = fmaxf(m, fabsf(w[i]));
+  const Pair r = block_reduce(Pair{m, 0.0}, MaxOp{});
+  if (threadIdx.x == 0) partials[blockIdx.x] = r;
+}
+
+// (sum |w|, count) over all w, or only over |w| > *d when d is given.
+__global__ void sum_abs_partials(const float* w, int64_t n, const float* d, Pair* partials) {
+  const float above = d ? *d : -1.0f;
+  Pair s{0.0, 0.0};
+  TTQ_GRID_STRIDE(i, n) {
+    const float a = fabsf(w[i]);
+    if (a > above) {
+      s.a += a;
+      s.b += 1.0;
+    }
+  }
+  const Pair r = block_reduce(s, SumOp{});
+  if (threadIdx.x == 0) partials[blockIdx.x] = r;
+}
+
+__global__ void backward_partials(const int8_t* codes, const float* g, int64_t n, const float* wp,
+                                  const float* wn, bool scale_latent, float* latent_grad,
+                                  Pair* partials) {
+  const float p = scale_latent ? *wp : 0.0f;
+  const float m = scale_latent ? *wn : 0.0f;
+  Pair s{0.0, 0.0};
+  TTQ_GRID_STRIDE(i, n) {
+    const int8_t code = codes[i];
+    const float gi = g[i];
+    s.a += math::wp_grad_term(code, gi);
+    s.b += math::wn_grad_term(code, gi);
+    const float scale = scale_latent ? math::latent_grad_scale(code, p, m) : 1.0f;
+    latent_grad[i] += __fmul_rn(scale, gi);  // no FMA contraction: rounds like the CPU loop
+  }
+  const Pair r = block_reduce(s, SumOp{});
+  if (threadIdx.x == 0) partials[blockIdx.x] = r;
+}
+
+// One block: folds the partials (identity (0, 0), valid for sums and for maxima of |w|).
+template <class Op, class Finish>
+__global__ void finish_kernel(const Pair* partials, int nparts, Op op, Finish finish) {
+  Pair v{0.0, 0.0};
+  for (int i = threadIdx.x; i < nparts; i += kThreads) v = op(v, partials[i]);
+  const Pair r = block_reduce(v, op);
+  if (threadIdx.x == 0) finish(r);
+}
+
+struct FinishMax {
+  float t;
+  float* d;
+  float* twn_scale;
+  __device__ void operator()(const Pair& r) const {
+    *d = math::threshold_from_max(static_cast<float>(r.a), t);
+    if (twn_scale) *twn_scale = 0.0f;
+  }
+};
+struct FinishTwnThreshold {
+  int64_t n;
+  float* d;
+  __device__ void operator()(const Pair& r) const {
+    *d = math::twn_threshold(static_cast<float>(r.a / static_cast<double>(n)));
+  }
+};
+struct FinishTwnScale {
+  float* twn_scale;
+  __device__ void operator()(const Pair& r) const {
+    *twn_scale = r.b > 0.0 ? static_cast<float>(r.a / r.b) : 0.0f;
+  }
+};
+struct FinishBackward {
+  float* dwp;
+  float* dwn;
+  __device__ void operator()(const Pair& r) const {
+    *dwp = static_cast<float>(r.a);
+    *dwn = static_cast<float>(r.b);
+  }
+};
+
+template <class Op, class Finish>
+void launch_finish(const Pair* partials, int64_t n, Op op, Finish finish, cudaStream_t stream) {
+  finish_kernel<<<1, kThreads, 0, stream>>>(partials, static_cast<int>(reduce_blocks(n)), op,
+                                            finish);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- sparsity: radix select on the bit patterns of |w| ---------------------------------------
+
+__device__ __forceinline__ int radix_shift(int pass) { return 32 - kRadixBits * (pass + 1); }
+
+// hist[digit] += number of w whose |w| has the current prefix (all digits above this pass's).
+__global__ void radix_histogram(const float* w, int64_t n, int pass, const SelectState* state,
+                                unsigned long long* hist) {
+  __shared__ unsigned int local[kRadixBins];
+  for (int b = threadIdx.x; b < kRadixBins; b += blockDim.x) local[b] = 0;
+  __syncthreads();
+  const int shift = radix_shift(pass);
+  const uint32_t high_mask = pass == 0 ? 0u : ~0u << (shift + kRadixBits);
+  const uint32_t prefix = pass == 0 ? 0u : state->prefix;
+  TTQ_GRID_STRIDE(i, n) {
+    const uint32_t bits = __float_as_uint(fabsf(w[i]));
+    if ((bits & high_mask) == prefix) atomicAdd(&local[(bits >> shift) & (kRadixBins - 1)], 1u);
+  }
+  __syncthreads();
+  for (int b = threadIdx.x; b < kRadixBins; b += blockDim.x)
+    if (local[b]) atomicAdd(&hist[b], static_cast<unsigned long long>(local[b]));
+}
+
+// One block, one thread per digit: the digit whose count range holds the rank extends the prefix.
+// The rank is first_rank on pass 0 and carried in the state afterwards.
+__global__ void radix_select(const unsigned long long* hist, int pass, int64_t first_rank,
+                             SelectState* state, float* d) {
+  using Scan = cub::BlockScan<unsigned long long, kRadixBins>;
+  __shared__ typename Scan::TempStorage tmp;
+  const uint32_t prefix = pass == 0 ? 0u : state->prefix;
+  const auto rank = static_cast<unsigned long long>(pass == 0 ? first_rank : state->rank);
+  const int digit = threadIdx.x;
+  const unsigned long long count = hist[digit];
+  unsigned long long below = 0;
+  Scan(tmp).ExclusiveSum(count, below);
+  __syncthreads();  // every thread has read the state before one thread rewrites it
+  if (below <= rank && rank < below + count) {
+    const uint32_t next = prefix | (static_cast<uint32_t>(digit) << radix_shift(pass));
+    state->prefix = next;
+    state->rank = static_cast<int64_t>(rank - below);
+    if (pass == kRadixPasses - 1) *d = __uint_as_float(next);
+  }
+}
+
+// ---- elementwise ------------------------------------------------------------------------------
+
+__global__ void ternarize_kernel(const float* w, int64_t n, const float* d, const float* wp,
+                                 const float* wn, float* w_t, int8_t* codes) {
+  const float dv = *d, p = *wp, m = *wn;
+  TTQ_GRID_STRIDE(i, n) {
+    const int8_t code = math::ternary_code(w[i], dv);
+    codes[i] = code;
+    w_t[i] = math::ternary_value(code, p, m);
+  }
+}
+
+void zero_scalar(float* p, cudaStream_t stream) {
+  if (p) CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float), stream));
+}
+
+}  // namespace
+
+size_t ttq_workspace_bytes(int64_t n) { return hist_offset(n) + kHistBytes + sizeof(SelectState); }
+
+void ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, float r,
+                   float* d_out, float* twn_scale_out, void* workspace, size_t workspace_bytes,
+                   cudaStream_t stream) {
+  const Workspace ws = carve(workspace, workspace_bytes, n);
+  const auto blocks = static_cast<unsigned>(reduce_blocks(n));
+  if (n == 0) {  // as on the CPU: D = 0, scale 0
+    zero_scalar(d_out, stream);
+    zero_scalar(twn_scale_out, stream);
+    return;
+  }
+  switch (mode) {
+    case math::ThresholdMode::Max:
+      max_abs_partials<<<blocks, kThreads, 0, stream>>>(w, n, ws.partials);
+      CUDA_CHECK(cudaGetLastError());
+      launch_finish(ws.partials, n, MaxOp{}, FinishMax{t, d_out, twn_scale_out}, stream);
+      break;
+    case math::ThresholdMode::Sparsity: {
+      zero_scalar(twn_scale_out, stream);
+      const int64_t k = math::sparsity_rank(r, n);  // a function of r and n only: no sync needed
+      if (k < 0) {
+        zero_scalar(d_out, stream);
+        break;
+      }
+      CUDA_CHECK(cudaMemsetAsync(ws.hist, 0, kHistBytes, stream));
+      for (int pass = 0; pass < kRadixPasses; ++pass) {
+        unsigned long long* hist = ws.hist + pass * kRadixBins;
+        radix_histogram<<<blocks, kThreads, 0, stream>>>(w, n, pass, ws.select, hist);
+        CUDA_CHECK(cudaGetLastError());
+        radix_select<<<1, kRadixBins, 0, stream>>>(hist, pass, k, ws.select, d_out);
+        CUDA_CHECK(cudaGetLastError());
+      }
+      break;
+    }
+    case math::ThresholdMode::Twn:
+      sum_abs_partials<<<blocks, kThreads, 0, stream>>>(w, n, nullptr, ws.partials);
+      CUDA_CHECK(cudaGetLastError());
+      launch_finish(ws.partials, n, SumOp{}, FinishTwnThreshold{n, d_out}, stream);
+      if (twn_scale_out) {
+        sum_abs_partials<<<blocks, kThreads, 0, stream>>>(w, n, d_out, ws.partials);
+        CUDA_CHECK(cudaGetLastError());
+        launch_finish(ws.partials, n, SumOp{}, FinishTwnScale{twn_scale_out}, stream);
+      }
+      break;
+    default:
+      TTQ_FAIL("unknown threshold mode " << static_cast<int>(mode));
+  }
+}
+
+void ttq_ternarize(const float* w, int64_t n, const float* d, const float* wp, const float* wn,
+                   float* w_t, int8_t* codes, cudaStream_t stream) {
+  TTQ_CHECK(n >= 0, "ttq_ternarize: negative element count " << n);
+  if (n == 0) return;
+  ternarize_kernel<<<static_cast<unsigned>(blocks_for(n, kMaxMapBlocks)), kThreads, 0, stream>>>(
+      w, n, d, wp, wn, w_t, codes);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+void ttq_backward(const int8_t* codes, const float* g, int64_t n, const float* wp, const float* wn,
+                  bool scale_latent, float* latent_grad, float* dwp_out, float* dwn_out,
+                  void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  const Workspace ws = carve(workspace, workspace_bytes, n);
+  const auto blocks = static_cast<unsigned>(reduce_blocks(n));
+  // n == 0 runs too: no element, every partial (0, 0), so both gradients come out 0.
+  backward_partials<<<blocks, kThreads, 0, stream>>>(codes, g, n, wp, wn, scale_latent,
+                                                     latent_grad, ws.partials);
+  CUDA_CHECK(cudaGetLastError());
+  launch_finish(ws.partials, n, SumOp{}, FinishBackward{dwp_out, dwn_out}, stream);
+}
+
+}  // namespace ttq::cuda

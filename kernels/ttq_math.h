@@ -1,0 +1,54 @@
+// The TTQ per-element math (Zhu et al., "Trained Ternary Quantization", ICLR 2017), the one
+// definition shared by the CPU loops (kernels/cpu/ttq_cpu.cpp) and the CUDA kernels
+// (kernels/cuda/ttq_kernels.cu). Only iteration and reductions differ between the two.
+//
+// Per quantized layer: latent weights W~, trainable magnitudes Wp, Wn (>= 0 in intent),
+// threshold D. Forward:   w_t = +Wp if W~ > D;  0 if |W~| <= D;  -Wn if W~ < -D.
+// Backward, g = dL/dw_t:  dL/dWp = +sum_{I_p} g;  dL/dWn = -sum_{I_n} g  (w_t = -Wn on I_n);
+//                         dL/dW~ = Wp*g on I_p, g in the zero band, Wn*g on I_n.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/host_device.h"
+
+namespace ttq::math {
+
+// How D is chosen for a layer (recomputed every forward pass over the whole tensor).
+enum class ThresholdMode : uint8_t {
+  Max = 0,       // D = t * max|W~|
+  Sparsity = 1,  // D = the k-th smallest |W~|, k = floor(r * N): a fraction r falls in the zero band
+  Twn = 2,       // TWN baseline: D = 0.7 * mean|W~|, one fixed scale a = mean(|W~| over |W~| > D)
+};
+
+// Ternary code of one latent weight: +1, 0 or -1. Weights exactly at +-D fall in the zero band.
+TTQ_HD int8_t ternary_code(float w, float d) {
+  return w > d ? int8_t(1) : (w < -d ? int8_t(-1) : int8_t(0));
+}
+
+// The quantized weight for a code.
+TTQ_HD float ternary_value(int8_t code, float wp, float wn) {
+  return code > 0 ? wp : (code < 0 ? -wn : 0.0f);
+}
+
+// Factor applied to g = dL/dw_t to get dL/dW~ (the scaled straight-through gradient).
+TTQ_HD float latent_grad_scale(int8_t code, float wp, float wn) {
+  return code > 0 ? wp : (code < 0 ? wn : 1.0f);
+}
+
+// Contributions of one element to dL/dWp and dL/dWn. Note the minus sign for Wn.
+TTQ_HD float wp_grad_term(int8_t code, float g) { return code > 0 ? g : 0.0f; }
+TTQ_HD float wn_grad_term(int8_t code, float g) { return code < 0 ? -g : 0.0f; }
+
+TTQ_HD float threshold_from_max(float max_abs, float t) { return t * max_abs; }
+TTQ_HD float twn_threshold(float mean_abs) { return 0.7f * mean_abs; }
+
+// Index k (0-based, into |W~| sorted ascending) whose value is D in sparsity mode, or -1 when
+// k = floor(r * n) is 0 (then D = 0 and only exact zeros are in the band).
+TTQ_HD int64_t sparsity_rank(double r, int64_t n) {
+  int64_t k = static_cast<int64_t>(r * static_cast<double>(n));
+  if (k > n) k = n;
+  return k - 1;
+}
+
+}  // namespace ttq::math

@@ -1,0 +1,214 @@
+// Finite-difference gradient checks for every layer, on the reference kernels and (when built)
+// on oneDNN.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "engine/core/rng.h"
+
+#include "engine/nn/activation.h"
+#include "engine/nn/batchnorm.h"
+#include "engine/nn/conv2d.h"
+#include "engine/nn/linear.h"
+#include "engine/nn/loss.h"
+#include "engine/nn/pooling.h"
+#include "engine/nn/residual.h"
+#include "kernels/cpu/ops.h"
+#include "tests/test_util.h"
+
+using namespace ttq;
+using ttq::testing::check_module_gradients;
+using ttq::testing::random_tensor;
+
+namespace {
+
+class LayerGrad : public ::testing::TestWithParam<cpu::Kernels> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == cpu::Kernels::OneDNN && !cpu::onednn_built()) GTEST_SKIP() << "built without oneDNN";
+    saved_ = cpu::kernels();
+    cpu::set_kernels(GetParam());
+  }
+  void TearDown() override { cpu::set_kernels(saved_); }
+  cpu::Kernels saved_ = cpu::Kernels::Reference;
+};
+
+void randomize(Parameter& p, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  ttq::testing::fill_random(p.value.data<float>(), p.value.numel(), seed, lo, hi);
+}
+
+// Values spaced at least `gap` apart, shuffled: no ties or near-ties for max pooling.
+Tensor distinct_tensor(const Shape& shape, uint64_t seed, float gap = 0.05f) {
+  Tensor t = Tensor::empty(shape);
+  const int64_t n = t.numel();
+  std::vector<int64_t> idx(n);
+  for (int64_t i = 0; i < n; ++i) idx[i] = i;
+  Rng rng(seed);
+  for (int64_t i = n - 1; i > 0; --i) std::swap(idx[i], idx[rng.below(i + 1)]);
+  for (int64_t i = 0; i < n; ++i) t.data<float>()[i] = (idx[i] - n / 2) * gap;
+  return t;
+}
+
+}  // namespace
+
+TEST_P(LayerGrad, Conv2dPlain) {
+  Conv2d c(3, 4, 3, 1, 1, 1, true);
+  randomize(c.weight(), 1);
+  randomize(c.bias(), 2);
+  check_module_gradients(c, random_tensor({2, 3, 5, 6}, 3), 4);
+}
+
+TEST_P(LayerGrad, Conv2dStrideGroupsAsymmetric) {
+  Conv2dOptions o{4, 6, 3, 2, 2, 1, false, 2, false};
+  Conv2d c(o);
+  randomize(c.weight(), 5);
+  check_module_gradients(c, random_tensor({2, 4, 7, 6}, 6), 7);
+}
+
+TEST_P(LayerGrad, Conv2dSamePaddingStride2) {
+  Conv2dOptions o{2, 3, 4, 4, 2, 0, true, 1, true};  // even kernel: asymmetric "same" padding
+  Conv2d c(o);
+  randomize(c.weight(), 8);
+  randomize(c.bias(), 9);
+  check_module_gradients(c, random_tensor({1, 2, 7, 8}, 10), 11);
+}
+
+TEST_P(LayerGrad, Linear) {
+  Linear l(7, 5, true);
+  randomize(l.weight(), 12);
+  randomize(l.bias(), 13);
+  check_module_gradients(l, random_tensor({3, 7}, 14), 15);
+}
+
+TEST_P(LayerGrad, LinearNoBias) {
+  Linear l(4, 3, false);
+  randomize(l.weight(), 16);
+  check_module_gradients(l, random_tensor({5, 4}, 17), 18);
+}
+
+TEST_P(LayerGrad, BatchNorm2dTraining) {
+  auto bn = make_batchnorm2d(3);
+  randomize(bn->weight(), 19, 0.5f, 1.5f);
+  randomize(bn->bias(), 20);
+  check_module_gradients(*bn, random_tensor({4, 3, 3, 2}, 21), 22, 1e-2f, 3e-3, 3e-2);
+}
+
+TEST_P(LayerGrad, BatchNorm1dTraining) {
+  auto bn = make_batchnorm1d(5);
+  randomize(bn->weight(), 23, 0.5f, 1.5f);
+  randomize(bn->bias(), 24);
+  check_module_gradients(*bn, random_tensor({6, 5}, 25), 26, 1e-2f, 3e-3, 3e-2);
+}
+
+TEST_P(LayerGrad, ReLU) {
+  ReLU r;
+  Tensor x = random_tensor({2, 3, 4, 4}, 27);
+  for (int64_t i = 0; i < x.numel(); ++i) {  // keep inputs away from the kink
+    float& v = x.data<float>()[i];
+    if (std::fabs(v) < 0.05f) v = v < 0 ? -0.05f : 0.05f;
+  }
+  check_module_gradients(r, x, 28);
+}
+
+TEST_P(LayerGrad, MaxPool) {
+  auto p = make_maxpool2d({3, 2, 1, false, true});
+  check_module_gradients(*p, distinct_tensor({2, 2, 7, 7}, 29), 30, 1e-2f, 1e-3, 1e-2, 80);
+}
+
+TEST_P(LayerGrad, MaxPoolSame) {
+  auto p = make_maxpool2d({3, 2, 0, true, true});
+  check_module_gradients(*p, distinct_tensor({1, 3, 6, 8}, 31), 32, 1e-2f, 1e-3, 1e-2, 80);
+}
+
+TEST_P(LayerGrad, AvgPoolIncludePad) {
+  auto p = make_avgpool2d({3, 2, 1, false, true});
+  check_module_gradients(*p, random_tensor({2, 2, 5, 6}, 33), 34);
+}
+
+TEST_P(LayerGrad, AvgPoolExcludePad) {
+  auto p = make_avgpool2d({3, 2, 1, false, false});
+  check_module_gradients(*p, random_tensor({2, 2, 5, 6}, 35), 36);
+}
+
+TEST_P(LayerGrad, GlobalAvgPoolAndFlatten) {
+  GlobalAvgPool2d g;
+  check_module_gradients(g, random_tensor({3, 4, 3, 5}, 37), 38);
+  Flatten f;
+  check_module_gradients(f, random_tensor({2, 3, 2, 2}, 39), 40);
+}
+
+TEST_P(LayerGrad, ShortcutA) {
+  ShortcutA s(3, 8, 2);
+  check_module_gradients(s, random_tensor({2, 3, 5, 6}, 41), 42);  // odd height: clipped window
+}
+
+TEST_P(LayerGrad, ResidualOptionA) {
+  Residual r;
+  auto c1 = r.add("conv1", std::make_shared<Conv2d>(2, 4, 3, 2, 1));
+  r.add("bn1", make_batchnorm2d(4));
+  auto c2 = r.add("conv2", std::make_shared<Conv2d>(4, 4, 3, 1, 1));
+  r.set_shortcut("shortcut", std::make_shared<ShortcutA>(2, 4, 2));
+  randomize(c1->weight(), 43);
+  randomize(c2->weight(), 44);
+  check_module_gradients(r, random_tensor({3, 2, 6, 6}, 45), 46, 1e-2f, 3e-3, 3e-2);
+}
+
+TEST_P(LayerGrad, ResidualOptionBWithReluAfterAdd) {
+  Residual r(true);
+  auto c1 = r.add("conv1", std::make_shared<Conv2d>(2, 3, 3, 2, 1));
+  auto ds = std::make_shared<Sequential>();
+  auto proj = ds->add("0", std::make_shared<Conv2d>(2, 3, 1, 2, 0));
+  ds->add("1", make_batchnorm2d(3));
+  r.set_shortcut("downsample", ds);
+  randomize(c1->weight(), 47);
+  randomize(proj->weight(), 48);
+  check_module_gradients(r, random_tensor({4, 2, 4, 4}, 49), 50, 1e-3f, 3e-3, 3e-2);
+  // PyTorch-style names
+  auto names = r.named_parameters();
+  ASSERT_EQ(names.size(), 4u);
+  EXPECT_EQ(names[1].name, "downsample.0.weight");
+  EXPECT_EQ(names[2].name, "downsample.1.weight");
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, LayerGrad, ::testing::Values(cpu::Kernels::Reference, cpu::Kernels::OneDNN),
+                         [](const auto& info) { return std::string(cpu::kernels_name(info.param)); });
+
+TEST(LossGrad, SoftmaxCrossEntropyWithSmoothing) {
+  for (float smoothing : {0.0f, 0.1f}) {
+    CrossEntropyLoss loss(smoothing);
+    Tensor logits = random_tensor({4, 5}, 51, -3.0f, 3.0f);
+    const std::vector<int32_t> labels{0, 4, 2, 2};
+    loss.forward(logits, labels);
+    Tensor d = loss.backward();
+    for (int64_t i = 0; i < logits.numel(); ++i) {
+      const double num = ttq::testing::numeric_grad(logits.data<float>(), i, 1e-2f, [&] {
+        CrossEntropyLoss l(smoothing);
+        return l.forward(logits, labels);
+      });
+      EXPECT_NEAR(d.data<float>()[i], num, 1e-3 + 1e-2 * std::fabs(num)) << "smoothing " << smoothing << " index " << i;
+    }
+  }
+}
+
+TEST(LossValue, MatchesHandComputedCrossEntropy) {
+  CrossEntropyLoss loss;
+  Tensor logits = Tensor::from_vector({1, 3}, {1.0f, 2.0f, 3.0f});
+  const double expected = -std::log(std::exp(1.0) / (std::exp(1.0) + std::exp(2.0) + std::exp(3.0)));
+  EXPECT_NEAR(loss.forward(logits, {0}), expected, 1e-6);
+  CrossEntropyLoss smooth(0.3f);
+  // target = 0.7 on class 2 + 0.1 everywhere: loss = -sum target * log p
+  double lse = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0)), want = 0.0;
+  for (int k = 0; k < 3; ++k) want -= (0.1 + (k == 2 ? 0.7 : 0.0)) * ((k + 1.0) - lse);
+  EXPECT_NEAR(smooth.forward(logits, {2}), want, 1e-6);
+}
+
+TEST(LossValue, TopKCounting) {
+  Tensor logits = Tensor::from_vector({3, 4}, {0.1f, 0.9f, 0.5f, 0.2f,   //
+                                               0.3f, 0.2f, 0.1f, 0.4f,   //
+                                               0.0f, 0.0f, 0.0f, 1.0f});
+  const std::vector<int32_t> labels{2, 1, 3};
+  EXPECT_EQ(count_topk_correct(logits, labels, 1), 1);  // only row 2
+  EXPECT_EQ(count_topk_correct(logits, labels, 2), 2);  // row 0 (0.5 is 2nd) and row 2
+  EXPECT_EQ(count_topk_correct(logits, labels, 3), 3);
+  EXPECT_THROW(count_topk_correct(logits, {0, 1, 4}, 1), Error);
+}

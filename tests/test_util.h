@@ -1,0 +1,45 @@
+// Helpers shared by the tests: seeded random tensors and value comparisons.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/core/tensor.h"
+
+namespace ttq::testing {
+
+// Uniform in [lo, hi), reproducible from the seed.
+Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
+void fill_random(float* p, int64_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
+
+// Checks |a - b| <= atol + rtol * |b| elementwise; reports the first few mismatches.
+::testing::AssertionResult all_close(const float* a, const float* b, int64_t n, double atol,
+                                     double rtol);
+::testing::AssertionResult all_close(const Tensor& a, const Tensor& b, double atol, double rtol);
+
+// Central finite difference of f (which returns a double loss) with respect to x[i].
+double numeric_grad(float* x, int64_t i, float eps, const std::function<double()>& f);
+
+// sum_i a[i] * b[i] in double: projects an output onto fixed random weights to get a scalar loss.
+double dot(const float* a, const float* b, int64_t n);
+
+}  // namespace ttq::testing
+
+namespace ttq {
+class Module;
+}
+
+namespace ttq::testing {
+
+// Finite-difference check of a module's input gradient and parameter gradients for the scalar
+// loss L = sum(forward(x) * R), R fixed random. Checks up to `samples` entries of each tensor.
+// eps is the finite-difference step; the comparison uses |a - b| <= atol + rtol * |b|.
+void check_module_gradients(Module& m, Tensor x, uint64_t seed, float eps = 1e-2f, double atol = 2e-3,
+                            double rtol = 2e-2, int samples = 40,
+                            const std::vector<std::string>& skip_params = {});
+
+}  // namespace ttq::testing
