@@ -44,9 +44,10 @@ TTQ_HD float threshold_from_max(float max_abs, float t) { return t * max_abs; }
 TTQ_HD float twn_threshold(float mean_abs) { return 0.7f * mean_abs; }
 
 // Index k (0-based, into |W~| sorted ascending) whose value is D in sparsity mode, or -1 when
-// k = floor(r * n) is 0 (then D = 0 and only exact zeros are in the band).
+// k = floor(r * n) is 0 (then D = 0 and only exact zeros are in the band). The small slack keeps
+// products like 0.29 * 100 = 28.999999999999996 at the count the user meant.
 TTQ_HD int64_t sparsity_rank(double r, int64_t n) {
-  int64_t k = static_cast<int64_t>(r * static_cast<double>(n));
+  int64_t k = static_cast<int64_t>(r * static_cast<double>(n) + 1e-7);
   if (k > n) k = n;
   return k - 1;
 }

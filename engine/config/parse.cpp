@@ -12,9 +12,9 @@ QuantizeOptions parse_quantize_options(JsonReader& r, const std::vector<std::str
                          << "' (expected one of: max, sparsity, twn)");
   }
   q.ternary.t = r.get<float>("t", q.ternary.t);
-  q.ternary.r = r.get<float>("r", q.ternary.r);
+  q.ternary.r = r.get<double>("r", q.ternary.r);
   TTQ_CHECK(q.ternary.t >= 0.0f && q.ternary.t < 1.0f, "config: '" << r.path_of("t") << "' must be in [0, 1), got " << q.ternary.t);
-  TTQ_CHECK(q.ternary.r >= 0.0f && q.ternary.r < 1.0f, "config: '" << r.path_of("r") << "' must be in [0, 1), got " << q.ternary.r);
+  TTQ_CHECK(q.ternary.r >= 0.0 && q.ternary.r < 1.0, "config: '" << r.path_of("r") << "' must be in [0, 1), got " << q.ternary.r);
   q.ternary.init_scales_from_weights = r.get<bool>("init_scales_from_weights", false);
   q.ternary.clamp_scales = r.get<bool>("clamp_scales", false);
   q.normalize_init = r.get<bool>("normalize_init", true);

@@ -22,6 +22,16 @@ void QuantizableLayer::enable_ternary(const TernaryConfig& cfg) {
   }
 }
 
+Parameter& QuantizableLayer::wp() {
+  TTQ_CHECK(quant_, who() << ": has no Wp, it is full precision");
+  return quant_->wp();
+}
+
+Parameter& QuantizableLayer::wn() {
+  TTQ_CHECK(quant_, who() << ": has no Wn, it is full precision");
+  return quant_->wn();
+}
+
 const Tensor& QuantizableLayer::effective_weight() {
   return quant_ ? quant_->forward(weight_.value) : weight_.value;
 }

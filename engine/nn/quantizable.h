@@ -23,6 +23,9 @@ class QuantizableLayer : public Module {
   void enable_ternary(const TernaryConfig& cfg);
   bool is_ternary() const { return quant_ != nullptr; }
   TernaryQuantizer* quantizer() { return quant_.get(); }
+  // The trainable scales of a ternary layer (throws for a full-precision one).
+  Parameter& wp();
+  Parameter& wn();
 
  protected:
   void init_weight(const Shape& shape, bool bias, int64_t bias_size);

@@ -8,7 +8,7 @@ namespace ttq {
 
 void TernaryConfig::validate() const {
   TTQ_CHECK(t >= 0.0f && t < 1.0f, "threshold factor t must be in [0, 1), got " << t);
-  TTQ_CHECK(r >= 0.0f && r < 1.0f, "target sparsity r must be in [0, 1), got " << r);
+  TTQ_CHECK(r >= 0.0 && r < 1.0, "target sparsity r must be in [0, 1), got " << r);
 }
 
 const char* threshold_mode_name(math::ThresholdMode m) {

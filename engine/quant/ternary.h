@@ -15,7 +15,7 @@ namespace ttq {
 struct TernaryConfig {
   math::ThresholdMode mode = math::ThresholdMode::Max;
   float t = 0.05f;  // Max mode: D = t * max|W~|
-  float r = 0.0f;   // Sparsity mode: target fraction of zeros, in [0, 1)
+  double r = 0.0;   // Sparsity mode: target fraction of zeros, in [0, 1)
   // Initialise Wp/Wn to the mean |W~| over I_p / I_n instead of 1.0 (an empty set keeps 1.0).
   bool init_scales_from_weights = false;
   // Keep Wp, Wn >= 0: negative values are clamped to 0 at the start of each forward pass.

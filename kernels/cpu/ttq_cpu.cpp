@@ -8,7 +8,7 @@
 
 namespace ttq::cpu {
 
-ThresholdResult ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, float r) {
+ThresholdResult ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, double r) {
   ThresholdResult out;
   if (n == 0) return out;
   switch (mode) {

@@ -13,7 +13,7 @@ struct ThresholdResult {
 };
 
 // D for one tensor of n latent weights (t for Max mode, r for Sparsity mode).
-ThresholdResult ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, float r);
+ThresholdResult ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, double r);
 
 struct TernarizeCounts {
   int64_t positive = 0, negative = 0;

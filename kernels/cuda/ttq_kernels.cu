@@ -241,7 +241,7 @@ void zero_scalar(float* p, cudaStream_t stream) {
 
 size_t ttq_workspace_bytes(int64_t n) { return hist_offset(n) + kHistBytes + sizeof(SelectState); }
 
-void ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, float r,
+void ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, double r,
                    float* d_out, float* twn_scale_out, void* workspace, size_t workspace_bytes,
                    cudaStream_t stream) {
   const Workspace ws = carve(workspace, workspace_bytes, n);

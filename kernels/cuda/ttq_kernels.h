@@ -24,7 +24,7 @@ size_t ttq_workspace_bytes(int64_t n);
 // D for one tensor of n latent weights w (t for Max mode, r for Sparsity mode), written to
 // *d_out. *twn_scale_out (may be null) receives the TWN scale in Twn mode and 0 otherwise. Max and
 // Sparsity give exactly the CPU's value (both are selections); Twn sums in double in another order.
-void ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, float r,
+void ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t, double r,
                    float* d_out, float* twn_scale_out, void* workspace, size_t workspace_bytes,
                    cudaStream_t stream);
 

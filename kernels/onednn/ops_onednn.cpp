@@ -58,7 +58,7 @@ void* thread_scratchpad(size_t bytes) {
   thread_local Buffer buf;
   if (bytes > buf.size) {
     ::operator delete(buf.p, kAlign);
-    buf.p = nullptr;
+    buf.p = nullptr;  // stays consistent if the allocation below throws
     buf.size = 0;
     buf.p = ::operator new(bytes, kAlign);
     buf.size = bytes;

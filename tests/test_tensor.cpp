@@ -1,0 +1,73 @@
+// Tensors: construction, views sharing storage, slices, copies, and errors that say what.
+#include <gtest/gtest.h>
+
+#include "engine/core/tensor.h"
+#include "kernels/device.h"
+
+using namespace ttq;
+
+TEST(Tensor, ShapesAndNumel) {
+  Tensor t = Tensor::zeros({2, 3, 4});
+  EXPECT_EQ(t.numel(), 24);
+  EXPECT_EQ(t.nbytes(), 96u);
+  EXPECT_EQ(t.dim(-1), 4);
+  EXPECT_EQ(t.str(), "f32[2, 3, 4] cpu");
+  for (int64_t i = 0; i < 24; ++i) EXPECT_EQ(t.data<float>()[i], 0.0f);
+  EXPECT_THROW(t.dim(3), Error);
+  EXPECT_THROW(Tensor::empty({2, -1}), Error);
+  Tensor e = Tensor::empty({0, 5});
+  EXPECT_EQ(e.numel(), 0);
+}
+
+TEST(Tensor, ViewsShareStorage) {
+  Tensor t = Tensor::from_vector({2, 3}, {1, 2, 3, 4, 5, 6});
+  Tensor v = t.view({3, 2});
+  v.data<float>()[5] = 60.0f;
+  EXPECT_EQ(t.data<float>()[5], 60.0f);
+  EXPECT_EQ(t.use_count(), 2);
+  Tensor s = t.slice(1, 2);
+  EXPECT_EQ(s.shape(), Shape({1, 3}));
+  EXPECT_EQ(s.data<float>()[0], 4.0f);
+  Tensor c = t.clone();
+  c.data<float>()[0] = -1.0f;
+  EXPECT_EQ(t.data<float>()[0], 1.0f);
+  EXPECT_THROW(t.view({4, 2}), Error);
+  EXPECT_THROW(t.slice(1, 3), Error);
+}
+
+TEST(Tensor, DtypeChecks) {
+  Tensor codes = Tensor::zeros({4}, DType::I8);
+  EXPECT_EQ(codes.nbytes(), 4u);
+  try {
+    codes.data<float>();
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data<f32>() on a i8 tensor"), std::string::npos) << e.what();
+  }
+  Tensor a = Tensor::zeros({3}), b = Tensor::zeros({4});
+  EXPECT_THROW(a.copy_from(b), Error);
+  Tensor undefined;
+  EXPECT_THROW(undefined.raw(), Error);
+}
+
+TEST(Tensor, FromBlobDoesNotOwn) {
+  float buf[4] = {1, 2, 3, 4};
+  {
+    Tensor t = Tensor::from_blob(buf, {2, 2}, DType::F32);
+    t.data<float>()[3] = 40.0f;
+  }
+  EXPECT_EQ(buf[3], 40.0f);
+}
+
+TEST(Device, NoGpuIsReportedNotFatal) {
+  // On a machine without a GPU (or a build without CUDA) the count is 0 and the summary says why;
+  // with a GPU it names the devices.
+  const int n = cuda_device_count();
+  const std::string s = cuda_device_summary();
+  if (n == 0) {
+    EXPECT_EQ(s.rfind("no GPU", 0), 0u) << s;
+    EXPECT_THROW(Tensor::empty({4}, DType::F32, Device::CUDA), Error);
+  } else {
+    EXPECT_NE(s.find("GPU"), std::string::npos) << s;
+  }
+}

@@ -1,0 +1,346 @@
+// TTQ: forward edge cases, threshold modes, and the gradients of TTQ-SPEC.md — dL/dWp and
+// dL/dWn (with its minus sign) against finite differences, and the scaled latent gradient
+// against the formula applied to a finite-difference dL/dw_t.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/nn/conv2d.h"
+#include "engine/nn/linear.h"
+#include "engine/quant/quantize_model.h"
+#include "kernels/cpu/ttq_cpu.h"
+#include "models/model.h"
+#include "tests/test_util.h"
+
+using namespace ttq;
+using ttq::testing::random_tensor;
+
+namespace {
+
+struct Ternarized {
+  float d;
+  std::vector<int8_t> codes;
+  std::vector<float> w_t;
+};
+
+Ternarized ternarize(const std::vector<float>& w, math::ThresholdMode mode, float t, double r, float wp = 1.0f,
+                     float wn = 1.0f) {
+  Ternarized out;
+  out.d = cpu::ttq_threshold(mode, w.data(), static_cast<int64_t>(w.size()), t, r).threshold;
+  out.codes.resize(w.size());
+  out.w_t.resize(w.size());
+  cpu::ttq_ternarize(w.data(), static_cast<int64_t>(w.size()), out.d, wp, wn, out.w_t.data(), out.codes.data());
+  return out;
+}
+
+}  // namespace
+
+TEST(TtqForward, WeightsExactlyAtThresholdAreZero) {
+  // max |w| = 1, t = 0.05: D = 0.05f exactly; +-D fall in the zero band, just outside do not.
+  const std::vector<float> w{1.0f, 0.05f, -0.05f, 0.0499f, 0.0501f, -0.0501f, -1.0f, 0.0f};
+  const auto q = ternarize(w, math::ThresholdMode::Max, 0.05f, 0.0f, 2.0f, 3.0f);
+  EXPECT_EQ(q.d, 0.05f);
+  EXPECT_EQ(q.codes, (std::vector<int8_t>{1, 0, 0, 0, 1, -1, -1, 0}));
+  EXPECT_EQ(q.w_t, (std::vector<float>{2.0f, 0.0f, 0.0f, 0.0f, 2.0f, -3.0f, -3.0f, 0.0f}));
+}
+
+TEST(TtqForward, AllEqualWeights) {
+  const auto pos = ternarize(std::vector<float>(10, 0.3f), math::ThresholdMode::Max, 0.05f, 0.0f);
+  EXPECT_FLOAT_EQ(pos.d, 0.015f);
+  for (auto c : pos.codes) EXPECT_EQ(c, 1);
+  const auto neg = ternarize(std::vector<float>(10, -0.3f), math::ThresholdMode::Max, 0.05f, 0.0f);
+  for (auto c : neg.codes) EXPECT_EQ(c, -1);
+  // TWN: D = 0.7 * 0.3, every weight above it, scale = 0.3
+  const auto th = cpu::ttq_threshold(math::ThresholdMode::Twn, std::vector<float>(10, 0.3f).data(), 10, 0, 0);
+  EXPECT_FLOAT_EQ(th.threshold, 0.21f);
+  EXPECT_FLOAT_EQ(th.twn_scale, 0.3f);
+}
+
+TEST(TtqForward, AllZeroTensor) {
+  for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity, math::ThresholdMode::Twn}) {
+    const auto q = ternarize(std::vector<float>(16, 0.0f), mode, 0.05f, 0.5f);
+    EXPECT_EQ(q.d, 0.0f) << threshold_mode_name(mode);
+    for (size_t i = 0; i < q.codes.size(); ++i) {
+      EXPECT_EQ(q.codes[i], 0);
+      EXPECT_EQ(q.w_t[i], 0.0f);
+    }
+  }
+  // A whole zero layer goes through quantize_model (normalize_init must not divide by zero).
+  Linear l(4, 4, false);
+  QuantizeOptions opt;
+  quantize_model(l, opt);
+  for (int64_t i = 0; i < l.weight().value.numel(); ++i) EXPECT_EQ(l.weight().value.data<float>()[i], 0.0f);
+  EXPECT_EQ(l.quantizer()->stats().zeros, 16);
+}
+
+TEST(TtqForward, ZeroThresholdFactor) {
+  const std::vector<float> w{0.5f, -1e-6f, 1e-6f, 0.0f, -2.0f};
+  const auto q = ternarize(w, math::ThresholdMode::Max, 0.0f, 0.0f);
+  EXPECT_EQ(q.d, 0.0f);
+  EXPECT_EQ(q.codes, (std::vector<int8_t>{1, -1, 1, 0, -1}));
+}
+
+TEST(TtqForward, MaxModeThreshold) {
+  std::vector<float> w(1000);
+  ttq::testing::fill_random(w.data(), 1000, 7, -0.4f, 0.3f);
+  w[123] = -0.9f;
+  const auto q = ternarize(w, math::ThresholdMode::Max, 0.05f, 0.0f);
+  EXPECT_FLOAT_EQ(q.d, 0.05f * 0.9f);
+  for (size_t i = 0; i < w.size(); ++i)
+    EXPECT_EQ(q.codes[i], w[i] > q.d ? 1 : (w[i] < -q.d ? -1 : 0));
+}
+
+TEST(TtqForward, SparsityModeHitsRequestedFraction) {
+  std::vector<float> w(1000);
+  ttq::testing::fill_random(w.data(), 1000, 8);  // distinct with probability 1
+  const std::pair<double, int64_t> cases[] = {{0.0, 0},   {0.1, 100}, {0.29, 290}, {0.3, 300},
+                                               {0.45, 450}, {0.5, 500}, {0.9, 900},  {0.999, 999}};
+  for (const auto& [r, want] : cases) {
+    const auto q = ternarize(w, math::ThresholdMode::Sparsity, 0.0f, r);
+    EXPECT_EQ(std::count(q.codes.begin(), q.codes.end(), int8_t(0)), want) << "r = " << r;
+  }
+}
+
+TEST(TtqForward, TwnThresholdAndScale) {
+  const std::vector<float> w{1.0f, -0.5f, 0.1f, -0.1f, 0.8f, 0.0f};
+  // mean |w| = 2.5 / 6; D = 0.7 * that = 0.29167; above: 1.0, 0.5, 0.8 -> scale 2.3 / 3
+  const auto th = cpu::ttq_threshold(math::ThresholdMode::Twn, w.data(), 6, 0, 0);
+  EXPECT_NEAR(th.threshold, 0.7 * 2.5 / 6, 1e-6);
+  EXPECT_NEAR(th.twn_scale, 2.3 / 3, 1e-6);
+  Linear l(3, 2, false);
+  std::copy(w.begin(), w.end(), l.weight().value.data<float>());
+  TernaryConfig cfg;
+  cfg.mode = math::ThresholdMode::Twn;
+  l.enable_ternary(cfg);
+  EXPECT_EQ(l.named_parameters().size(), 1u) << "TWN has no trainable scales";
+  EXPECT_NEAR(l.quantizer()->stats().wp, 2.3 / 3, 1e-6);
+  EXPECT_NEAR(l.quantizer()->stats().wn, 2.3 / 3, 1e-6);
+  const Tensor& wt = l.quantizer()->quantized();
+  EXPECT_NEAR(wt.data<float>()[1], -2.3 / 3, 1e-6);
+  EXPECT_EQ(wt.data<float>()[2], 0.0f);
+}
+
+TEST(TtqForward, StatsAreExposedPerLayer) {
+  Conv2d c(2, 3, 3, 1, 1);
+  ttq::testing::fill_random(c.weight().value.data<float>(), c.weight().value.numel(), 9);
+  TernaryConfig cfg;
+  cfg.mode = math::ThresholdMode::Sparsity;
+  cfg.r = 0.5f;
+  c.enable_ternary(cfg);
+  const auto& st = c.quantizer()->stats();
+  EXPECT_EQ(st.positive + st.negative + st.zeros, 54);
+  EXPECT_EQ(st.zeros, 27);
+  EXPECT_DOUBLE_EQ(st.sparsity(), 0.5);
+  EXPECT_EQ(st.wp, 1.0f);
+  EXPECT_EQ(st.wn, 1.0f);
+  EXPECT_GT(st.threshold, 0.0f);
+}
+
+// dL/dWp and dL/dWn by finite differences on the scales (w_t is linear in them and the codes
+// do not move), for a conv and a linear layer, in Max and Sparsity modes.
+TEST(TtqGradient, ScaleGradientsMatchFiniteDifferences) {
+  for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity}) {
+    Conv2d c(3, 4, 3, 2, 1, 1, true);
+    ttq::testing::fill_random(c.weight().value.data<float>(), c.weight().value.numel(), 10);
+    TernaryConfig cfg;
+    cfg.mode = mode;
+    cfg.t = 0.3f;
+    cfg.r = 0.4f;
+    c.enable_ternary(cfg);
+    c.wp().value.data<float>()[0] = 0.7f;
+    c.wn().value.data<float>()[0] = 1.3f;
+    ttq::testing::check_module_gradients(c, random_tensor({2, 3, 6, 6}, 11), 12, 1e-2f, 2e-3, 2e-2, 40, {"weight"});
+
+    Linear l(6, 5, false);
+    ttq::testing::fill_random(l.weight().value.data<float>(), 30, 13);
+    l.enable_ternary(cfg);
+    l.wn().value.data<float>()[0] = 0.4f;
+    ttq::testing::check_module_gradients(l, random_tensor({4, 6}, 14), 15, 1e-2f, 2e-3, 2e-2, 40, {"weight"});
+  }
+}
+
+// The sign of dL/dWn: w_t = -Wn on I_n, so dL/dWn = -sum_{I_n} g. The seed paper prints +sum.
+TEST(TtqGradient, WnGradientHasMinusSign) {
+  Linear l(8, 3, false);
+  ttq::testing::fill_random(l.weight().value.data<float>(), 24, 16);
+  TernaryConfig cfg;
+  cfg.t = 0.2f;
+  l.enable_ternary(cfg);
+  Tensor x = random_tensor({5, 8}, 17);
+  Tensor y = l.forward(x);
+  Tensor r = random_tensor(y.shape(), 18);
+  l.zero_grad();
+  l.backward(r);
+  // g = dL/dw_t for L = sum(y * r): g[o, i] = sum_b r[b, o] * x[b, i]
+  double sum_neg = 0.0, sum_pos = 0.0;
+  const int8_t* codes = l.quantizer()->codes().data<int8_t>();
+  for (int o = 0; o < 3; ++o) {
+    for (int i = 0; i < 8; ++i) {
+      double g = 0.0;
+      for (int b = 0; b < 5; ++b) g += r.data<float>()[b * 3 + o] * x.data<float>()[b * 8 + i];
+      if (codes[o * 8 + i] < 0) sum_neg += g;
+      if (codes[o * 8 + i] > 0) sum_pos += g;
+    }
+  }
+  ASSERT_GT(std::fabs(sum_neg), 0.1) << "test needs a non-trivial negative set";
+  EXPECT_NEAR(l.wn().grad.data<float>()[0], -sum_neg, 1e-4);
+  EXPECT_NEAR(l.wp().grad.data<float>()[0], sum_pos, 1e-4);
+  // The finite difference agrees with -sum and not with the printed +sum.
+  const double num = ttq::testing::numeric_grad(l.wn().value.data<float>(), 0, 1e-2f, [&] {
+    Tensor out = l.forward(x);
+    return ttq::testing::dot(out.data<float>(), r.data<float>(), out.numel());
+  });
+  EXPECT_NEAR(num, -sum_neg, 1e-3);
+  EXPECT_GT(std::fabs(num - sum_neg), 0.1);
+}
+
+// dL/dW~ = Wp * g on I_p, g on the zero band, Wn * g on I_n, with g = dL/dw_t taken by finite
+// differences on an unquantized layer that holds w_t as its weights.
+TEST(TtqGradient, LatentGradientIsScaledStraightThrough) {
+  Conv2d q(2, 3, 3, 1, 1);
+  ttq::testing::fill_random(q.weight().value.data<float>(), q.weight().value.numel(), 19);
+  TernaryConfig cfg;
+  cfg.t = 0.25f;
+  q.enable_ternary(cfg);
+  q.wp().value.data<float>()[0] = 0.6f;
+  q.wn().value.data<float>()[0] = 1.7f;
+  Tensor x = random_tensor({2, 2, 5, 5}, 20);
+  Tensor y = q.forward(x);
+  Tensor r = random_tensor(y.shape(), 21);
+  q.zero_grad();
+  q.backward(r);
+
+  Conv2d plain(2, 3, 3, 1, 1);
+  plain.weight().value.copy_from(q.quantizer()->quantized());
+  const int8_t* codes = q.quantizer()->codes().data<int8_t>();
+  int seen[3] = {0, 0, 0};
+  for (int64_t i = 0; i < plain.weight().value.numel(); ++i) {
+    const double g = ttq::testing::numeric_grad(plain.weight().value.data<float>(), i, 1e-2f, [&] {
+      Tensor out = plain.forward(x);
+      return ttq::testing::dot(out.data<float>(), r.data<float>(), out.numel());
+    });
+    const double scale = codes[i] > 0 ? 0.6 : (codes[i] < 0 ? 1.7 : 1.0);
+    ++seen[codes[i] + 1];
+    EXPECT_NEAR(q.weight().grad.data<float>()[i], scale * g, 2e-3 + 1e-2 * std::fabs(scale * g)) << "weight " << i;
+  }
+  EXPECT_GT(seen[0], 0);
+  EXPECT_GT(seen[1], 0);
+  EXPECT_GT(seen[2], 0);
+}
+
+TEST(TtqGradient, TwnLatentGradientIsPlainStraightThrough) {
+  std::vector<float> w(12);
+  ttq::testing::fill_random(w.data(), 12, 22);
+  std::vector<int8_t> codes(12);
+  std::vector<float> wt(12), g(12), latent(12, 0.5f);
+  ttq::testing::fill_random(g.data(), 12, 23);
+  cpu::ttq_ternarize(w.data(), 12, 0.3f, 2.0f, 2.0f, wt.data(), codes.data());
+  cpu::ttq_backward(codes.data(), g.data(), 12, 2.0f, 2.0f, false, latent.data());
+  for (int i = 0; i < 12; ++i) EXPECT_FLOAT_EQ(latent[i], 0.5f + g[i]);  // accumulates
+}
+
+TEST(TtqGradient, GradientsAccumulateAcrossBackwardPasses) {
+  Linear l(4, 2, false);
+  ttq::testing::fill_random(l.weight().value.data<float>(), 8, 24);
+  l.enable_ternary(TernaryConfig{});
+  Tensor x = random_tensor({3, 4}, 25);
+  Tensor r = random_tensor({3, 2}, 26);
+  l.zero_grad();
+  l.forward(x);
+  l.backward(r);
+  const float once = l.wp().grad.data<float>()[0];
+  l.forward(x);
+  l.backward(r);
+  EXPECT_FLOAT_EQ(l.wp().grad.data<float>()[0], 2 * once);
+}
+
+TEST(TtqOptions, InitScalesFromWeights) {
+  Linear l(4, 1, false);
+  const std::vector<float> w{0.8f, 0.4f, -0.2f, 0.01f};
+  std::copy(w.begin(), w.end(), l.weight().value.data<float>());
+  TernaryConfig cfg;
+  cfg.t = 0.1f;  // D = 0.08
+  cfg.init_scales_from_weights = true;
+  l.enable_ternary(cfg);
+  EXPECT_FLOAT_EQ(l.wp().value.data<float>()[0], 0.6f);
+  EXPECT_FLOAT_EQ(l.wn().value.data<float>()[0], 0.2f);
+}
+
+TEST(TtqOptions, ClampScalesKeepsThemNonNegative) {
+  Linear l(4, 1, false);
+  ttq::testing::fill_random(l.weight().value.data<float>(), 4, 27);
+  TernaryConfig cfg;
+  cfg.clamp_scales = true;
+  l.enable_ternary(cfg);
+  l.wp().value.data<float>()[0] = -0.5f;
+  l.forward(random_tensor({2, 4}, 28));
+  EXPECT_EQ(l.wp().value.data<float>()[0], 0.0f);
+  EXPECT_EQ(l.quantizer()->stats().wp, 0.0f);
+}
+
+TEST(TtqOptions, InvalidConfigIsRefused) {
+  TernaryConfig bad;
+  bad.t = -0.1f;
+  EXPECT_THROW(TernaryQuantizer(bad, "x"), Error);
+  bad.t = 0.05f;
+  bad.r = 1.0f;
+  EXPECT_THROW(TernaryQuantizer(bad, "x"), Error);
+  EXPECT_THROW(parse_threshold_mode("maximum"), Error);
+}
+
+TEST(QuantizeModel, FullPrecisionLayersByNameAndNormalizeInit) {
+  Model m = build_model(json{{"name", "resnet20"}}, InputSpec{3, 32, 32, 10}, 1);
+  Tensor x = random_tensor({2, 3, 32, 32}, 29);
+  QuantizeOptions opt;
+  opt.full_precision_layers = {"conv1"};
+  // The quantized forward does not depend on normalize_init (D is relative to max|w|).
+  Model m2 = build_model(json{{"name", "resnet20"}}, InputSpec{3, 32, 32, 10}, 1);
+  QuantizeOptions opt2 = opt;
+  opt2.normalize_init = false;
+  const auto done = quantize_model(*m.net, opt);
+  quantize_model(*m2.net, opt2);
+  EXPECT_EQ(done.size(), 18u + 1u);  // 18 block convs + fc; conv1 stays full precision
+  EXPECT_EQ(std::count(done.begin(), done.end(), std::string("conv1")), 0);
+  EXPECT_EQ(done.back(), "fc");
+  m.net->eval();
+  m2.net->eval();
+  Tensor y1 = m.net->forward(x), y2 = m2.net->forward(x);
+  EXPECT_TRUE(ttq::testing::all_close(y1, y2, 1e-5, 1e-5));
+  for (auto* l : quantizable_layers(*m.net)) {
+    const Tensor& w = l->weight().value;
+    float mx = 0.0f;
+    for (int64_t i = 0; i < w.numel(); ++i) mx = std::max(mx, std::fabs(w.data<float>()[i]));
+    if (l->is_ternary())
+      EXPECT_FLOAT_EQ(mx, 1.0f) << l->path();
+    else
+      EXPECT_LT(mx, 1.0f) << l->path() << " stays as initialised";
+  }
+  bool found = false;
+  for (auto& np : m.net->named_parameters()) found |= np.name == "layer2.0.conv1.wn";
+  EXPECT_TRUE(found);
+}
+
+TEST(QuantizeModel, UnknownFullPrecisionLayerNamesTheClosest) {
+  Model m = build_model(json{{"name", "small_convnet"}}, InputSpec{1, 8, 8, 3}, 1);
+  QuantizeOptions opt;
+  opt.full_precision_layers = {"conv_1"};
+  try {
+    quantize_model(*m.net, opt);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'conv_1'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("did you mean 'conv1'"), std::string::npos) << e.what();
+  }
+}
+
+TEST(QuantizeModel, ModelSizeCountsTwoBitsPerTernaryWeight) {
+  Linear l(100, 10, true);
+  const ModelSize before = model_size(l);
+  EXPECT_EQ(before.fp32_bytes, (1000 + 10) * 4);
+  EXPECT_EQ(before.deployed_bytes, before.fp32_bytes);
+  l.enable_ternary(TernaryConfig{});
+  const ModelSize after = model_size(l);
+  EXPECT_EQ(after.fp32_bytes, (1000 + 10) * 4);
+  EXPECT_EQ(after.deployed_bytes, 250 + 8 + 10 * 4);
+}
