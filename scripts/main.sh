@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: install what is missing, build (Release), run the default experiment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build.sh
+build/ttq demo "$@"
