@@ -27,6 +27,14 @@ else()
   message(STATUS "OpenMP: not found, CPU loops single-threaded")
 endif()
 
+# ---- zlib (optional: gzip-compressed data files) -------------------------------------------
+find_package(ZLIB QUIET)
+if(ZLIB_FOUND)
+  message(STATUS "zlib: found ${ZLIB_VERSION_STRING}")
+else()
+  message(STATUS "zlib: not found, gzip-compressed data files unsupported")
+endif()
+
 # ---- oneDNN (optional CPU fast path) ---------------------------------------------------------
 set(TTQ_HAVE_ONEDNN OFF)
 if(TTQ_WITH_ONEDNN)

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/host_device.h"
 
@@ -21,24 +22,63 @@ enum class ThresholdMode : uint8_t {
   Twn = 2,       // TWN baseline: D = 0.7 * mean|W~|, one fixed scale a = mean(|W~| over |W~| > D)
 };
 
-// Ternary code of one latent weight: +1, 0 or -1. Weights exactly at +-D fall in the zero band.
+// Branch-free building blocks. The CPU loops (kernels/cpu/ttq_cpu.cpp) vectorize because the
+// per-element functions below are written with them instead of data-dependent ?: chains.
+namespace detail {
+
+TTQ_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+
+TTQ_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+
+// c ? a : b, picked with an all-ones/all-zeros mask: the exact bits of a or b (sign of zero and
+// NaN payloads included), no branch.
+TTQ_HD float select(bool c, float a, float b) {
+  const uint32_t m = 0u - static_cast<uint32_t>(c);
+  return bits_float((float_bits(a) & m) | (float_bits(b) & ~m));
+}
+
+}  // namespace detail
+
+// Ternary code of one latent weight: +1, 0 or -1. Weights exactly at +-D fall in the zero band,
+// and so does NaN (both comparisons are false). Same as w > d ? 1 : (w < -d ? -1 : 0) for every
+// input, a negative d included (there w > d wins).
 TTQ_HD int8_t ternary_code(float w, float d) {
-  return w > d ? int8_t(1) : (w < -d ? int8_t(-1) : int8_t(0));
+  const int pos = w > d;
+  const int neg = (w < -d) & (pos ^ 1);
+  return static_cast<int8_t>(pos - neg);
 }
 
-// The quantized weight for a code.
+// The quantized weight for a code: code > 0 ? wp : (code < 0 ? -wn : 0.0f).
 TTQ_HD float ternary_value(int8_t code, float wp, float wn) {
-  return code > 0 ? wp : (code < 0 ? -wn : 0.0f);
+  return detail::select(code > 0, wp, detail::select(code < 0, -wn, 0.0f));
 }
 
-// Factor applied to g = dL/dw_t to get dL/dW~ (the scaled straight-through gradient).
+// Factor applied to g = dL/dw_t to get dL/dW~ (the scaled straight-through gradient):
+// code > 0 ? wp : (code < 0 ? wn : 1.0f).
 TTQ_HD float latent_grad_scale(int8_t code, float wp, float wn) {
-  return code > 0 ? wp : (code < 0 ? wn : 1.0f);
+  return detail::select(code > 0, wp, detail::select(code < 0, wn, 1.0f));
 }
 
 // Contributions of one element to dL/dWp and dL/dWn. Note the minus sign for Wn.
-TTQ_HD float wp_grad_term(int8_t code, float g) { return code > 0 ? g : 0.0f; }
-TTQ_HD float wn_grad_term(int8_t code, float g) { return code < 0 ? -g : 0.0f; }
+// code > 0 ? g : 0.0f and code < 0 ? -g : 0.0f.
+TTQ_HD float wp_grad_term(int8_t code, float g) { return detail::select(code > 0, g, 0.0f); }
+TTQ_HD float wn_grad_term(int8_t code, float g) { return detail::select(code < 0, -g, 0.0f); }
 
 TTQ_HD float threshold_from_max(float max_abs, float t) { return t * max_abs; }
 TTQ_HD float twn_threshold(float mean_abs) { return 0.7f * mean_abs; }

@@ -8,6 +8,7 @@
 #include "tests/test_util.h"
 
 using namespace ttq;
+using ttq::testing::error_of;
 
 namespace {
 
@@ -16,15 +17,6 @@ int64_t conv_weight_count(Module& m) {
   for (auto* l : quantizable_layers(m))
     if (l->type() == "Conv2d") n += l->weight().value.numel();
   return n;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 }  // namespace

@@ -12,6 +12,24 @@
 
 namespace ttq::testing {
 
+// A fresh folder under the system temp folder, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// Writes bytes to a file (test fixtures).
+void write_bytes(const std::string& path, const std::string& bytes);
+std::string read_bytes(const std::string& path);
+// The message of the ttq::Error that f throws, or "<no error>".
+std::string error_of(const std::function<void()>& f);
+
 // Uniform in [lo, hi), reproducible from the seed.
 Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
 void fill_random(float* p, int64_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
