@@ -55,18 +55,26 @@ TTQ_HD float select(bool c, float a, float b) {
 
 }  // namespace detail
 
-// Ternary code of one latent weight: +1, 0 or -1. Weights exactly at +-D fall in the zero band,
-// and so does NaN (both comparisons are false). Same as w > d ? 1 : (w < -d ? -1 : 0) for every
-// input, a negative d included (there w > d wins).
+// Membership of one latent weight in I_p (w > D) and I_n (w < -D). Weights exactly at +-D are in
+// neither (the zero band), and so is NaN (both comparisons are false). At most one is true: with a
+// negative D, where both comparisons can hold, I_p wins.
+TTQ_HD bool in_positive_set(float w, float d) { return w > d; }
+TTQ_HD bool in_negative_set(float w, float d) { return (w < -d) & !(w > d); }
+
+// Ternary code of one latent weight: +1, 0 or -1. Same as w > d ? 1 : (w < -d ? -1 : 0) for every
+// input.
 TTQ_HD int8_t ternary_code(float w, float d) {
-  const int pos = w > d;
-  const int neg = (w < -d) & (pos ^ 1);
-  return static_cast<int8_t>(pos - neg);
+  return static_cast<int8_t>(static_cast<int>(in_positive_set(w, d)) - static_cast<int>(in_negative_set(w, d)));
+}
+
+// The quantized weight from set membership (pos and neg not both true): pos ? wp : (neg ? -wn : 0).
+TTQ_HD float ternary_value_of_sets(bool pos, bool neg, float wp, float wn) {
+  return detail::select(pos, wp, detail::select(neg, -wn, 0.0f));
 }
 
 // The quantized weight for a code: code > 0 ? wp : (code < 0 ? -wn : 0.0f).
 TTQ_HD float ternary_value(int8_t code, float wp, float wn) {
-  return detail::select(code > 0, wp, detail::select(code < 0, -wn, 0.0f));
+  return ternary_value_of_sets(code > 0, code < 0, wp, wn);
 }
 
 // Factor applied to g = dL/dw_t to get dL/dW~ (the scaled straight-through gradient):

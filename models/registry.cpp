@@ -19,8 +19,8 @@ Model build_model(JsonReader& cfg, const InputSpec& in, uint64_t seed) {
     TTQ_CHECK(sc == "A" || sc == "B", "config: '" << cfg.path_of("shortcut") << "' must be \"A\" or \"B\", got \"" << sc << "\"");
     o.shortcut = sc[0];
     o.base_width = cfg.get<int>("base_width", o.base_width);
-    o.bn_eps = cfg.get<float>("bn_eps", o.bn_eps);
-    o.bn_momentum = cfg.get<float>("bn_momentum", o.bn_momentum);
+    o.bn_eps = static_cast<float>(cfg.get<double>("bn_eps", 1e-5));
+    o.bn_momentum = static_cast<float>(cfg.get<double>("bn_momentum", 0.1));
     m = make_cifar_resnet(o, in, seed);
   } else if (name == "small_convnet") {
     SmallConvNetOptions o;

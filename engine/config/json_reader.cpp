@@ -33,9 +33,18 @@ std::string closest_match(const std::string& s, const std::vector<std::string>& 
   return best_d <= limit ? best : std::string();
 }
 
-JsonReader::JsonReader(const json& j, std::string path) : j_(j), path_(std::move(path)) {
+JsonReader::JsonReader(const json& j, std::string path, json* resolved)
+    : j_(j), path_(std::move(path)), resolved_(resolved) {
   TTQ_CHECK(j_.is_object(), "config: '" << (path_.empty() ? std::string("<top>") : path_)
                                         << "' must be an object, got " << j_.dump());
+  if (resolved_ && !resolved_->is_object()) *resolved_ = json::object();
+}
+
+const json& JsonReader::get_raw(const std::string& key) {
+  used_.insert(key);
+  TTQ_CHECK(has(key), "config: missing required key '" << path_of(key) << "'");
+  if (resolved_) (*resolved_)[key] = j_.at(key);
+  return j_.at(key);
 }
 
 bool JsonReader::has(const std::string& key) const { return j_.contains(key); }
@@ -45,8 +54,9 @@ std::string JsonReader::path_of(const std::string& key) const { return path_.emp
 JsonReader JsonReader::child(const std::string& key) {
   used_.insert(key);
   static const json empty = json::object();
-  if (!has(key)) return JsonReader(empty, path_of(key));
-  return JsonReader(j_.at(key), path_of(key));
+  json* sub = resolved_ ? &(*resolved_)[key] : nullptr;
+  if (!has(key)) return JsonReader(empty, path_of(key), sub);
+  return JsonReader(j_.at(key), path_of(key), sub);
 }
 
 void JsonReader::finish() const {

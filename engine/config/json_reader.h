@@ -21,7 +21,9 @@ std::string closest_match(const std::string& s, const std::vector<std::string>& 
 class JsonReader {
  public:
   // `path` is where this object sits in the file ("" for the top, "model", "optimizer.groups").
-  JsonReader(const json& j, std::string path);
+  // When `resolved` is given, every value read (given or defaulted) is recorded there under the
+  // same key, so the caller ends up with the complete configuration that was used.
+  JsonReader(const json& j, std::string path, json* resolved = nullptr);
 
   bool has(const std::string& key) const;
   std::string path_of(const std::string& key) const;
@@ -33,6 +35,7 @@ class JsonReader {
   template <typename T> T get(const std::string& key, const T& fallback) {
     if (!has(key)) {
       used_.insert(key);
+      if (resolved_) (*resolved_)[key] = fallback;
       return fallback;
     }
     return require<T>(key);
@@ -44,11 +47,16 @@ class JsonReader {
     const json& v = j_.at(key);
     check_type<T>(v, key);
     try {
-      return v.get<T>();
+      T out = v.get<T>();
+      if (resolved_) (*resolved_)[key] = out;
+      return out;
     } catch (const json::exception& e) {
       TTQ_FAIL("config: '" << path_of(key) << "': " << e.what());
     }
   }
+
+  // The raw value under key, recorded as is (for values interpreted elsewhere).
+  const json& get_raw(const std::string& key);
 
   // The sub-object under key (must be an object); an absent key gives an empty object.
   JsonReader child(const std::string& key);
@@ -88,6 +96,7 @@ class JsonReader {
   const json& j_;
   std::string path_;
   std::set<std::string> used_;
+  json* resolved_ = nullptr;
 };
 
 }  // namespace ttq

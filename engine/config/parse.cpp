@@ -11,7 +11,7 @@ QuantizeOptions parse_quantize_options(JsonReader& r, const std::vector<std::str
     TTQ_FAIL("config: '" << r.path_of("mode") << "': unknown threshold mode '" << mode
                          << "' (expected one of: max, sparsity, twn)");
   }
-  q.ternary.t = r.get<float>("t", q.ternary.t);
+  q.ternary.t = static_cast<float>(r.get<double>("t", 0.05));
   q.ternary.r = r.get<double>("r", q.ternary.r);
   TTQ_CHECK(q.ternary.t >= 0.0f && q.ternary.t < 1.0f, "config: '" << r.path_of("t") << "' must be in [0, 1), got " << q.ternary.t);
   TTQ_CHECK(q.ternary.r >= 0.0 && q.ternary.r < 1.0, "config: '" << r.path_of("r") << "' must be in [0, 1), got " << q.ternary.r);
@@ -39,10 +39,6 @@ OptimizerConfig parse_optimizer(JsonReader& r) {
   const std::pair<const char*, ParamKind> kinds[] = {
       {"weight", ParamKind::Weight}, {"bias", ParamKind::Bias}, {"norm", ParamKind::Norm}, {"scale", ParamKind::Scale}};
   for (const auto& [name, kind] : kinds) {
-    if (!groups.has(name)) {
-      groups.allow(name);
-      continue;
-    }
     JsonReader g = groups.child(name);
     GroupOptions& go = c.group(kind);
     go.lr_mult = g.get<double>("lr_mult", go.lr_mult);

@@ -1,0 +1,226 @@
+#include "engine/train/checkpoint.h"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "engine/nn/quantizable.h"
+#include "engine/quant/packing.h"
+#include "engine/quant/quantize_model.h"
+
+namespace ttq {
+
+namespace {
+
+json ternary_to_json(const TernaryConfig& c) {
+  return {{"mode", threshold_mode_name(c.mode)}, {"t", c.t}, {"r", c.r},
+          {"init_scales_from_weights", c.init_scales_from_weights}, {"clamp_scales", c.clamp_scales}};
+}
+
+TernaryConfig ternary_from_json(const json& j, const std::string& file, const std::string& layer) {
+  try {
+    TernaryConfig c;
+    c.mode = parse_threshold_mode(j.at("mode").get<std::string>());
+    c.t = j.at("t").get<float>();
+    c.r = j.at("r").get<double>();
+    c.init_scales_from_weights = j.at("init_scales_from_weights").get<bool>();
+    c.clamp_scales = j.at("clamp_scales").get<bool>();
+    return c;
+  } catch (const std::exception& e) {
+    TTQ_FAIL("'" << file << "': bad ternary settings for layer '" << layer << "': " << e.what());
+  }
+}
+
+std::string format_double(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+json parse_meta_json(const SafeTensorsFile& f, const std::string& key) {
+  try {
+    return json::parse(f.meta(key));
+  } catch (const json::exception& e) {
+    TTQ_FAIL("'" << f.path() << "': metadata '" << key << "' is not valid JSON: " << e.what());
+  }
+}
+
+}  // namespace
+
+json TrainingState::to_json() const {
+  // Doubles as strings with 17 digits: the JSON round trip must not change a bit.
+  return {{"stage", stage}, {"epoch", epoch}, {"batch", batch}, {"optimizer_steps", optimizer_steps},
+          {"global_step", global_step}, {"best_error", format_double(best_error)},
+          {"epoch_loss_sum", format_double(epoch_loss_sum)}, {"epoch_correct", epoch_correct},
+          {"epoch_seen", epoch_seen}, {"elapsed_seconds", format_double(elapsed_seconds)}};
+}
+
+TrainingState TrainingState::from_json(const json& j) {
+  TrainingState s;
+  s.stage = j.at("stage").get<int64_t>();
+  s.epoch = j.at("epoch").get<int64_t>();
+  s.batch = j.at("batch").get<int64_t>();
+  s.optimizer_steps = j.at("optimizer_steps").get<int64_t>();
+  s.global_step = j.at("global_step").get<int64_t>();
+  s.best_error = std::stod(j.at("best_error").get<std::string>());
+  s.epoch_loss_sum = std::stod(j.at("epoch_loss_sum").get<std::string>());
+  s.epoch_correct = j.at("epoch_correct").get<int64_t>();
+  s.epoch_seen = j.at("epoch_seen").get<int64_t>();
+  s.elapsed_seconds = std::stod(j.at("elapsed_seconds").get<std::string>());
+  return s;
+}
+
+namespace {
+
+json ternary_layers_json(Module& net) {
+  json t = json::object();
+  for (auto* l : quantizable_layers(net))
+    if (l->is_ternary()) t[l->path()] = ternary_to_json(l->quantizer()->config());
+  return t;
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
+                     const json& config) {
+  SafeTensorsWriter w;
+  for (auto& np : net.named_parameters()) w.add(np.name, np.param->value);
+  for (auto& nb : net.named_buffers()) w.add(nb.name, *nb.tensor);
+  if (opt)
+    for (auto& nb : const_cast<Optimizer*>(opt)->state()) w.add("optim." + nb.name, *nb.tensor);
+  w.add_metadata("format", "ttq-checkpoint");
+  w.add_metadata("config", config.dump());
+  w.add_metadata("state", state.to_json().dump());
+  w.add_metadata("ternary", ternary_layers_json(net).dump());
+  w.write(path);
+}
+
+Checkpoint read_checkpoint(const std::string& path) {
+  Checkpoint c{SafeTensorsFile::read(path), "", {}, {}, {}};
+  const auto& meta = c.file.metadata();
+  TTQ_CHECK(meta.count("format"), "'" << path << "' is a safetensors file but not a ttq checkpoint or export (no 'format' metadata)");
+  c.format = meta.at("format");
+  TTQ_CHECK(c.format == "ttq-checkpoint" || c.format == "ttq-export",
+            "'" << path << "' has format '" << c.format << "', expected ttq-checkpoint or ttq-export");
+  c.config = parse_meta_json(c.file, "config");
+  c.ternary = parse_meta_json(c.file, "ternary");
+  TTQ_CHECK(c.ternary.is_object(), "'" << path << "': metadata 'ternary' is not an object");
+  if (c.format == "ttq-checkpoint") {
+    try {
+      c.state = TrainingState::from_json(parse_meta_json(c.file, "state"));
+    } catch (const std::exception& e) {
+      TTQ_FAIL("'" << path << "': bad training state metadata: " << e.what());
+    }
+  }
+  return c;
+}
+
+namespace {
+
+void copy_checked(const Checkpoint& ck, const std::string& name, Tensor& dst) {
+  TTQ_CHECK(ck.file.has(name), "'" << ck.file.path() << "' was saved from a different model: it has no tensor '"
+                                   << name << "'");
+  TTQ_CHECK(ck.file.shape(name) == dst.shape() && ck.file.dtype(name) == dst.dtype(),
+            "'" << ck.file.path() << "' was saved from a different model: tensor '" << name << "' is "
+                << dtype_name(ck.file.dtype(name)) << shape_str(ck.file.shape(name)) << " in the file but "
+                << dtype_name(dst.dtype()) << shape_str(dst.shape()) << " here");
+  dst.copy_from(ck.file.tensor(name));
+}
+
+}  // namespace
+
+void load_model(Module& net, const Checkpoint& ck) {
+  const bool is_export = ck.format == "ttq-export";
+  std::map<std::string, QuantizableLayer*> layers;
+  for (auto* l : quantizable_layers(net)) layers[l->path()] = l;
+  std::set<std::string> expected;
+  for (auto it = ck.ternary.begin(); it != ck.ternary.end(); ++it) {
+    auto found = layers.find(it.key());
+    TTQ_CHECK(found != layers.end(), "'" << ck.file.path() << "' was saved from a different model: it has a ternary layer '"
+                                         << it.key() << "' this model lacks");
+    QuantizableLayer* l = found->second;
+    if (is_export) {
+      // The layer computes with its quantized weights, stored as a plain weight.
+      TTQ_CHECK(!l->is_ternary(), "layer '" << it.key() << "' is already ternary; load exports into a fresh model");
+      const std::string codes_name = it.key() + ".weight_codes";
+      TTQ_CHECK(ck.file.has(codes_name), "'" << ck.file.path() << "' lacks '" << codes_name << "'");
+      Tensor packed = ck.file.tensor(codes_name);
+      Tensor& w = l->weight().value;
+      std::vector<int8_t> codes(static_cast<size_t>(w.numel()));
+      unpack_ternary_codes(packed.data<uint8_t>(), packed.numel(), w.numel(), codes.data());
+      Tensor wp = Tensor::empty({1}), wn = Tensor::empty({1});
+      copy_checked(ck, it.key() + ".wp", wp);
+      copy_checked(ck, it.key() + ".wn", wn);
+      const float p = wp.data<float>()[0], n = wn.data<float>()[0];
+      for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = math::ternary_value(codes[i], p, n);
+      expected.insert({codes_name, it.key() + ".wp", it.key() + ".wn"});
+    } else if (!l->is_ternary()) {
+      l->enable_ternary(ternary_from_json(it.value(), ck.file.path(), it.key()));
+    }
+  }
+  for (auto& np : net.named_parameters()) {
+    const bool exported_weight = is_export && ck.ternary.contains(np.name.substr(0, np.name.rfind('.'))) &&
+                                 np.name.substr(np.name.rfind('.') + 1) == "weight";
+    if (exported_weight) continue;
+    copy_checked(ck, np.name, np.param->value);
+    expected.insert(np.name);
+  }
+  for (auto& nb : net.named_buffers()) {
+    copy_checked(ck, nb.name, *nb.tensor);
+    expected.insert(nb.name);
+  }
+  for (const auto& name : ck.file.names()) {
+    if (name.rfind("optim.", 0) == 0) continue;
+    TTQ_CHECK(expected.count(name), "'" << ck.file.path() << "' was saved from a different model: this model has no '"
+                                        << name << "'");
+  }
+  // Recompute the ternary state (codes, statistics) from the loaded weights.
+  for (auto* l : quantizable_layers(net))
+    if (l->is_ternary()) l->quantizer()->forward(l->weight().value);
+}
+
+void load_optimizer(Optimizer& opt, const Checkpoint& ck) {
+  TTQ_CHECK(ck.format == "ttq-checkpoint", "'" << ck.file.path() << "' is an export and holds no optimizer state");
+  for (auto& nb : opt.state()) copy_checked(ck, "optim." + nb.name, *nb.tensor);
+  opt.set_steps(ck.state.optimizer_steps);
+}
+
+ExportReport export_ternary(const std::string& path, Module& net, const json& config) {
+  SafeTensorsWriter w;
+  ExportReport r;
+  r.fp32_bytes = model_size(net).fp32_bytes;
+  std::set<std::string> ternary_weights;
+  for (auto* l : quantizable_layers(net)) {
+    if (!l->is_ternary()) {
+      ++r.full_precision_layers;
+      continue;
+    }
+    ++r.ternary_layers;
+    TernaryQuantizer* q = l->quantizer();
+    q->forward(l->weight().value);  // codes and scales as of now
+    const Tensor& codes = q->codes();
+    std::vector<uint8_t> packed = pack_ternary_codes(codes.data<int8_t>(), codes.numel());
+    Tensor t = Tensor::empty({static_cast<int64_t>(packed.size())}, DType::U8);
+    std::copy(packed.begin(), packed.end(), t.data<uint8_t>());
+    w.add(l->path() + ".weight_codes", t);
+    if (!q->trainable_scales()) {  // TWN: the fixed scale, stored as Wp = Wn
+      w.add(l->path() + ".wp", Tensor::full({1}, q->stats().wp));
+      w.add(l->path() + ".wn", Tensor::full({1}, q->stats().wn));
+    }
+    ternary_weights.insert(l->path() + ".weight");
+  }
+  for (auto& np : net.named_parameters())
+    if (!ternary_weights.count(np.name)) w.add(np.name, np.param->value);
+  for (auto& nb : net.named_buffers()) w.add(nb.name, *nb.tensor);
+  w.add_metadata("format", "ttq-export");
+  w.add_metadata("config", config.dump());
+  w.add_metadata("ternary", ternary_layers_json(net).dump());
+  w.write(path);
+  struct stat st{};
+  if (::stat(path.c_str(), &st) == 0) r.file_bytes = st.st_size;
+  return r;
+}
+
+}  // namespace ttq

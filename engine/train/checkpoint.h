@@ -1,0 +1,64 @@
+// Checkpoints and the deployable export, both safetensors files with PyTorch-style names.
+//
+// Checkpoint ("format": "ttq-checkpoint"): every parameter and buffer of the model by name
+// (latent weights, "<layer>.wp" / "<layer>.wn"), the optimizer state as "optim.<param>.<state>",
+// and metadata: the resolved experiment config, the training position, the ternary layers with
+// their quantizer settings.
+//
+// Export ("format": "ttq-export"): each ternary layer as "<layer>.weight_codes" (2-bit packed,
+// engine/quant/packing.h) plus "<layer>.wp" / "<layer>.wn"; everything else as stored in fp32.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "engine/config/json_reader.h"
+#include "engine/io/safetensors.h"
+#include "engine/nn/module.h"
+#include "engine/optim/optimizer.h"
+
+namespace ttq {
+
+// Where training stands; a checkpoint taken at the end of an epoch has batch == 0 and the next
+// epoch in `epoch`.
+struct TrainingState {
+  int64_t stage = 0, epoch = 0, batch = 0;
+  int64_t optimizer_steps = 0;
+  int64_t global_step = 0;
+  double best_error = 1.0;
+  // Running sums of the current epoch's training loss / correct / seen (for resuming mid-epoch).
+  double epoch_loss_sum = 0.0;
+  int64_t epoch_correct = 0, epoch_seen = 0;
+  double elapsed_seconds = 0.0;
+
+  json to_json() const;
+  static TrainingState from_json(const json& j);
+};
+
+void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
+                     const json& config);
+
+struct Checkpoint {
+  SafeTensorsFile file;
+  std::string format;  // "ttq-checkpoint" or "ttq-export"
+  json config;         // the resolved experiment config it was trained with
+  TrainingState state;
+  json ternary;        // {"layer path": {"mode": ..., "t": ..., ...}}
+};
+
+// Reads and checks a checkpoint or an export.
+Checkpoint read_checkpoint(const std::string& path);
+
+// Makes the checkpoint's ternary layers ternary in net (with their stored settings) and loads
+// every parameter and buffer. A tensor missing, extra or of another shape is an error naming it
+// and the file. For an export, ternary layers get their quantized weights w_t as plain weights.
+void load_model(Module& net, const Checkpoint& ck);
+void load_optimizer(Optimizer& opt, const Checkpoint& ck);
+
+struct ExportReport {
+  int64_t fp32_bytes = 0, file_bytes = 0;
+  int ternary_layers = 0, full_precision_layers = 0;
+};
+ExportReport export_ternary(const std::string& path, Module& net, const json& config);
+
+}  // namespace ttq

@@ -1,0 +1,209 @@
+#include "engine/train/experiment.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "engine/config/parse.h"
+
+namespace ttq {
+
+json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  TTQ_CHECK(in, "cannot open config '" << path << "': " << std::strerror(errno));
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    TTQ_FAIL("config '" << path << "' is not valid JSON: " << e.what());
+  }
+}
+
+namespace {
+
+DataConfig parse_data(JsonReader r) {
+  DataConfig d;
+  d.dataset = r.get<std::string>("dataset", d.dataset);
+  const std::vector<std::string> known{"fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic"};
+  if (std::find(known.begin(), known.end(), d.dataset) == known.end()) {
+    const std::string hint = closest_match(d.dataset, known);
+    TTQ_FAIL("config: '" << r.path_of("dataset") << "': unknown data set '" << d.dataset << "'"
+                         << (hint.empty() ? " (expected fashion_mnist, mnist, cifar10, cifar100 or synthetic)"
+                                          : " (did you mean '" + hint + "'?)"));
+  }
+  std::string default_root;
+  if (d.dataset == "fashion_mnist") default_root = "/usr/share/datasets/fashion-mnist";
+  if (d.dataset == "mnist") default_root = "/usr/share/datasets/mnist";
+  if (d.dataset == "cifar10") default_root = "data/cifar-10-batches-bin";
+  if (d.dataset == "cifar100") default_root = "data/cifar-100-binary";
+  d.root = r.get<std::string>("root", default_root);
+  d.normalize = r.get<std::string>("normalize", d.normalize);
+  TTQ_CHECK(d.normalize == "channel" || d.normalize == "pixel_mean" || d.normalize == "none",
+            "config: '" << r.path_of("normalize") << "' must be channel, pixel_mean or none, got '" << d.normalize << "'");
+  JsonReader aug = r.child("augment");
+  d.augment.pad = aug.get<int64_t>("pad", 0);
+  d.augment.hflip = aug.get<bool>("hflip", false);
+  TTQ_CHECK(d.augment.pad >= 0 && d.augment.pad <= 64, "config: '" << aug.path_of("pad") << "' must be in [0, 64]");
+  aug.finish();
+  d.train_subset = r.get<int64_t>("train_subset", 0);
+  d.test_subset = r.get<int64_t>("test_subset", 0);
+  TTQ_CHECK(d.train_subset >= 0 && d.test_subset >= 0, "config: '" << r.path() << "': subsets must be >= 0");
+  d.workers = r.get<int>("workers", d.workers);
+  d.prefetch = r.get<int>("prefetch", d.prefetch);
+  TTQ_CHECK(d.workers >= 0 && d.workers <= 256, "config: '" << r.path_of("workers") << "' must be in [0, 256]");
+  TTQ_CHECK(d.prefetch >= 1, "config: '" << r.path_of("prefetch") << "' must be >= 1");
+  if (d.dataset == "synthetic") {
+    JsonReader s = r.child("synthetic");
+    d.synthetic_train = s.get<int64_t>("train", d.synthetic_train);
+    d.synthetic_test = s.get<int64_t>("test", d.synthetic_test);
+    d.synthetic_size = s.get<int64_t>("size", d.synthetic_size);
+    d.synthetic_classes = s.get<int64_t>("classes", d.synthetic_classes);
+    d.synthetic_noise = s.get<double>("noise", d.synthetic_noise);
+    TTQ_CHECK(d.synthetic_train > 0 && d.synthetic_test > 0 && d.synthetic_size >= 4 && d.synthetic_classes > 1,
+              "config: '" << s.path() << "': sizes must be positive (size >= 4, classes >= 2)");
+    s.finish();
+  }
+  r.finish();
+  return d;
+}
+
+StageConfig parse_stage(JsonReader r, size_t index) {
+  StageConfig s;
+  s.name = r.get<std::string>("name", "stage" + std::to_string(index));
+  s.epochs = r.get<int>("epochs", s.epochs);
+  TTQ_CHECK(s.epochs >= 1, "config: '" << r.path_of("epochs") << "' must be >= 1, got " << s.epochs);
+  s.batch_size = r.get<int64_t>("batch_size", s.batch_size);
+  TTQ_CHECK(s.batch_size >= 2, "config: '" << r.path_of("batch_size") << "' must be >= 2 (batch norm), got " << s.batch_size);
+  JsonReader opt = r.child("optimizer");
+  s.optimizer = parse_optimizer(opt);
+  JsonReader sched = r.child("schedule");
+  s.schedule = parse_schedule(sched);
+  s.label_smoothing = r.get<double>("label_smoothing", 0.0);
+  TTQ_CHECK(s.label_smoothing >= 0.0 && s.label_smoothing < 1.0, "config: '" << r.path_of("label_smoothing") << "' must be in [0, 1)");
+  s.quantize = r.has("quantization");
+  if (s.quantize) {
+    JsonReader q = r.child("quantization");
+    s.fp_layers_from_model = !q.has("full_precision_layers");
+    s.quantization = parse_quantize_options(q, {});
+  } else {
+    r.allow("quantization");
+  }
+  r.finish();
+  return s;
+}
+
+}  // namespace
+
+ExperimentConfig parse_experiment(const json& j) {
+  ExperimentConfig c;
+  JsonReader r(j, "", &c.resolved);
+  TTQ_CHECK(!r.has("sweep"), "config: expand the 'sweep' before parsing one experiment");
+  c.name = r.get<std::string>("name", c.name);
+  c.output_dir = r.get<std::string>("output_dir", "runs/" + c.name);
+  const int64_t seed = r.get<int64_t>("seed", 0);
+  TTQ_CHECK(seed >= 0, "config: 'seed' must be >= 0, got " << seed);
+  c.seed = static_cast<uint64_t>(seed);
+  c.device = r.get<std::string>("device", c.device);
+  TTQ_CHECK(c.device == "cpu" || c.device == "cuda" || c.device == "auto",
+            "config: 'device' must be cpu, cuda or auto, got '" << c.device << "'");
+  c.data = parse_data(r.child("data"));
+  c.model = r.get_raw("model");
+  TTQ_CHECK(c.model.is_object() && c.model.contains("name"), "config: 'model' must be an object with a 'name'");
+  // The model's own keys are checked when it is built.
+  TTQ_CHECK(r.has("stages") && r.raw().at("stages").is_array() && !r.raw().at("stages").empty(),
+            "config: 'stages' must be a non-empty list of training stages");
+  const json& stages = r.get_raw("stages");
+  c.resolved["stages"] = json::array();
+  for (size_t i = 0; i < stages.size(); ++i) {
+    json& out = c.resolved["stages"].emplace_back(json::object());
+    TTQ_CHECK(stages[i].is_object(), "config: 'stages." << i << "' must be an object");
+    c.stages.push_back(parse_stage(JsonReader(stages[i], "stages." + std::to_string(i), &out), i));
+  }
+  JsonReader ev = r.child("eval");
+  c.eval_every_epochs = ev.get<int>("every_epochs", c.eval_every_epochs);
+  c.eval_batch_size = ev.get<int64_t>("batch_size", c.eval_batch_size);
+  TTQ_CHECK(c.eval_every_epochs >= 1 && c.eval_batch_size >= 1, "config: 'eval' values must be >= 1");
+  ev.finish();
+  JsonReader ck = r.child("checkpoint");
+  c.checkpoint_every_epochs = ck.get<int>("every_epochs", c.checkpoint_every_epochs);
+  c.checkpoint_every_steps = ck.get<int64_t>("every_steps", c.checkpoint_every_steps);
+  TTQ_CHECK(c.checkpoint_every_epochs >= 1 && c.checkpoint_every_steps >= 0,
+            "config: 'checkpoint.every_epochs' must be >= 1 and 'checkpoint.every_steps' >= 0");
+  ck.finish();
+  JsonReader lg = r.child("log");
+  c.log_every_steps = lg.get<int>("every_steps", c.log_every_steps);
+  TTQ_CHECK(c.log_every_steps >= 1, "config: 'log.every_steps' must be >= 1");
+  lg.finish();
+  c.init_from = r.get<std::string>("init_from", "");
+  r.finish();
+  return c;
+}
+
+json apply_override(json j, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  TTQ_CHECK(eq != std::string::npos && eq > 0, "--set expects key.path=value, got '" << assignment << "'");
+  const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::exception&) {
+    value = text;  // a bare word is a string
+  }
+  json* node = &j;
+  std::stringstream ss(path);
+  std::string part, walked;
+  std::vector<std::string> parts;
+  while (std::getline(ss, part, '.')) parts.push_back(part);
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    walked += (walked.empty() ? "" : ".") + p;
+    const bool last = i + 1 == parts.size();
+    if (node->is_array()) {
+      size_t idx = 0;
+      try {
+        idx = std::stoul(p);
+      } catch (...) {
+        TTQ_FAIL("--set " << path << ": '" << walked << "' indexes a list and needs a number");
+      }
+      TTQ_CHECK(idx < node->size(), "--set " << path << ": '" << walked << "' is past the end of a list of " << node->size());
+      node = &(*node)[idx];
+    } else {
+      TTQ_CHECK(node->is_object() || node->is_null(), "--set " << path << ": '" << walked << "' is inside a non-object value");
+      node = &(*node)[p];
+    }
+    if (last) *node = value;
+  }
+  return j;
+}
+
+namespace {
+std::string value_label(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+}  // namespace
+
+std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
+  if (!j.is_object() || !j.contains("sweep")) return {{"", j}};
+  const json& sweep = j.at("sweep");
+  TTQ_CHECK(sweep.is_object() && !sweep.empty(), "config: 'sweep' must map key paths to lists of values");
+  std::vector<std::pair<std::string, json>> runs{{"", j}};
+  runs[0].second.erase("sweep");
+  for (auto it = sweep.begin(); it != sweep.end(); ++it) {
+    TTQ_CHECK(it->is_array() && !it->empty(), "config: 'sweep." << it.key() << "' must be a non-empty list");
+    const std::string short_key = it.key().substr(it.key().find_last_of('.') + 1);
+    std::vector<std::pair<std::string, json>> next;
+    for (const auto& [name, cfg] : runs)
+      for (const auto& v : *it) {
+        json c = apply_override(cfg, it.key() + "=" + v.dump());
+        next.emplace_back(name + (name.empty() ? "" : ",") + short_key + "=" + value_label(v), std::move(c));
+      }
+    runs = std::move(next);
+  }
+  const std::string base_name = j.value("name", std::string("experiment"));
+  const std::string base_dir = j.value("output_dir", "runs/" + base_name);
+  for (auto& [name, cfg] : runs) {
+    cfg["name"] = base_name + "/" + name;
+    cfg["output_dir"] = base_dir + "/" + name;
+  }
+  return runs;
+}
+
+}  // namespace ttq

@@ -1,0 +1,74 @@
+// An experiment: one JSON file describing data, model, training stages (full precision, then
+// TTQ, ...), evaluation, checkpoints and output. Parsing is strict (unknown keys, wrong types and
+// impossible values are errors naming their JSON path) and records the fully resolved config.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/config/json_reader.h"
+#include "engine/data/transforms.h"
+#include "engine/optim/optimizer.h"
+#include "engine/optim/schedule.h"
+#include "engine/quant/quantize_model.h"
+
+namespace ttq {
+
+struct DataConfig {
+  std::string dataset = "fashion_mnist";  // fashion_mnist | mnist | cifar10 | cifar100 | synthetic
+  std::string root;                       // folder of the files (default per data set)
+  std::string normalize = "channel";      // channel | pixel_mean | none
+  Augment augment;                        // training augmentation
+  int64_t train_subset = 0;               // use only the first N training samples (0: all)
+  int64_t test_subset = 0;                // use only the first N test samples (0: all)
+  int workers = 2, prefetch = 4;
+  // synthetic only
+  int64_t synthetic_train = 4096, synthetic_test = 1024, synthetic_size = 16, synthetic_classes = 10;
+  double synthetic_noise = 1.0;
+};
+
+struct StageConfig {
+  std::string name;
+  int epochs = 1;
+  int64_t batch_size = 128;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  bool quantize = false;        // a "quantization" object makes the stage TTQ
+  QuantizeOptions quantization;
+  bool fp_layers_from_model = false;  // full_precision_layers not given: use the model's default
+  double label_smoothing = 0.0;
+};
+
+struct ExperimentConfig {
+  std::string name = "experiment";
+  std::string output_dir;
+  uint64_t seed = 0;
+  std::string device = "cpu";  // cpu | cuda | auto
+  DataConfig data;
+  json model;                  // given to build_model
+  std::vector<StageConfig> stages;
+  int eval_every_epochs = 1;
+  int64_t eval_batch_size = 500;
+  int checkpoint_every_epochs = 1;
+  int64_t checkpoint_every_steps = 0;  // 0: only at epoch ends
+  int log_every_steps = 50;
+  std::string init_from;       // checkpoint whose weights start the first stage
+  json resolved;               // the complete configuration, defaults filled in
+};
+
+// Parses an experiment (without a "sweep" key: expand sweeps first).
+ExperimentConfig parse_experiment(const json& j);
+
+// Applies "--set key.path=value" overrides: value is parsed as JSON when it can be, else taken
+// as a string. List elements are addressed by index ("stages.1.epochs=3").
+json apply_override(json j, const std::string& assignment);
+
+// One configuration per point of the sweep grid ({"sweep": {"key.path": [values...], ...}}), each
+// with a run name like "t=0.05" and output_dir/<run name>; a config without a sweep gives itself.
+std::vector<std::pair<std::string, json>> expand_sweep(const json& j);
+
+// Reads a JSON file, naming it on failure.
+json read_json_file(const std::string& path);
+
+}  // namespace ttq

@@ -1,0 +1,58 @@
+// Runs an experiment: its stages in order (full precision, then TTQ from those weights, ...),
+// evaluation, metrics, checkpoints and the summary, in the experiment's output folder:
+//   config.json       the resolved configuration
+//   metrics.jsonl     one JSON object per line: "step" records every log.every_steps steps,
+//                     "epoch" records with train/test loss, top-1/top-5 error, per-layer D/Wp/Wn/sparsity
+//   last.safetensors  the latest checkpoint (atomic), <stage>.safetensors at each stage's end
+//   summary.json      final and best test error, sparsity, model sizes, wall time
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "engine/data/loader.h"
+#include "engine/nn/module.h"
+#include "engine/train/experiment.h"
+
+namespace ttq {
+
+struct StageResult {
+  std::string name;
+  bool ternary = false;
+  double test_loss = 0.0, test_top1_error = 1.0, test_top5_error = 1.0;
+  double sparsity = 0.0;  // zeros over all ternary weights
+};
+
+struct RunSummary {
+  std::string name, output_dir;
+  std::vector<StageResult> stages;
+  double best_test_top1_error = 1.0;
+  int64_t fp32_bytes = 0, deployed_bytes = 0;
+  double wall_seconds = 0.0;
+  std::vector<std::vector<std::string>> layer_table;  // layer, D, Wp, Wn, sparsity (last stage)
+  json to_json() const;
+};
+
+struct TrainOptions {
+  bool resume = false;   // continue from output_dir/last.safetensors
+  bool quiet = false;    // no per-step console output
+  // Stop (as if killed) after this many optimizer steps in this process; 0: run to the end.
+  // Used to test that a resumed run ends exactly where an uninterrupted one does.
+  int64_t stop_after_steps = 0;
+};
+
+struct EvalResult {
+  double loss = 0.0, top1_error = 1.0, top5_error = 1.0;
+  int64_t samples = 0;
+};
+// Evaluation-mode pass over a whole test source (the model's mode is restored afterwards).
+EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers);
+
+// Trains; throws ttq::Error on bad input, a non-finite loss (naming stage, epoch and step) or
+// I/O failure. The last complete checkpoint is never overwritten by a partial one.
+RunSummary train_experiment(const ExperimentConfig& cfg, const TrainOptions& opt);
+
+// Formats a run's final table (stages, per-layer ternary state, model size).
+std::string format_summary_table(const RunSummary& s);
+
+}  // namespace ttq
