@@ -344,3 +344,65 @@ TEST(QuantizeModel, ModelSizeCountsTwoBitsPerTernaryWeight) {
   EXPECT_EQ(after.fp32_bytes, (1000 + 10) * 4);
   EXPECT_EQ(after.deployed_bytes, 250 + 8 + 10 * 4);
 }
+
+// The CPU passes split large tensors into fixed chunks whose partial results are combined in chunk
+// order, so every output is bitwise the same whether one thread or several run the chunks.
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#include <cstring>
+
+TEST(TtqCpu, ResultsIndependentOfThreadCount) {
+#if !defined(_OPENMP)
+  GTEST_SKIP() << "built without OpenMP";
+#else
+  struct Outputs {
+    std::vector<float> thresholds, w_t, latent;
+    std::vector<int8_t> codes;
+    std::vector<int64_t> counts;
+    std::vector<double> sums;
+  };
+  auto bits_equal = [](const auto& a, const auto& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0;
+  };
+  for (const int64_t n : {int64_t{1} << 20, (int64_t{1} << 20) + 13}) {
+    std::vector<float> w(n), g(n);
+    ttq::testing::fill_random(w.data(), n, 30);
+    ttq::testing::fill_random(g.data(), n, 31, -1e-3f, 1e-3f);
+    auto run = [&](int threads) {
+      omp_set_num_threads(threads);
+      Outputs o;
+      for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity, math::ThresholdMode::Twn}) {
+        const auto th = cpu::ttq_threshold(mode, w.data(), n, 0.05f, 0.5);
+        o.thresholds.push_back(th.threshold);
+        o.thresholds.push_back(th.twn_scale);
+      }
+      const float d = o.thresholds[2];  // sparsity: half of the weights in the zero band
+      o.w_t.resize(n);
+      o.codes.resize(n);
+      const auto c = cpu::ttq_ternarize(w.data(), n, d, 0.6f, 0.55f, o.w_t.data(), o.codes.data());
+      o.counts = {c.positive, c.negative};
+      o.latent.assign(n, 0.25f);
+      for (bool scale_latent : {true, false}) {
+        const auto s = cpu::ttq_backward(o.codes.data(), g.data(), n, 0.6f, 0.55f, scale_latent, o.latent.data());
+        o.sums.push_back(s.wp);
+        o.sums.push_back(s.wn);
+      }
+      const auto means = cpu::ttq_set_means(w.data(), n, d);
+      o.thresholds.push_back(means.positive);
+      o.thresholds.push_back(means.negative);
+      return o;
+    };
+    const int before = omp_get_max_threads();
+    const Outputs one = run(1), two = run(2);
+    omp_set_num_threads(before);
+    EXPECT_TRUE(bits_equal(one.thresholds, two.thresholds)) << "n = " << n;
+    EXPECT_TRUE(bits_equal(one.w_t, two.w_t)) << "n = " << n;
+    EXPECT_TRUE(bits_equal(one.codes, two.codes)) << "n = " << n;
+    EXPECT_TRUE(bits_equal(one.latent, two.latent)) << "n = " << n;
+    EXPECT_TRUE(bits_equal(one.sums, two.sums)) << "n = " << n;
+    EXPECT_EQ(one.counts, two.counts) << "n = " << n;
+    EXPECT_EQ(one.counts[0] + one.counts[1], n - n / 2) << "r = 0.5 puts floor(n / 2) weights in the zero band";
+  }
+#endif
+}

@@ -1,0 +1,218 @@
+// Experiments end to end on a small synthetic problem: config errors, train + eval + export +
+// eval of the export, resume exactness, sweeps, init_from, and a NaN loss that stops cleanly.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "engine/io/safetensors.h"
+#include "engine/nn/quantizable.h"
+#include "engine/train/checkpoint.h"
+#include "engine/train/data_sets.h"
+#include "engine/train/trainer.h"
+#include "models/model.h"
+#include "tests/test_util.h"
+
+using namespace ttq;
+using ttq::testing::error_of;
+using ttq::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+json make_config(const std::string& out) {
+  json j = json::parse(R"({
+    "name": "quick", "seed": 3,
+    "data": {"dataset": "synthetic", "synthetic": {"train": 2048, "test": 256, "size": 8, "classes": 4}, "workers": 2},
+    "model": {"name": "small_convnet"},
+    "stages": [
+      {"name": "fp", "epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.05},
+       "schedule": {"type": "cosine", "total_epochs": 2}},
+      {"name": "ttq", "epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.02, "weight_decay": 1e-4},
+       "quantization": {"t": 0.05}}
+    ],
+    "log": {"every_steps": 5}
+  })");
+  j["output_dir"] = out;
+  return j;
+}
+
+TrainOptions quiet() {
+  TrainOptions o;
+  o.quiet = true;
+  return o;
+}
+
+std::map<std::string, std::string> checkpoint_bytes(const std::string& path) {
+  auto f = SafeTensorsFile::read(path);
+  std::map<std::string, std::string> out;
+  for (const auto& n : f.names()) {
+    Tensor t = f.tensor(n);
+    out[n] = std::string(static_cast<const char*>(t.raw()), t.nbytes());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
+  TempDir d;
+  json j = make_config(d.path());
+  auto err = [](json c) { return error_of([&] { parse_experiment(c); }); };
+  json typo = j;
+  typo["stages"][1]["quantisation"] = typo["stages"][1]["quantization"];
+  typo["stages"][1].erase("quantization");
+  EXPECT_NE(err(typo).find("unknown key 'stages.1.quantisation' (did you mean 'stages.1.quantization'?)"), std::string::npos)
+      << err(typo);
+  json wrong_type = j;
+  wrong_type["stages"][0]["epochs"] = "two";
+  EXPECT_NE(err(wrong_type).find("'stages.0.epochs' must be an integer"), std::string::npos) << err(wrong_type);
+  json bad_value = j;
+  bad_value["stages"][0]["batch_size"] = 1;
+  EXPECT_NE(err(bad_value).find("'stages.0.batch_size' must be >= 2"), std::string::npos) << err(bad_value);
+  json bad_data = j;
+  bad_data["data"]["dataset"] = "cifar_10";
+  EXPECT_NE(err(bad_data).find("did you mean 'cifar10'"), std::string::npos) << err(bad_data);
+  json bad_opt = j;
+  bad_opt["stages"][0]["optimizer"]["type"] = "adamw";
+  EXPECT_NE(err(bad_opt).find("'stages.0.optimizer.type'"), std::string::npos) << err(bad_opt);
+  json no_stages = j;
+  no_stages.erase("stages");
+  EXPECT_NE(err(no_stages).find("'stages' must be a non-empty list"), std::string::npos);
+  EXPECT_NE(error_of([] { read_json_file("/nonexistent/x.json"); }).find("cannot open config '/nonexistent/x.json'"),
+            std::string::npos);
+}
+
+TEST(ExperimentConfigTest, OverridesAndSweeps) {
+  json j = make_config("runs/x");
+  j = apply_override(j, "stages.1.quantization.t=0.1");
+  j = apply_override(j, "name=renamed");
+  EXPECT_DOUBLE_EQ(j["stages"][1]["quantization"]["t"].get<double>(), 0.1);
+  EXPECT_EQ(j["name"], "renamed");
+  EXPECT_NE(error_of([&] { apply_override(j, "stages.5.epochs=1"); }).find("past the end"), std::string::npos);
+  EXPECT_NE(error_of([&] { apply_override(j, "noequals"); }).find("key.path=value"), std::string::npos);
+  j["sweep"] = {{"stages.1.quantization.t", {0.05, 0.1, 0.2}}, {"seed", {1, 2}}};
+  const auto runs = expand_sweep(j);
+  ASSERT_EQ(runs.size(), 6u);
+  EXPECT_EQ(runs[0].first, "seed=1,t=0.05");
+  EXPECT_EQ(runs[5].second["output_dir"], "runs/x/seed=2,t=0.2");
+  EXPECT_DOUBLE_EQ(runs[5].second["stages"][1]["quantization"]["t"].get<double>(), 0.2);
+  EXPECT_FALSE(runs[0].second.contains("sweep"));
+}
+
+TEST(Experiment, TrainEvalExportEvalExported) {
+  TempDir d;
+  const ExperimentConfig cfg = parse_experiment(make_config(d.path()));
+  const RunSummary s = train_experiment(cfg, quiet());
+  ASSERT_EQ(s.stages.size(), 2u);
+  EXPECT_LT(s.stages[0].test_top1_error, 0.12);
+  EXPECT_LT(s.stages[1].test_top1_error, 0.12);
+  EXPECT_GT(s.stages[1].sparsity, 0.0);
+  EXPECT_LT(s.deployed_bytes, s.fp32_bytes);
+  for (const char* f : {"config.json", "metrics.jsonl", "summary.json", "last.safetensors", "fp.safetensors",
+                        "ttq.safetensors"})
+    EXPECT_TRUE(fs::exists(d.file(f))) << f;
+  // metrics.jsonl: step records every 5 steps and one epoch record per epoch with layer stats.
+  std::ifstream in(d.file("metrics.jsonl"));
+  int steps = 0, epochs = 0;
+  for (std::string line; std::getline(in, line);) {
+    json m = json::parse(line);
+    if (m["type"] == "step") ++steps;
+    if (m["type"] == "epoch") {
+      ++epochs;
+      EXPECT_TRUE(m.contains("test_top1_error") && m.contains("test_top5_error") && m.contains("train_loss"));
+      if (m["stage"] == "ttq") EXPECT_TRUE(m["layers"].contains("conv2"));
+    }
+  }
+  EXPECT_EQ(epochs, 4);
+  EXPECT_EQ(steps, 4 * 64 / 5);
+
+  // Eval of the checkpoint, export, eval of the export: identical accuracy and loss.
+  const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
+  const ExperimentConfig rcfg = parse_experiment(ck.config);
+  DataSets data = load_data_sets(rcfg.data, rcfg.seed);
+  Model m1 = build_model(rcfg.model, data.spec, 0);
+  load_model(*m1.net, ck);
+  const EvalResult e1 = evaluate(*m1.net, data.test, 100, 0);
+  EXPECT_DOUBLE_EQ(e1.top1_error, s.stages[1].test_top1_error);
+  const ExportReport rep = export_ternary(d.file("model.ttq.safetensors"), *m1.net, ck.config);
+  EXPECT_EQ(rep.ternary_layers, 2);
+  Model m2 = build_model(rcfg.model, data.spec, 99);
+  load_model(*m2.net, read_checkpoint(d.file("model.ttq.safetensors")));
+  for (auto* l : quantizable_layers(*m2.net)) EXPECT_FALSE(l->is_ternary());
+  const EvalResult e2 = evaluate(*m2.net, data.test, 100, 0);
+  EXPECT_EQ(e2.top1_error, e1.top1_error);
+  EXPECT_EQ(e2.loss, e1.loss);
+  // The exported ternary weights take exactly three values per layer.
+  auto* conv2 = dynamic_cast<QuantizableLayer*>(m2.net->find("conv2"));
+  std::set<float> values(conv2->weight().value.data<float>(), conv2->weight().value.data<float>() + conv2->weight().value.numel());
+  EXPECT_EQ(values.size(), 3u);
+  EXPECT_EQ(values.count(0.0f), 1u);
+}
+
+TEST(Experiment, ResumeEndsBitForBitWhereTheUninterruptedRunEnds) {
+  TempDir full, cut;
+  json j = make_config(full.path());
+  j["checkpoint"] = {{"every_steps", 7}};
+  train_experiment(parse_experiment(j), quiet());
+  // Interrupted twice: mid-epoch in the first stage (step 12: last checkpoint at step 7) and in
+  // the TTQ stage (step 40 of the whole run), then resumed to the end.
+  j["output_dir"] = cut.path();
+  TrainOptions stop = quiet();
+  stop.stop_after_steps = 12;
+  train_experiment(parse_experiment(j), stop);
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  resume.stop_after_steps = 30;
+  train_experiment(parse_experiment(j), resume);
+  resume.stop_after_steps = 0;
+  const RunSummary s = train_experiment(parse_experiment(j), resume);
+  const auto a = checkpoint_bytes(full.file("last.safetensors")), b = checkpoint_bytes(cut.file("last.safetensors"));
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, bytes] : a) EXPECT_TRUE(b.at(name) == bytes) << name << " differs after resume";
+  EXPECT_EQ(s.stages.size(), 2u);
+}
+
+TEST(Experiment, ResumeRefusesAChangedConfigOrMissingCheckpoint) {
+  TempDir d;
+  json j = make_config(d.path());
+  TrainOptions r = quiet();
+  r.resume = true;
+  EXPECT_NE(error_of([&] { train_experiment(parse_experiment(j), r); }).find("no checkpoint"), std::string::npos);
+  j["stages"][0]["epochs"] = 1;
+  j["stages"].erase(1);
+  train_experiment(parse_experiment(j), quiet());
+  j["stages"][0]["optimizer"]["lr"] = 0.1;
+  EXPECT_NE(error_of([&] { train_experiment(parse_experiment(j), r); }).find("configuration differs"), std::string::npos);
+}
+
+TEST(Experiment, InitFromAFullPrecisionCheckpoint) {
+  TempDir fp, ttq_dir;
+  json j = make_config(fp.path());
+  j["stages"].erase(1);
+  train_experiment(parse_experiment(j), quiet());
+  json t = make_config(ttq_dir.path());
+  t["stages"].erase(0);
+  t["init_from"] = fp.file("fp.safetensors");
+  const RunSummary s = train_experiment(parse_experiment(t), quiet());
+  EXPECT_LT(s.stages[0].test_top1_error, 0.12);
+  t["init_from"] = fp.file("nope.safetensors");
+  EXPECT_NE(error_of([&] { train_experiment(parse_experiment(t), quiet()); }).find("nope.safetensors"), std::string::npos);
+  // A checkpoint of another model is refused with the tensor that does not fit.
+  t["init_from"] = fp.file("fp.safetensors");
+  t["model"]["width"] = 4;
+  const std::string e = error_of([&] { train_experiment(parse_experiment(t), quiet()); });
+  EXPECT_NE(e.find("different model"), std::string::npos) << e;
+}
+
+TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {
+  TempDir d;
+  json j = make_config(d.path());
+  j["stages"][1]["optimizer"]["lr"] = 3e38;  // overflows the weights during the TTQ stage
+  const std::string e = error_of([&] { train_experiment(parse_experiment(j), quiet()); });
+  EXPECT_NE(e.find("stage 'ttq'"), std::string::npos) << e;
+  EXPECT_NE(e.find("not finite"), std::string::npos) << e;
+  const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
+  EXPECT_EQ(ck.state.stage, 1);  // the end of the full-precision stage, intact
+}
