@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-build/ttq demo "$@"
+build/ttq train configs/fashion_mnist_resnet20.json "$@"

@@ -19,7 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstring>
+#include <cstddef>
 #include <vector>
 
 #include "engine/core/error.h"
