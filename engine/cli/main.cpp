@@ -11,7 +11,6 @@
 #include "kernels/device.h"
 
 namespace ttq::cli {
-int run_demo(const std::vector<std::string>& argv);
 int run_train(const std::vector<std::string>& argv);
 int run_eval(const std::vector<std::string>& argv);
 int run_export(const std::vector<std::string>& argv);
@@ -28,7 +27,6 @@ const char* kUsage =
     "  train   train the experiment a JSON config describes (stages, sweeps, checkpoints)\n"
     "  eval    evaluate a run, checkpoint or exported ternary model on its test set\n"
     "  export  write the deployable ternary model (2-bit codes + Wp/Wn per layer)\n"
-    "  demo    train a model on a synthetic problem on the CPU: full precision, then TTQ\n"
     "  info    show what this build has (CPU kernels, CUDA, cuDNN, NCCL, MPI) and the GPUs found\n"
     "\n"
     "Run `ttq COMMAND --help` for the options of a command.\n";
@@ -74,7 +72,6 @@ int main(int argc, char** argv) {
     if (cmd == "train") return ttq::cli::run_train(rest);
     if (cmd == "eval") return ttq::cli::run_eval(rest);
     if (cmd == "export") return ttq::cli::run_export(rest);
-    if (cmd == "demo") return ttq::cli::run_demo(rest);
     if (cmd == "info") return run_info();
     std::fprintf(stderr, "ttq: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;

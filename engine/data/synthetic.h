@@ -1,4 +1,4 @@
-// A fixed synthetic classification problem for tests, demos and benchmarks: each class has a
+// A fixed synthetic classification problem for tests and smoke runs: each class has a
 // random prototype image; a sample is its class prototype plus Gaussian noise. Sample i is a pure
 // function of (seed, i), so any slice can be regenerated exactly.
 #pragma once
