@@ -1,7 +1,10 @@
 #include "kernels/onednn/ops_onednn.h"
 
+#include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <new>
 #include <mutex>
@@ -74,15 +77,20 @@ struct Prim {
 
 template <typename PrimitiveDesc>
 Prim make_prim(const PrimitiveDesc& pd) {
-  return {dnnl::primitive(pd), pd.scratchpad_desc()};
+  return {dnnl::primitive(pd.get()), pd.scratchpad_desc()};
+}
+
+// Executes p on this thread's stream, lending it scratch (at least p.scratchpad's size); the
+// caller waits on the stream.
+void execute(const Prim& p, Args args, void* scratch) {
+  if (p.scratchpad.get_size() > 0)
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(p.scratchpad, cpu_engine(), scratch));
+  p.prim.execute(cpu_stream(), args);
 }
 
 void run(const Prim& p, Args args) {
-  if (const size_t bytes = p.scratchpad.get_size(); bytes > 0)
-    args.emplace(DNNL_ARG_SCRATCHPAD, memory(p.scratchpad, cpu_engine(), thread_scratchpad(bytes)));
-  dnnl::stream& st = cpu_stream();
-  p.prim.execute(st, args);
-  st.wait();
+  execute(p, std::move(args), thread_scratchpad(p.scratchpad.get_size()));
+  cpu_stream().wait();
 }
 
 // Runs body, turning a dnnl::error into a ttq::Error naming the op and the geometry.
@@ -121,16 +129,19 @@ struct ConvDescs {
   memory::dims strides, pad_l, pad_r;
 };
 
-ConvDescs conv_descs(const Conv2dShape& s, bool with_bias) {
+// The caller's layouts (NCHW activations, OIHW or GOIHW weights) or, with any_layout, format_tag::any
+// for src, weights and dst so that oneDNN picks its own (blocked) ones. The bias is always plain.
+ConvDescs conv_descs(const Conv2dShape& s, bool with_bias, bool any_layout = false) {
+  const tag act = any_layout ? tag::any : tag::nchw;
   ConvDescs d;
-  d.src = memory::desc({s.n, s.c_in, s.h, s.w}, dt::f32, tag::nchw);
+  d.src = memory::desc({s.n, s.c_in, s.h, s.w}, dt::f32, act);
   d.wei = s.groups == 1
-              ? memory::desc({s.c_out, s.c_in, s.kh, s.kw}, dt::f32, tag::oihw)
+              ? memory::desc({s.c_out, s.c_in, s.kh, s.kw}, dt::f32, any_layout ? tag::any : tag::oihw)
               : memory::desc({s.groups, s.c_out_per_group(), s.c_in_per_group(), s.kh, s.kw},
-                             dt::f32, tag::goihw);
+                             dt::f32, any_layout ? tag::any : tag::goihw);
   // A zero descriptor disables the bias term.
   if (with_bias) d.bias = memory::desc({s.c_out}, dt::f32, tag::x);
-  d.dst = memory::desc({s.n, s.c_out, s.out_h(), s.out_w()}, dt::f32, tag::nchw);
+  d.dst = memory::desc({s.n, s.c_out, s.out_h(), s.out_w()}, dt::f32, act);
   d.strides = {s.stride_h, s.stride_w};
   d.pad_l = {s.pad_t, s.pad_l};
   d.pad_r = {s.pad_b, s.pad_r};
@@ -142,12 +153,89 @@ Key conv_key(const Conv2dShape& s, bool with_bias) {
           s.pad_t, s.pad_l, s.pad_b, s.pad_r, s.groups, with_bias};
 }
 
-// Forward descriptor, also the hint the backward primitives need.
+// Forward descriptor, also the hint the backward primitives need (built from the same kind of
+// descriptors, plain or any, as the backward primitive).
 dnnl::convolution_forward::primitive_desc conv_fwd_pd(const ConvDescs& d) {
   dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_training,
                                        dnnl::algorithm::convolution_direct, d.src, d.wei, d.bias,
                                        d.dst, d.strides, d.pad_l, d.pad_r);
   return {desc, user_scratchpad(), cpu_engine()};
+}
+
+// A convolution primitive on whatever layouts it picked, and for each of its three tensor
+// arguments (two inputs, then the output) the reorder from or to the caller's plain layout when
+// that differs. The blocked copies and every scratchpad live in one per-thread buffer: the
+// blocked copies at offset[i], the scratchpad (shared: the steps run one after another) at
+// scratch_offset.
+struct ConvPrim {
+  static constexpr size_t kArgs = 3;  // inputs 0 and 1, output 2
+  Prim conv;
+  std::array<int, kArgs> arg{};
+  std::array<memory::desc, kArgs> inner;  // the primitive's layout when it needs a reorder
+  std::array<Prim, kArgs> reorder;        // plain -> inner for inputs, inner -> plain for the output
+  std::array<bool, kArgs> reordered{};
+  std::array<size_t, kArgs> offset{};
+  size_t scratch_offset = 0, total = 0;
+  std::string impl;
+};
+
+// Chooses between the primitive on plain layouts and the one on the layouts oneDNN prefers. The
+// fast direct kernels (jit:avx512_core, jit:avx2, ...) want blocked layouts; on plain ones
+// oneDNN 2.6 falls back to im2col + GEMM ("gemm:jit"). The blocked primitive is kept only when it
+// is not itself a GEMM one, so the choice is deterministic for a given machine and shape.
+template <typename PrimitiveDesc>
+ConvPrim make_conv(const PrimitiveDesc& plain_pd, const PrimitiveDesc& any_pd,
+                   const std::array<int, ConvPrim::kArgs>& args,
+                   const std::array<memory::desc, ConvPrim::kArgs>& plain) {
+  const std::string any_impl = any_pd.impl_info_str();
+  bool blocked = any_impl.find("gemm") == std::string::npos;
+  if (const char* f = std::getenv("TTQ_CONV_LAYOUT_TMP")) blocked = std::string(f) == "any" ? true : std::string(f) == "plain" ? false : blocked;  // TEMP
+  const PrimitiveDesc& pd = blocked ? any_pd : plain_pd;
+  ConvPrim cp;
+  cp.conv = make_prim(pd);
+  cp.arg = args;
+  cp.impl = pd.impl_info_str();
+  constexpr size_t kAlign = 64;
+  const auto aligned = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+  size_t scratch = cp.conv.scratchpad.get_size();
+  for (size_t i = 0; i < ConvPrim::kArgs; ++i) {
+    const memory::desc inner = pd.query_md(dnnl::query::exec_arg_md, args[i]);
+    if (inner == plain[i]) continue;
+    const bool output = i + 1 == ConvPrim::kArgs;
+    cp.reordered[i] = true;
+    cp.inner[i] = inner;
+    cp.reorder[i] = make_prim(
+        output ? dnnl::reorder::primitive_desc(cpu_engine(), inner, cpu_engine(), plain[i],
+                                               user_scratchpad())
+               : dnnl::reorder::primitive_desc(cpu_engine(), plain[i], cpu_engine(), inner,
+                                               user_scratchpad()));
+    cp.offset[i] = cp.total;
+    cp.total += aligned(inner.get_size());
+    scratch = std::max(scratch, cp.reorder[i].scratchpad.get_size());
+  }
+  cp.scratch_offset = cp.total;
+  cp.total += aligned(scratch);
+  return cp;
+}
+
+// Runs a convolution on the caller's plain buffers user[0..2] (inputs, then the output), plus
+// extra plain arguments (the bias): inputs are reordered into the primitive's layouts, the
+// output back out of it.
+void run_conv(const ConvPrim& cp, const std::array<memory, ConvPrim::kArgs>& user, Args extra) {
+  char* base = static_cast<char*>(thread_scratchpad(std::max<size_t>(cp.total, 1)));
+  void* scratch = base + cp.scratch_offset;
+  std::array<memory, ConvPrim::kArgs> mem = user;
+  for (size_t i = 0; i < ConvPrim::kArgs; ++i)
+    if (cp.reordered[i]) mem[i] = memory(cp.inner[i], cpu_engine(), base + cp.offset[i]);
+  for (size_t i = 0; i + 1 < ConvPrim::kArgs; ++i)
+    if (cp.reordered[i])
+      execute(cp.reorder[i], {{DNNL_ARG_FROM, user[i]}, {DNNL_ARG_TO, mem[i]}}, scratch);
+  for (size_t i = 0; i < ConvPrim::kArgs; ++i) extra.emplace(cp.arg[i], mem[i]);
+  execute(cp.conv, std::move(extra), scratch);
+  constexpr size_t out = ConvPrim::kArgs - 1;
+  if (cp.reordered[out])
+    execute(cp.reorder[out], {{DNNL_ARG_FROM, mem[out]}, {DNNL_ARG_TO, user[out]}}, scratch);
+  cpu_stream().wait();
 }
 
 // ---- pooling ------------------------------------------------------------------------------
@@ -254,55 +342,62 @@ std::string linear_str(int64_t n, int64_t in, int64_t out) {
 }  // namespace
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
-  static Cache<Prim> cache;
+  static Cache<ConvPrim> cache;
   guarded("conv2d_forward", [&] { return s.str(); }, [&] {
     const bool with_bias = bias != nullptr;
     const ConvDescs d = conv_descs(s, with_bias);
-    const Prim prim = cache.get(conv_key(s, with_bias), [&] {
+    const ConvPrim cp = cache.get(conv_key(s, with_bias), [&] {
       s.validate("onednn::conv2d_forward");
-      return make_prim(conv_fwd_pd(d));
+      return make_conv(conv_fwd_pd(d), conv_fwd_pd(conv_descs(s, with_bias, true)),
+                       {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST}, {d.src, d.wei, d.dst});
     });
-    Args args{{DNNL_ARG_SRC, wrap(d.src, x)}, {DNNL_ARG_WEIGHTS, wrap(d.wei, w)},
-              {DNNL_ARG_DST, wrap(d.dst, y)}};
-    if (with_bias) args.emplace(DNNL_ARG_BIAS, wrap(d.bias, bias));
-    run(prim, std::move(args));
+    Args extra;
+    if (with_bias) extra.emplace(DNNL_ARG_BIAS, wrap(d.bias, bias));
+    run_conv(cp, {wrap(d.src, x), wrap(d.wei, w), wrap(d.dst, y)}, std::move(extra));
   });
 }
 
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
-  static Cache<Prim> cache;
+  static Cache<ConvPrim> cache;
   guarded("conv2d_backward_data", [&] { return s.str(); }, [&] {
     const ConvDescs d = conv_descs(s, false);
-    const Prim prim = cache.get(conv_key(s, false), [&] {
+    const ConvPrim cp = cache.get(conv_key(s, false), [&] {
       s.validate("onednn::conv2d_backward_data");
-      dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, d.src,
-                                                 d.wei, d.dst, d.strides, d.pad_l, d.pad_r);
-      return make_prim(dnnl::convolution_backward_data::primitive_desc(
-          desc, user_scratchpad(), cpu_engine(), conv_fwd_pd(d)));
+      const auto pd = [](const ConvDescs& e) {
+        dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, e.src,
+                                                   e.wei, e.dst, e.strides, e.pad_l, e.pad_r);
+        return dnnl::convolution_backward_data::primitive_desc(desc, user_scratchpad(),
+                                                               cpu_engine(), conv_fwd_pd(e));
+      };
+      return make_conv(pd(d), pd(conv_descs(s, false, true)),
+                       {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC},
+                       {d.dst, d.wei, d.src});
     });
-    run(prim, {{DNNL_ARG_DIFF_DST, wrap(d.dst, dy)},
-               {DNNL_ARG_WEIGHTS, wrap(d.wei, w)},
-               {DNNL_ARG_DIFF_SRC, wrap(d.src, dx)}});
+    run_conv(cp, {wrap(d.dst, dy), wrap(d.wei, w), wrap(d.src, dx)}, {});
   });
 }
 
 void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias) {
-  static Cache<Prim> cache;
+  static Cache<ConvPrim> cache;
   guarded("conv2d_backward_weights", [&] { return s.str(); }, [&] {
     const bool with_bias = dbias != nullptr;
     const ConvDescs d = conv_descs(s, with_bias);
-    const Prim prim = cache.get(conv_key(s, with_bias), [&] {
+    const ConvPrim cp = cache.get(conv_key(s, with_bias), [&] {
       s.validate("onednn::conv2d_backward_weights");
-      dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, d.src,
-                                                    d.wei, d.bias, d.dst, d.strides, d.pad_l,
-                                                    d.pad_r);
-      return make_prim(dnnl::convolution_backward_weights::primitive_desc(
-          desc, user_scratchpad(), cpu_engine(), conv_fwd_pd(d)));
+      const auto pd = [](const ConvDescs& e) {
+        dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, e.src,
+                                                      e.wei, e.bias, e.dst, e.strides, e.pad_l,
+                                                      e.pad_r);
+        return dnnl::convolution_backward_weights::primitive_desc(desc, user_scratchpad(),
+                                                                  cpu_engine(), conv_fwd_pd(e));
+      };
+      return make_conv(pd(d), pd(conv_descs(s, with_bias, true)),
+                       {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS},
+                       {d.src, d.dst, d.wei});
     });
-    Args args{{DNNL_ARG_SRC, wrap(d.src, x)}, {DNNL_ARG_DIFF_DST, wrap(d.dst, dy)},
-              {DNNL_ARG_DIFF_WEIGHTS, wrap(d.wei, dw)}};
-    if (with_bias) args.emplace(DNNL_ARG_DIFF_BIAS, wrap(d.bias, dbias));
-    run(prim, std::move(args));
+    Args extra;
+    if (with_bias) extra.emplace(DNNL_ARG_DIFF_BIAS, wrap(d.bias, dbias));
+    run_conv(cp, {wrap(d.src, x), wrap(d.dst, dy), wrap(d.wei, dw)}, std::move(extra));
   });
 }
 
