@@ -57,4 +57,18 @@ struct PadPair {
 };
 PadPair same_padding(int64_t in, int64_t kernel, int64_t stride);
 
+// Sets s.pad_t/l/b/r for a conv or pool geometry: TensorFlow "same" padding when `same`,
+// otherwise `pad` on every side.
+template <typename S> void set_padding(S& s, bool same, int64_t pad) {
+  if (same) {
+    const PadPair ph = same_padding(s.h, s.kh, s.stride_h), pw = same_padding(s.w, s.kw, s.stride_w);
+    s.pad_t = ph.before;
+    s.pad_b = ph.after;
+    s.pad_l = pw.before;
+    s.pad_r = pw.after;
+  } else {
+    s.pad_t = s.pad_b = s.pad_l = s.pad_r = pad;
+  }
+}
+
 }  // namespace ttq

@@ -31,15 +31,7 @@ Conv2dShape Conv2d::shape_for(const Shape& x) const {
   s.kw = opt_.kernel_w;
   s.stride_h = s.stride_w = opt_.stride;
   s.groups = opt_.groups;
-  if (opt_.same_padding) {
-    const PadPair ph = same_padding(s.h, s.kh, s.stride_h), pw = same_padding(s.w, s.kw, s.stride_w);
-    s.pad_t = ph.before;
-    s.pad_b = ph.after;
-    s.pad_l = pw.before;
-    s.pad_r = pw.after;
-  } else {
-    s.pad_t = s.pad_b = s.pad_l = s.pad_r = opt_.padding;
-  }
+  set_padding(s, opt_.same_padding, opt_.padding);
   return s;
 }
 

@@ -21,15 +21,7 @@ Pool2dShape Pool2d::shape_for(const Shape& x) const {
   s.kh = s.kw = opt_.kernel;
   s.stride_h = s.stride_w = opt_.stride;
   s.count_include_pad = opt_.count_include_pad;
-  if (opt_.same_padding) {
-    const PadPair ph = same_padding(s.h, s.kh, s.stride_h), pw = same_padding(s.w, s.kw, s.stride_w);
-    s.pad_t = ph.before;
-    s.pad_b = ph.after;
-    s.pad_l = pw.before;
-    s.pad_r = pw.after;
-  } else {
-    s.pad_t = s.pad_b = s.pad_l = s.pad_r = opt_.padding;
-  }
+  set_padding(s, opt_.same_padding, opt_.padding);
   return s;
 }
 
