@@ -122,7 +122,9 @@ TEST(Experiment, TrainEvalExportEvalExported) {
     if (m["type"] == "epoch") {
       ++epochs;
       EXPECT_TRUE(m.contains("test_top1_error") && m.contains("test_top5_error") && m.contains("train_loss"));
-      if (m["stage"] == "ttq") EXPECT_TRUE(m["layers"].contains("conv2"));
+      if (m["stage"] == "ttq") {
+        EXPECT_TRUE(m["layers"].contains("conv2"));
+      }
     }
   }
   EXPECT_EQ(epochs, 4);

@@ -145,6 +145,13 @@ Tensor Tensor::clone() const {
   return t;
 }
 
+Tensor Tensor::to(Device d) const {
+  if (device() == d) return *this;
+  Tensor t = empty(shape_, dtype_, d);
+  t.copy_from(*this);
+  return t;
+}
+
 void Tensor::copy_from(const Tensor& src) {
   TTQ_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_,
             "copy_from: " << src.str() << " into " << str());

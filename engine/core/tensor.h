@@ -82,6 +82,8 @@ class Tensor {
   Tensor slice(int64_t begin, int64_t end) const;
   // A new tensor with its own storage holding a copy of the values (CPU only for now).
   Tensor clone() const;
+  // This tensor on the given device: itself when already there, else a copy.
+  Tensor to(Device d) const;
   void copy_from(const Tensor& src);
 
   void fill(float value);

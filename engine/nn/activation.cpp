@@ -1,12 +1,12 @@
 #include "engine/nn/activation.h"
 
-#include "kernels/cpu/ops_ref.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
 Tensor ReLU::forward_impl(const Tensor& x) {
-  Tensor y = Tensor::empty(x.shape());
-  ref::relu_forward(x.numel(), x.data<float>(), y.data<float>());
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  ops::relu_forward(x, y);
   y_ = y;
   return y;
 }
@@ -14,8 +14,8 @@ Tensor ReLU::forward_impl(const Tensor& x) {
 Tensor ReLU::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == y_.shape(), who() << ": gradient " << shape_str(dy.shape()) << " does not match output "
                                             << shape_str(y_.shape()));
-  Tensor dx = Tensor::empty(dy.shape());
-  ref::relu_backward(dy.numel(), y_.data<float>(), dy.data<float>(), dx.data<float>());
+  Tensor dx = Tensor::empty(dy.shape(), DType::F32, dy.device());
+  ops::relu_backward(y_, dy, dx);
   y_ = Tensor();
   return dx;
 }

@@ -1,6 +1,6 @@
 #include "engine/nn/batchnorm.h"
 
-#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -40,28 +40,19 @@ void BatchNorm::check_input(const Tensor& x) const {
 
 Tensor BatchNorm::forward_impl(const Tensor& x) {
   const BatchNormShape s = shape_of(x);
-  Tensor y = Tensor::empty(x.shape());
+  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
   forward_was_training_ = training();
   if (!training()) {
-    cpu::batchnorm_forward_infer(s, x.data<float>(), gamma_.value.data<float>(), beta_.value.data<float>(),
-                                 running_mean_.data<float>(), running_var_.data<float>(), eps_, y.data<float>());
+    ops::batchnorm_forward_infer(s, x, gamma_.value, beta_.value, running_mean_, running_var_, eps_, y);
     return y;
   }
-  if (!mean_.defined()) {
-    mean_ = Tensor::empty({c_});
-    var_ = Tensor::empty({c_});
-    inv_std_ = Tensor::empty({c_});
+  if (!mean_.defined() || mean_.device() != x.device()) {
+    mean_ = Tensor::empty({c_}, DType::F32, x.device());
+    var_ = Tensor::empty({c_}, DType::F32, x.device());
+    inv_std_ = Tensor::empty({c_}, DType::F32, x.device());
   }
-  cpu::batchnorm_forward_train(s, x.data<float>(), gamma_.value.data<float>(), beta_.value.data<float>(), eps_,
-                               y.data<float>(), mean_.data<float>(), var_.data<float>(), inv_std_.data<float>());
-  const double m = static_cast<double>(s.n * s.s);
-  const float unbias = static_cast<float>(m / (m - 1.0));
-  float* rm = running_mean_.data<float>();
-  float* rv = running_var_.data<float>();
-  for (int64_t c = 0; c < c_; ++c) {
-    rm[c] = (1.0f - momentum_) * rm[c] + momentum_ * mean_.data<float>()[c];
-    rv[c] = (1.0f - momentum_) * rv[c] + momentum_ * var_.data<float>()[c] * unbias;
-  }
+  ops::batchnorm_forward_train(s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_, running_var_, y, mean_,
+                               var_, inv_std_);
   x_ = x;
   return y;
 }
@@ -71,16 +62,11 @@ Tensor BatchNorm::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == x_.shape(), who() << ": gradient " << shape_str(dy.shape()) << " does not match input "
                                             << shape_str(x_.shape()));
   const BatchNormShape s = shape_of(x_);
-  Tensor dx = Tensor::empty(x_.shape());
-  Tensor dgamma = Tensor::empty({c_}), dbeta = Tensor::empty({c_});
-  cpu::batchnorm_backward(s, x_.data<float>(), dy.data<float>(), gamma_.value.data<float>(), mean_.data<float>(),
-                          inv_std_.data<float>(), dx.data<float>(), dgamma.data<float>(), dbeta.data<float>());
-  float* gg = gamma_.grad.data<float>();
-  float* gb = beta_.grad.data<float>();
-  for (int64_t c = 0; c < c_; ++c) {
-    gg[c] += dgamma.data<float>()[c];
-    gb[c] += dbeta.data<float>()[c];
-  }
+  Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
+  Tensor dgamma = Tensor::empty({c_}, DType::F32, x_.device()), dbeta = Tensor::empty({c_}, DType::F32, x_.device());
+  ops::batchnorm_backward(s, x_, dy, gamma_.value, mean_, inv_std_, dx, dgamma, dbeta);
+  ops::add_accumulate(gamma_.grad, dgamma);
+  ops::add_accumulate(beta_.grad, dbeta);
   x_ = Tensor();
   return dx;
 }

@@ -1,6 +1,6 @@
 #include "engine/nn/conv2d.h"
 
-#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -44,9 +44,8 @@ void Conv2d::check_input(const Tensor& x) const {
 Tensor Conv2d::forward_impl(const Tensor& x) {
   s_ = shape_for(x.shape());
   const Tensor& w = effective_weight();
-  Tensor y = Tensor::empty({s_.n, s_.c_out, s_.out_h(), s_.out_w()});
-  cpu::conv2d_forward(s_, x.data<float>(), w.data<float>(), has_bias() ? bias().value.data<float>() : nullptr,
-                      y.data<float>());
+  Tensor y = Tensor::empty({s_.n, s_.c_out, s_.out_h(), s_.out_w()}, DType::F32, x.device());
+  ops::conv2d_forward(s_, x, w, has_bias() ? &bias().value : nullptr, y);
   x_ = x;
   return y;
 }
@@ -55,10 +54,9 @@ Tensor Conv2d::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({s_.n, s_.c_out, s_.out_h(), s_.out_w()}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match the output of the forward pass");
   const Tensor& w = is_ternary() ? quantizer()->quantized() : weight().value;
-  Tensor dx = Tensor::empty(x_.shape());
-  cpu::conv2d_backward_data(s_, dy.data<float>(), w.data<float>(), dx.data<float>());
-  cpu::conv2d_backward_weights(s_, x_.data<float>(), dy.data<float>(), weight_grad_scratch().data<float>(),
-                               has_bias() ? bias_grad_scratch().data<float>() : nullptr);
+  Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
+  ops::conv2d_backward_data(s_, dy, w, dx);
+  ops::conv2d_backward_weights(s_, x_, dy, weight_grad_scratch(), has_bias() ? &bias_grad_scratch() : nullptr);
   accumulate_grads();
   x_ = Tensor();
   return dx;

@@ -1,6 +1,6 @@
 #include "engine/nn/linear.h"
 
-#include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -18,9 +18,8 @@ void Linear::check_input(const Tensor& x) const {
 
 Tensor Linear::forward_impl(const Tensor& x) {
   const Tensor& w = effective_weight();
-  Tensor y = Tensor::empty({x.dim(0), out_});
-  cpu::linear_forward(x.dim(0), in_, out_, x.data<float>(), w.data<float>(),
-                      has_bias() ? bias().value.data<float>() : nullptr, y.data<float>());
+  Tensor y = Tensor::empty({x.dim(0), out_}, DType::F32, x.device());
+  ops::linear_forward(x, w, has_bias() ? &bias().value : nullptr, y);
   x_ = x;
   return y;
 }
@@ -29,10 +28,8 @@ Tensor Linear::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({x_.dim(0), out_}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match output [" << x_.dim(0) << ", " << out_ << "]");
   const Tensor& w = is_ternary() ? quantizer()->quantized() : weight().value;
-  Tensor dx = Tensor::empty(x_.shape());
-  cpu::linear_backward(x_.dim(0), in_, out_, x_.data<float>(), w.data<float>(), dy.data<float>(),
-                       dx.data<float>(), weight_grad_scratch().data<float>(),
-                       has_bias() ? bias_grad_scratch().data<float>() : nullptr);
+  Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
+  ops::linear_backward(x_, w, dy, &dx, weight_grad_scratch(), has_bias() ? &bias_grad_scratch() : nullptr);
   accumulate_grads();
   x_ = Tensor();
   return dx;

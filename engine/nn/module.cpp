@@ -20,8 +20,7 @@ void Parameter::init(const Shape& shape, ParamKind k) {
 
 Tensor Module::forward(const Tensor& x) {
   TTQ_CHECK(x.defined(), who() << ": forward on an undefined tensor");
-  TTQ_CHECK(x.dtype() == DType::F32 && x.device() == Device::CPU,
-            who() << ": expects an f32 CPU tensor, got " << x.str());
+  TTQ_CHECK(x.dtype() == DType::F32, who() << ": expects an f32 tensor, got " << x.str());
   check_input(x);
   Tensor y = forward_impl(x);
   has_forward_ = true;

@@ -1,7 +1,6 @@
 #include "engine/nn/pooling.h"
 
-#include "kernels/cpu/ops.h"
-#include "kernels/cpu/ops_ref.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -32,8 +31,8 @@ void Pool2d::check_input(const Tensor& x) const {
 
 Tensor Pool2d::forward_impl(const Tensor& x) {
   s_ = shape_for(x.shape());
-  Tensor y = Tensor::empty({s_.n, s_.c, s_.out_h(), s_.out_w()});
-  cpu::pool2d_forward(kind_, s_, x.data<float>(), y.data<float>());
+  Tensor y = Tensor::empty({s_.n, s_.c, s_.out_h(), s_.out_w()}, DType::F32, x.device());
+  ops::pool2d_forward(kind_, s_, x, y);
   x_ = x;
   return y;
 }
@@ -41,8 +40,8 @@ Tensor Pool2d::forward_impl(const Tensor& x) {
 Tensor Pool2d::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({s_.n, s_.c, s_.out_h(), s_.out_w()}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match the output of the forward pass");
-  Tensor dx = Tensor::empty(x_.shape());
-  cpu::pool2d_backward(kind_, s_, x_.data<float>(), dy.data<float>(), dx.data<float>());
+  Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
+  ops::pool2d_backward(kind_, s_, x_, dy, dx);
   x_ = Tensor();
   return dx;
 }
@@ -56,8 +55,8 @@ void GlobalAvgPool2d::check_input(const Tensor& x) const {
 
 Tensor GlobalAvgPool2d::forward_impl(const Tensor& x) {
   in_shape_ = x.shape();
-  Tensor y = Tensor::empty({x.dim(0), x.dim(1)});
-  ref::global_avgpool_forward(x.dim(0), x.dim(1), x.dim(2) * x.dim(3), x.data<float>(), y.data<float>());
+  Tensor y = Tensor::empty({x.dim(0), x.dim(1)}, DType::F32, x.device());
+  ops::global_avgpool_forward(x, y);
   return y;
 }
 
@@ -65,9 +64,8 @@ Tensor GlobalAvgPool2d::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({in_shape_[0], in_shape_[1]}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match output [" << in_shape_[0] << ", "
                   << in_shape_[1] << "]");
-  Tensor dx = Tensor::empty(in_shape_);
-  ref::global_avgpool_backward(in_shape_[0], in_shape_[1], in_shape_[2] * in_shape_[3], dy.data<float>(),
-                               dx.data<float>());
+  Tensor dx = Tensor::empty(in_shape_, DType::F32, dy.device());
+  ops::global_avgpool_backward(dy, dx);
   return dx;
 }
 

@@ -1,5 +1,7 @@
 #include "engine/nn/quantizable.h"
 
+#include "kernels/ops.h"
+
 namespace ttq {
 
 void QuantizableLayer::init_weight(const Shape& shape, bool bias, int64_t bias_size) {
@@ -37,31 +39,24 @@ const Tensor& QuantizableLayer::effective_weight() {
 }
 
 Tensor& QuantizableLayer::weight_grad_scratch() {
-  if (!dw_scratch_.defined() || dw_scratch_.shape() != weight_.value.shape())
-    dw_scratch_ = Tensor::empty(weight_.value.shape());
+  if (!dw_scratch_.defined() || dw_scratch_.shape() != weight_.value.shape() || dw_scratch_.device() != weight_.value.device())
+    dw_scratch_ = Tensor::empty(weight_.value.shape(), DType::F32, weight_.value.device());
   return dw_scratch_;
 }
 
 Tensor& QuantizableLayer::bias_grad_scratch() {
   TTQ_CHECK(has_bias_, who() << ": has no bias");
-  if (!db_scratch_.defined()) db_scratch_ = Tensor::empty(bias_.value.shape());
+  if (!db_scratch_.defined() || db_scratch_.device() != bias_.value.device())
+    db_scratch_ = Tensor::empty(bias_.value.shape(), DType::F32, bias_.value.device());
   return db_scratch_;
 }
-
-namespace {
-void add_into(Tensor& dst, const Tensor& src) {
-  float* d = dst.data<float>();
-  const float* s = src.data<float>();
-  for (int64_t i = 0, n = dst.numel(); i < n; ++i) d[i] += s[i];
-}
-}  // namespace
 
 void QuantizableLayer::accumulate_grads() {
   if (quant_)
     quant_->backward(dw_scratch_, weight_.grad);
   else
-    add_into(weight_.grad, dw_scratch_);
-  if (has_bias_) add_into(bias_.grad, db_scratch_);
+    ops::add_accumulate(weight_.grad, dw_scratch_);
+  if (has_bias_) ops::add_accumulate(bias_.grad, db_scratch_);
 }
 
 }  // namespace ttq

@@ -1,6 +1,6 @@
 #include "engine/nn/residual.h"
 
-#include "kernels/cpu/ops_ref.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -15,13 +15,9 @@ Tensor Residual::forward_impl(const Tensor& x) {
   Tensor s = shortcut_ ? shortcut_->forward(x) : x;
   TTQ_CHECK(h.shape() == s.shape(), who() << ": body output " << shape_str(h.shape())
                                           << " and shortcut output " << shape_str(s.shape()) << " differ");
-  Tensor y = Tensor::empty(h.shape());
-  float* yp = y.data<float>();
-  const float* hp = h.data<float>();
-  const float* sp = s.data<float>();
-  const int64_t n = y.numel();
-  for (int64_t i = 0; i < n; ++i) yp[i] = hp[i] + sp[i];
-  if (relu_after_add_) ref::relu_forward(n, yp, yp);
+  Tensor y = Tensor::empty(h.shape(), DType::F32, h.device());
+  ops::add(h, s, y);
+  if (relu_after_add_) ops::relu_forward(y, y);
   y_ = y;
   return y;
 }
@@ -31,17 +27,14 @@ Tensor Residual::backward_impl(const Tensor& dy) {
                                             << shape_str(y_.shape()));
   Tensor g = dy;
   if (relu_after_add_) {
-    g = Tensor::empty(dy.shape());
-    ref::relu_backward(dy.numel(), y_.data<float>(), dy.data<float>(), g.data<float>());
+    g = Tensor::empty(dy.shape(), DType::F32, dy.device());
+    ops::relu_backward(y_, dy, g);
   }
   Tensor gb = g;
   for (auto it = body_.rbegin(); it != body_.rend(); ++it) gb = (*it)->backward(gb);
   Tensor gs = shortcut_ ? shortcut_->backward(g) : g;
-  Tensor dx = Tensor::empty(gb.shape());
-  float* dp = dx.data<float>();
-  const float* bp = gb.data<float>();
-  const float* sp = gs.data<float>();
-  for (int64_t i = 0, n = dx.numel(); i < n; ++i) dp[i] = bp[i] + sp[i];
+  Tensor dx = Tensor::empty(gb.shape(), DType::F32, gb.device());
+  ops::add(gb, gs, dx);
   y_ = Tensor();
   return dx;
 }
@@ -61,16 +54,14 @@ void ShortcutA::check_input(const Tensor& x) const {
 Tensor ShortcutA::forward_impl(const Tensor& x) {
   in_shape_ = x.shape();
   const int64_t oh = (x.dim(2) + stride_ - 1) / stride_, ow = (x.dim(3) + stride_ - 1) / stride_;
-  Tensor y = Tensor::empty({x.dim(0), out_, oh, ow});
-  ref::shortcut_a_forward(x.dim(0), in_, x.dim(2), x.dim(3), out_, (out_ - in_) / 2, stride_, x.data<float>(),
-                          y.data<float>());
+  Tensor y = Tensor::empty({x.dim(0), out_, oh, ow}, DType::F32, x.device());
+  ops::shortcut_a_forward(stride_, x, y);
   return y;
 }
 
 Tensor ShortcutA::backward_impl(const Tensor& dy) {
-  Tensor dx = Tensor::empty(in_shape_);
-  ref::shortcut_a_backward(in_shape_[0], in_, in_shape_[2], in_shape_[3], out_, (out_ - in_) / 2, stride_,
-                           dy.data<float>(), dx.data<float>());
+  Tensor dx = Tensor::empty(in_shape_, DType::F32, dy.device());
+  ops::shortcut_a_backward(stride_, dy, dx);
   return dx;
 }
 

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "kernels/optim_math.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -39,18 +39,13 @@ void Optimizer::zero_grad() {
 
 Sgd::Sgd(std::vector<NamedParameter> params, const OptimizerConfig& cfg) : Optimizer(std::move(params), cfg) {
   if (cfg_.momentum != 0.0)
-    for (auto& np : params_) momentum_.push_back(Tensor::zeros(np.param->value.shape()));
+    for (auto& np : params_)
+      momentum_.push_back(Tensor::zeros(np.param->value.shape(), DType::F32, np.param->value.device()));
 }
 
 void Sgd::update(size_t index, Parameter& p, float lr, float wd) {
-  float* w = p.value.data<float>();
-  const float* g = p.grad.data<float>();
-  float dummy = 0.0f;
-  float* buf = momentum_.empty() ? nullptr : momentum_[index].data<float>();
-  const float mom = static_cast<float>(cfg_.momentum);
-  const bool first = steps_ == 1;
-  for (int64_t i = 0, n = p.value.numel(); i < n; ++i)
-    math::sgd_update(w[i], g[i], buf ? buf[i] : dummy, lr, mom, wd, cfg_.nesterov, first);
+  ops::sgd_update(p.value, p.grad, momentum_.empty() ? nullptr : &momentum_[index], lr,
+                  static_cast<float>(cfg_.momentum), wd, cfg_.nesterov, steps_ == 1);
 }
 
 std::vector<NamedBuffer> Sgd::state() {
@@ -61,22 +56,16 @@ std::vector<NamedBuffer> Sgd::state() {
 
 Adam::Adam(std::vector<NamedParameter> params, const OptimizerConfig& cfg) : Optimizer(std::move(params), cfg) {
   for (auto& np : params_) {
-    m_.push_back(Tensor::zeros(np.param->value.shape()));
-    v_.push_back(Tensor::zeros(np.param->value.shape()));
+    m_.push_back(Tensor::zeros(np.param->value.shape(), DType::F32, np.param->value.device()));
+    v_.push_back(Tensor::zeros(np.param->value.shape(), DType::F32, np.param->value.device()));
   }
 }
 
 void Adam::update(size_t index, Parameter& p, float lr, float wd) {
-  float* w = p.value.data<float>();
-  const float* g = p.grad.data<float>();
-  float* m = m_[index].data<float>();
-  float* v = v_[index].data<float>();
-  const float b1 = static_cast<float>(cfg_.beta1), b2 = static_cast<float>(cfg_.beta2);
   const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(steps_)));
   const float bc2 = static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(steps_)));
-  const float eps = static_cast<float>(cfg_.eps);
-  for (int64_t i = 0, n = p.value.numel(); i < n; ++i)
-    math::adam_update(w[i], g[i], m[i], v[i], lr, b1, b2, eps, wd, bc1, bc2);
+  ops::adam_update(p.value, p.grad, m_[index], v_[index], lr, static_cast<float>(cfg_.beta1),
+                   static_cast<float>(cfg_.beta2), static_cast<float>(cfg_.eps), wd, bc1, bc2);
 }
 
 std::vector<NamedBuffer> Adam::state() {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/ttq_cpu.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -39,41 +40,30 @@ TernaryQuantizer::TernaryQuantizer(const TernaryConfig& cfg, std::string layer)
 
 void TernaryQuantizer::init(const Tensor& latent) {
   if (cfg_.init_scales_from_weights && trainable_scales()) {
-    const float d = cpu::ttq_threshold(cfg_.mode, latent.data<float>(), latent.numel(), cfg_.t, cfg_.r).threshold;
-    const auto means = cpu::ttq_set_means(latent.data<float>(), latent.numel(), d);
-    wp_.value.data<float>()[0] = means.positive > 0.0f ? means.positive : 1.0f;
-    wn_.value.data<float>()[0] = means.negative > 0.0f ? means.negative : 1.0f;
+    const Tensor w = latent.to(Device::CPU);  // once, at quantization time
+    const float d = cpu::ttq_threshold(cfg_.mode, w.data<float>(), w.numel(), cfg_.t, cfg_.r).threshold;
+    const auto means = cpu::ttq_set_means(w.data<float>(), w.numel(), d);
+    Tensor init = Tensor::from_vector({2}, {means.positive > 0.0f ? means.positive : 1.0f,
+                                            means.negative > 0.0f ? means.negative : 1.0f});
+    wp_.value.copy_from(init.slice(0, 1));
+    wn_.value.copy_from(init.slice(1, 2));
   }
   forward(latent);
 }
 
-float TernaryQuantizer::scale_p() const {
-  return trainable_scales() ? wp_.value.data<float>()[0] : twn_scale_;
-}
-float TernaryQuantizer::scale_n() const {
-  return trainable_scales() ? wn_.value.data<float>()[0] : twn_scale_;
-}
-
 const Tensor& TernaryQuantizer::forward(const Tensor& latent) {
-  const int64_t n = latent.numel();
-  if (!w_t_.defined() || w_t_.shape() != latent.shape()) {
-    w_t_ = Tensor::empty(latent.shape());
-    codes_ = Tensor::empty(latent.shape(), DType::I8);
+  const Device dev = latent.device();
+  if (!w_t_.defined() || w_t_.shape() != latent.shape() || w_t_.device() != dev) {
+    w_t_ = Tensor::empty(latent.shape(), DType::F32, dev);
+    codes_ = Tensor::empty(latent.shape(), DType::I8, dev);
+    threshold_ = Tensor::zeros({1}, DType::F32, dev);
+    twn_scale_ = Tensor::zeros({1}, DType::F32, dev);
   }
   if (cfg_.clamp_scales) {
-    for (Parameter* p : {&wp_, &wn_}) p->value.data<float>()[0] = std::max(0.0f, p->value.data<float>()[0]);
+    ops::clamp_min_inplace(wp_.value, 0.0f);
+    ops::clamp_min_inplace(wn_.value, 0.0f);
   }
-  const auto th = cpu::ttq_threshold(cfg_.mode, latent.data<float>(), n, cfg_.t, cfg_.r);
-  twn_scale_ = th.twn_scale;
-  const float wp = scale_p(), wn = scale_n();
-  const auto counts = cpu::ttq_ternarize(latent.data<float>(), n, th.threshold, wp, wn,
-                                         w_t_.data<float>(), codes_.data<int8_t>());
-  stats_.threshold = th.threshold;
-  stats_.wp = wp;
-  stats_.wn = wn;
-  stats_.positive = counts.positive;
-  stats_.negative = counts.negative;
-  stats_.zeros = n - counts.positive - counts.negative;
+  ops::ttq_forward(cfg_.mode, cfg_.t, cfg_.r, latent, wp_.value, wn_.value, threshold_, twn_scale_, w_t_, codes_);
   has_codes_ = true;
   return w_t_;
 }
@@ -83,12 +73,27 @@ void TernaryQuantizer::backward(const Tensor& g, Tensor& latent_grad) {
   TTQ_CHECK(g.shape() == codes_.shape() && latent_grad.shape() == codes_.shape(),
             "layer '" << layer_ << "': ternary backward got gradient " << g.str() << " and latent grad "
                       << latent_grad.str() << " for weights " << codes_.str());
-  const auto sums = cpu::ttq_backward(codes_.data<int8_t>(), g.data<float>(), g.numel(), scale_p(),
-                                      scale_n(), trainable_scales(), latent_grad.data<float>());
+  ops::ttq_backward_accumulate(codes_, g, wp_.value, wn_.value, trainable_scales(), latent_grad, wp_.grad, wn_.grad);
+}
+
+TernaryStats TernaryQuantizer::stats() const {
+  TTQ_CHECK(has_codes_, "layer '" << layer_ << "': no ternary statistics before a forward pass");
+  const Tensor codes = codes_.to(Device::CPU);
+  TernaryStats st;
+  st.threshold = threshold_.to(Device::CPU).data<float>()[0];
   if (trainable_scales()) {
-    wp_.grad.data<float>()[0] += static_cast<float>(sums.wp);
-    wn_.grad.data<float>()[0] += static_cast<float>(sums.wn);
+    st.wp = wp_.value.to(Device::CPU).data<float>()[0];
+    st.wn = wn_.value.to(Device::CPU).data<float>()[0];
+  } else {
+    st.wp = st.wn = twn_scale_.to(Device::CPU).data<float>()[0];
   }
+  const int8_t* c = codes.data<int8_t>();
+  for (int64_t i = 0, n = codes.numel(); i < n; ++i) {
+    st.positive += c[i] > 0;
+    st.negative += c[i] < 0;
+  }
+  st.zeros = codes.numel() - st.positive - st.negative;
+  return st;
 }
 
 }  // namespace ttq

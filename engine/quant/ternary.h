@@ -59,18 +59,15 @@ class TernaryQuantizer {
   Parameter& wn() { return wn_; }
   const Tensor& codes() const { return codes_; }
   const Tensor& quantized() const { return w_t_; }
-  const TernaryStats& stats() const { return stats_; }
+  // D, the scales in use (TWN: its fixed scale for both) and the code counts of the last forward
+  // pass, computed on demand (a device-to-host copy on the GPU, so not every step).
+  TernaryStats stats() const;
 
  private:
-  float scale_p() const;  // Wp in use this step (TWN: its fixed scale)
-  float scale_n() const;
-
   TernaryConfig cfg_;
   std::string layer_;
   Parameter wp_, wn_;
-  float twn_scale_ = 0.0f;
-  Tensor w_t_, codes_;
-  TernaryStats stats_;
+  Tensor w_t_, codes_, threshold_, twn_scale_;
   bool has_codes_ = false;
 };
 

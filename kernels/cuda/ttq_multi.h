@@ -106,6 +106,9 @@ class DeviceBuffer {
 };
 }  // namespace detail
 
+// Built once per model (layer sizes and buffer addresses fixed; rebuild if any changes), on the
+// device current at construction; forward/backward must run on that device. Host-side per-step
+// options of TernaryQuantizer (e.g. clamping Wp/Wn) are not applied here.
 class TtqMultiTensor {
  public:
   // The tables live in device memory, so launches are not limited by kernel-argument space: the

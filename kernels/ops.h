@@ -1,0 +1,69 @@
+// The ops the layers, the quantizer and the optimizers call, on tensors. Each checks that its
+// tensors share one device and have the expected sizes, then runs the CPU kernels
+// (kernels/cpu/ops.h: oneDNN or reference) or the CUDA ones. Gradient outputs are overwritten
+// unless the name ends in "_accumulate".
+#pragma once
+
+#include <cstdint>
+
+#include "engine/core/tensor.h"
+#include "kernels/op_shapes.h"
+#include "kernels/ttq_math.h"
+
+namespace ttq::ops {
+
+// ---- layers --------------------------------------------------------------------------------
+void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y);
+void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& w, Tensor& dx);
+void conv2d_backward_weights(const Conv2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* dbias);
+
+void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor& y);
+void pool2d_backward(PoolKind kind, const Pool2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dx);
+
+// Training-mode batch norm; also updates the running statistics PyTorch's way
+// (running = (1 - momentum) * running + momentum * batch, unbiased variance).
+void batchnorm_forward_train(const BatchNormShape& s, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                             float eps, float momentum, Tensor& running_mean, Tensor& running_var, Tensor& y,
+                             Tensor& mean, Tensor& var, Tensor& inv_std);
+void batchnorm_forward_infer(const BatchNormShape& s, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                             const Tensor& running_mean, const Tensor& running_var, float eps, Tensor& y);
+void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& gamma,
+                        const Tensor& mean, const Tensor& inv_std, Tensor& dx, Tensor& dgamma, Tensor& dbeta);
+
+void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y);
+// dx may be null.
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw, Tensor* dbias);
+
+void global_avgpool_forward(const Tensor& x, Tensor& y);     // [N, C, H, W] -> [N, C]
+void global_avgpool_backward(const Tensor& dy, Tensor& dx);  // dx has the input's shape
+
+void relu_forward(const Tensor& x, Tensor& y);
+void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx);
+
+void shortcut_a_forward(int64_t stride, const Tensor& x, Tensor& y);
+void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx);
+
+// out = a + b (elementwise, same shapes; out may alias a or b).
+void add(const Tensor& a, const Tensor& b, Tensor& out);
+// dst += src
+void add_accumulate(Tensor& dst, const Tensor& src);
+// t = max(t, lo)
+void clamp_min_inplace(Tensor& t, float lo);
+
+// ---- TTQ -----------------------------------------------------------------------------------
+// Threshold, codes and quantized weights of one layer. wp, wn: [1] tensors on the weights'
+// device (read, not written). threshold and twn_scale: [1] outputs.
+void ttq_forward(math::ThresholdMode mode, float t, double r, const Tensor& latent, const Tensor& wp,
+                 const Tensor& wn, Tensor& threshold, Tensor& twn_scale, Tensor& w_t, Tensor& codes);
+// latent_grad += scale(code) * g (plain g when scale_latent is false); dwp, dwn ([1]) += the
+// scale gradients. wp, wn are the scales used in the forward pass.
+void ttq_backward_accumulate(const Tensor& codes, const Tensor& g, const Tensor& wp, const Tensor& wn,
+                             bool scale_latent, Tensor& latent_grad, Tensor& dwp, Tensor& dwn);
+
+// ---- optimizers (one parameter tensor) ------------------------------------------------------
+void sgd_update(Tensor& p, const Tensor& g, Tensor* momentum_buf, float lr, float momentum, float wd,
+                bool nesterov, bool first_step);
+void adam_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, float beta1, float beta2, float eps,
+                 float wd, float bc1, float bc2);
+
+}  // namespace ttq::ops
