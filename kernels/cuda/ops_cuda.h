@@ -1,0 +1,67 @@
+// CUDA versions of the ops in kernels/ops.h, on device pointers, with the argument order of the
+// reference kernels (kernels/cpu/ops_ref.h). All work is enqueued on cudaStreamPerThread (the
+// stream device memory is allocated on), so calls from one host thread are ordered and need no
+// synchronisation between them. cuDNN does convolution, batch norm and pooling; cuBLAS does
+// Linear; the rest are the project's kernels. Plain C++ header: includable from g++ code.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/op_shapes.h"
+#include "kernels/ttq_math.h"
+
+namespace ttq::cuda {
+
+// ---- cuDNN (kernels/cuda/ops_cudnn.cpp) -----------------------------------------------------
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
+void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias);
+void pool2d_forward(PoolKind kind, const Pool2dShape& s, const float* x, float* y);
+void pool2d_backward(PoolKind kind, const Pool2dShape& s, const float* x, const float* dy, float* dx);
+// Also updates the running statistics (PyTorch convention, unbiased running variance).
+void batchnorm_forward_train(const BatchNormShape& s, const float* x, const float* gamma, const float* beta,
+                             float eps, float momentum, float* running_mean, float* running_var, float* y,
+                             float* mean, float* var, float* inv_std);
+void batchnorm_forward_infer(const BatchNormShape& s, const float* x, const float* gamma, const float* beta,
+                             const float* running_mean, const float* running_var, float eps, float* y);
+void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
+                        const float* mean, const float* inv_std, float* dx, float* dgamma, float* dbeta);
+
+// ---- cuBLAS (kernels/cuda/ops_cublas.cpp) ---------------------------------------------------
+void linear_forward(int64_t n, int64_t in, int64_t out, const float* x, const float* w, const float* bias, float* y);
+void linear_backward(int64_t n, int64_t in, int64_t out, const float* x, const float* w, const float* dy, float* dx,
+                     float* dw, float* dbias);
+
+// ---- the project's kernels (kernels/cuda/ops_elementwise.cu) ---------------------------------
+void global_avgpool_forward(int64_t n, int64_t c, int64_t hw, const float* x, float* y);
+void global_avgpool_backward(int64_t n, int64_t c, int64_t hw, const float* dy, float* dx);
+void relu_forward(int64_t count, const float* x, float* y);
+void relu_backward(int64_t count, const float* y, const float* dy, float* dx);
+void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                        int64_t stride, const float* x, float* y);
+void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                         int64_t stride, const float* dy, float* dx);
+void add(int64_t count, const float* a, const float* b, float* out);
+void add_accumulate(int64_t count, float* dst, const float* src);
+void clamp_min_inplace(int64_t count, float* p, float lo);
+// TTQ on one tensor (wp, wn, threshold, twn_scale, dwp, dwn: device scalars). In Twn mode the
+// quantized weights use twn_scale for both signs. dwp, dwn are accumulated (+=).
+void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
+                 const float* wn, float* threshold, float* twn_scale, float* w_t, int8_t* codes);
+void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, const float* wp, const float* wn,
+                             bool scale_latent, float* latent_grad, float* dwp, float* dwn);
+void sgd_update(int64_t count, float* p, const float* g, float* momentum_buf, float lr, float momentum, float wd,
+                bool nesterov, bool first_step);
+void adam_update(int64_t count, float* p, const float* g, float* m, float* v, float lr, float beta1, float beta2,
+                 float eps, float wd, float bc1, float bc2);
+// Mean softmax cross-entropy: writes probabilities and the mean loss (device scalar, summed in a
+// fixed order); labels are int32 on the device.
+void softmax_xent_forward(int64_t n, int64_t classes, const float* logits, const int32_t* labels,
+                          float label_smoothing, float* probs, float* loss);
+void softmax_xent_backward(int64_t n, int64_t classes, const float* probs, const int32_t* labels,
+                           float label_smoothing, float* dlogits);
+// *correct (device int64) = rows whose label is among the k largest logits (ties to the lower index).
+void count_topk_correct(int64_t n, int64_t classes, const float* logits, const int32_t* labels, int k,
+                        int64_t* correct);
+
+}  // namespace ttq::cuda
