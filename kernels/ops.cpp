@@ -226,6 +226,66 @@ void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx) {
 }
 
 namespace {
+int64_t count_topk_cpu(int64_t n, int64_t c, const float* logits, const int32_t* labels, int k) {
+  int64_t correct = 0;
+  for (int64_t b = 0; b < n; ++b) {
+    const float* z = logits + b * c;
+    const float target = z[labels[b]];
+    int64_t above = 0;  // classes ranked before the label: higher, or equal with a lower index
+    for (int64_t j = 0; j < c; ++j)
+      if (z[j] > target || (z[j] == target && j < labels[b])) ++above;
+    if (above < k) ++correct;
+  }
+  return correct;
+}
+}  // namespace
+
+double softmax_xent_forward(const Tensor& logits, const Tensor& labels, float label_smoothing, Tensor& probs) {
+  const Device dev = common_device("softmax_xent_forward", {&logits, &labels, &probs});
+  const int64_t n = logits.dim(0), c = logits.dim(1);
+  expect("softmax_xent_forward", labels, n, "labels");
+  expect("softmax_xent_forward", probs, n * c, "probabilities");
+  double loss = 0.0;
+#ifdef TTQ_HAVE_CUDA
+  if (dev == Device::CUDA) {
+    Tensor out = Tensor::empty({1}, DType::F32, Device::CUDA);
+    cuda::softmax_xent_forward(n, c, logits.data<float>(), labels.data<int32_t>(), label_smoothing, probs.data<float>(),
+                               out.data<float>());
+    return out.to(Device::CPU).data<float>()[0];
+  }
+#endif
+  TTQ_CHECK(dev == Device::CPU, "CUDA tensors in a build without the CUDA backend");
+  loss = ref::softmax_xent_forward(n, c, logits.data<float>(), labels.data<int32_t>(), label_smoothing, probs.data<float>());
+  return loss;
+}
+
+void softmax_xent_backward(const Tensor& probs, const Tensor& labels, float label_smoothing, Tensor& dlogits) {
+  const Device dev = common_device("softmax_xent_backward", {&probs, &labels, &dlogits});
+  const int64_t n = probs.dim(0), c = probs.dim(1);
+  expect("softmax_xent_backward", dlogits, n * c, "logit gradient");
+  TTQ_DISPATCH(dev,
+               ref::softmax_xent_backward(n, c, probs.data<float>(), labels.data<int32_t>(), label_smoothing,
+                                          dlogits.data<float>()),
+               cuda::softmax_xent_backward(n, c, probs.data<float>(), labels.data<int32_t>(), label_smoothing,
+                                           dlogits.data<float>()));
+}
+
+int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k) {
+  const Device dev = common_device("count_topk_correct", {&logits, &labels});
+  const int64_t n = logits.dim(0), c = logits.dim(1);
+  expect("count_topk_correct", labels, n, "labels");
+#ifdef TTQ_HAVE_CUDA
+  if (dev == Device::CUDA) {
+    Tensor out = Tensor::empty({1}, DType::I64, Device::CUDA);
+    cuda::count_topk_correct(n, c, logits.data<float>(), labels.data<int32_t>(), k, out.data<int64_t>());
+    return out.to(Device::CPU).data<int64_t>()[0];
+  }
+#endif
+  TTQ_CHECK(dev == Device::CPU, "CUDA tensors in a build without the CUDA backend");
+  return count_topk_cpu(n, c, logits.data<float>(), labels.data<int32_t>(), k);
+}
+
+namespace {
 void add_cpu(int64_t n, const float* a, const float* b, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }

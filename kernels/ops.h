@@ -50,6 +50,12 @@ void add_accumulate(Tensor& dst, const Tensor& src);
 // t = max(t, lo)
 void clamp_min_inplace(Tensor& t, float lo);
 
+// ---- loss ----------------------------------------------------------------------------------
+// labels: int32 [N] on the logits' device. Returns the mean loss (a device-to-host read on the GPU).
+double softmax_xent_forward(const Tensor& logits, const Tensor& labels, float label_smoothing, Tensor& probs);
+void softmax_xent_backward(const Tensor& probs, const Tensor& labels, float label_smoothing, Tensor& dlogits);
+int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k);
+
 // ---- TTQ -----------------------------------------------------------------------------------
 // Threshold, codes and quantized weights of one layer. wp, wn: [1] tensors on the weights'
 // device (read, not written). threshold and twn_scale: [1] outputs.

@@ -15,6 +15,7 @@ size_t dtype_size(DType dt) {
     case DType::I8: return 1;
     case DType::U8: return 1;
     case DType::I32: return 4;
+    case DType::I64: return 8;
   }
   return 0;
 }
@@ -26,6 +27,7 @@ const char* dtype_name(DType dt) {
     case DType::I8: return "i8";
     case DType::U8: return "u8";
     case DType::I32: return "i32";
+    case DType::I64: return "i64";
   }
   return "?";
 }

@@ -1,8 +1,9 @@
 #include "engine/nn/loss.h"
 
 #include <cmath>
+#include <cstring>
 
-#include "kernels/cpu/ops_ref.h"
+#include "kernels/ops.h"
 
 namespace ttq {
 
@@ -12,6 +13,7 @@ CrossEntropyLoss::CrossEntropyLoss(float label_smoothing) : smoothing_(label_smo
 }
 
 namespace {
+
 void check_logits(const Tensor& logits, const std::vector<int32_t>& labels) {
   TTQ_CHECK(logits.ndim() == 2 && logits.dim(0) > 0 && logits.dim(1) > 0,
             "loss: expects logits [N, classes], got " << shape_str(logits.shape()));
@@ -21,40 +23,35 @@ void check_logits(const Tensor& logits, const std::vector<int32_t>& labels) {
     TTQ_CHECK(labels[i] >= 0 && labels[i] < logits.dim(1),
               "loss: label " << labels[i] << " at row " << i << " outside [0, " << logits.dim(1) << ")");
 }
+
+// The labels as an int32 tensor on the logits' device.
+Tensor label_tensor(const std::vector<int32_t>& labels, Device device) {
+  Tensor host = Tensor::empty({static_cast<int64_t>(labels.size())}, DType::I32);
+  if (!labels.empty()) std::memcpy(host.data<int32_t>(), labels.data(), labels.size() * sizeof(int32_t));
+  return host.to(device);
+}
+
 }  // namespace
 
 double CrossEntropyLoss::forward(const Tensor& logits, const std::vector<int32_t>& labels) {
   check_logits(logits, labels);
-  probs_ = Tensor::empty(logits.shape());
-  labels_ = labels;
-  const double loss = ref::softmax_xent_forward(logits.dim(0), logits.dim(1), logits.data<float>(), labels.data(),
-                                                smoothing_, probs_.data<float>());
+  probs_ = Tensor::empty(logits.shape(), DType::F32, logits.device());
+  labels_ = label_tensor(labels, logits.device());
+  const double loss = ops::softmax_xent_forward(logits, labels_, smoothing_, probs_);
   TTQ_CHECK(std::isfinite(loss), "loss: not finite (" << loss << "); logits contain NaN or Inf");
   return loss;
 }
 
 Tensor CrossEntropyLoss::backward() {
   TTQ_CHECK(probs_.defined(), "loss: backward without forward");
-  Tensor d = Tensor::empty(probs_.shape());
-  ref::softmax_xent_backward(probs_.dim(0), probs_.dim(1), probs_.data<float>(), labels_.data(), smoothing_,
-                             d.data<float>());
+  Tensor d = Tensor::empty(probs_.shape(), DType::F32, probs_.device());
+  ops::softmax_xent_backward(probs_, labels_, smoothing_, d);
   return d;
 }
 
 int64_t count_topk_correct(const Tensor& logits, const std::vector<int32_t>& labels, int k) {
   check_logits(logits, labels);
-  const int64_t n = logits.dim(0), c = logits.dim(1);
-  int64_t correct = 0;
-  for (int64_t b = 0; b < n; ++b) {
-    const float* z = logits.data<float>() + b * c;
-    const float target = z[labels[b]];
-    // Rank of the label: how many classes score strictly higher, plus earlier ties.
-    int64_t above = 0;
-    for (int64_t j = 0; j < c; ++j)
-      if (z[j] > target || (z[j] == target && j < labels[b])) ++above;
-    if (above < k) ++correct;
-  }
-  return correct;
+  return ops::count_topk_correct(logits, label_tensor(labels, logits.device()), k);
 }
 
 }  // namespace ttq

@@ -19,7 +19,7 @@ class CrossEntropyLoss {
  private:
   float smoothing_;
   Tensor probs_;
-  std::vector<int32_t> labels_;
+  Tensor labels_;  // int32, on the logits' device
 };
 
 // Number of rows whose label is among the k largest logits (ties go to the lower class index).

@@ -102,6 +102,19 @@ Module* Module::find(const std::string& path) {
   return nullptr;
 }
 
+void Module::to(Device d) {
+  for (auto& np : named_parameters()) {
+    np.param->value = np.param->value.to(d);
+    if (np.param->grad.defined()) np.param->grad = np.param->grad.to(d);
+  }
+  for (auto& nb : named_buffers()) *nb.tensor = nb.tensor->to(d);
+}
+
+Device Module::device() {
+  auto params = named_parameters();
+  return params.empty() ? Device::CPU : params.front().param->value.device();
+}
+
 void Module::zero_grad() {
   for (auto& np : named_parameters())
     if (np.param->grad.defined()) np.param->grad.zero();

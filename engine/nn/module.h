@@ -63,6 +63,10 @@ class Module {
   std::vector<std::pair<std::string, Module*>> named_modules();
   Module* find(const std::string& path);
   void zero_grad();
+  // Moves every parameter, gradient and buffer to the device (optimizers are created after).
+  void to(Device d);
+  // The device of the parameters (CPU for a module without any).
+  Device device();
 
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const { return children_; }
 

@@ -86,10 +86,10 @@ json ternary_layers_json(Module& net) {
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
                      const json& config) {
   SafeTensorsWriter w;
-  for (auto& np : net.named_parameters()) w.add(np.name, np.param->value);
-  for (auto& nb : net.named_buffers()) w.add(nb.name, *nb.tensor);
+  for (auto& np : net.named_parameters()) w.add(np.name, np.param->value.to(Device::CPU));
+  for (auto& nb : net.named_buffers()) w.add(nb.name, nb.tensor->to(Device::CPU));
   if (opt)
-    for (auto& nb : const_cast<Optimizer*>(opt)->state()) w.add("optim." + nb.name, *nb.tensor);
+    for (auto& nb : const_cast<Optimizer*>(opt)->state()) w.add("optim." + nb.name, nb.tensor->to(Device::CPU));
   w.add_metadata("format", "ttq-checkpoint");
   w.add_metadata("config", config.dump());
   w.add_metadata("state", state.to_json().dump());
@@ -154,7 +154,9 @@ void load_model(Module& net, const Checkpoint& ck) {
       copy_checked(ck, it.key() + ".wp", wp);
       copy_checked(ck, it.key() + ".wn", wn);
       const float p = wp.data<float>()[0], n = wn.data<float>()[0];
-      for (int64_t i = 0; i < w.numel(); ++i) w.data<float>()[i] = math::ternary_value(codes[i], p, n);
+      Tensor host = Tensor::empty(w.shape());
+      for (int64_t i = 0; i < w.numel(); ++i) host.data<float>()[i] = math::ternary_value(codes[i], p, n);
+      w.copy_from(host);
       expected.insert({codes_name, it.key() + ".wp", it.key() + ".wn"});
     } else if (!l->is_ternary()) {
       l->enable_ternary(ternary_from_json(it.value(), ck.file.path(), it.key()));
@@ -200,7 +202,7 @@ ExportReport export_ternary(const std::string& path, Module& net, const json& co
     ++r.ternary_layers;
     TernaryQuantizer* q = l->quantizer();
     q->forward(l->weight().value);  // codes and scales as of now
-    const Tensor& codes = q->codes();
+    const Tensor codes = q->codes().to(Device::CPU);
     std::vector<uint8_t> packed = pack_ternary_codes(codes.data<int8_t>(), codes.numel());
     Tensor t = Tensor::empty({static_cast<int64_t>(packed.size())}, DType::U8);
     std::copy(packed.begin(), packed.end(), t.data<uint8_t>());
@@ -212,8 +214,8 @@ ExportReport export_ternary(const std::string& path, Module& net, const json& co
     ternary_weights.insert(l->path() + ".weight");
   }
   for (auto& np : net.named_parameters())
-    if (!ternary_weights.count(np.name)) w.add(np.name, np.param->value);
-  for (auto& nb : net.named_buffers()) w.add(nb.name, *nb.tensor);
+    if (!ternary_weights.count(np.name)) w.add(np.name, np.param->value.to(Device::CPU));
+  for (auto& nb : net.named_buffers()) w.add(nb.name, nb.tensor->to(Device::CPU));
   w.add_metadata("format", "ttq-export");
   w.add_metadata("config", config.dump());
   w.add_metadata("ternary", ternary_layers_json(net).dump());

@@ -5,7 +5,7 @@ namespace ttq {
 StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr) {
   net.train(true);
   opt.zero_grad();
-  Tensor logits = net.forward(batch.images);
+  Tensor logits = net.forward(batch.images.to(net.device()));
   StepResult r;
   r.loss = loss.forward(logits, batch.labels);
   r.correct = count_topk_correct(logits, batch.labels, 1);
@@ -17,7 +17,7 @@ StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const
 StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch) {
   const bool was_training = net.training();
   net.eval();
-  Tensor logits = net.forward(batch.images);
+  Tensor logits = net.forward(batch.images.to(net.device()));
   StepResult r;
   r.loss = loss.forward(logits, batch.labels);
   r.correct = count_topk_correct(logits, batch.labels, 1);

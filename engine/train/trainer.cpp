@@ -58,8 +58,9 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
   double loss_sum = 0.0;
   int64_t top1 = 0, top5 = 0, seen = 0;
   Batch b;
+  const Device device = net.device();
   while (loader.next(b)) {
-    Tensor logits = net.forward(b.images);
+    Tensor logits = net.forward(b.images.to(device));
     const int64_t n = static_cast<int64_t>(b.labels.size());
     loss_sum += loss.forward(logits, b.labels) * n;
     top1 += count_topk_correct(logits, b.labels, 1);
@@ -106,15 +107,19 @@ class MetricsLog {
   std::ofstream out_;
 };
 
-void check_device(const std::string& device, Progress& progress) {
+// The device the config asks for: "cuda" needs a usable GPU; "auto" takes one when present.
+Device select_device(const std::string& device, Progress& progress) {
   const int gpus = cuda_device_count();
   if (device == "cuda") {
     TTQ_CHECK(gpus > 0, "config: device 'cuda' requested but there is no usable GPU (" << cuda_device_summary() << ")");
-    TTQ_FAIL("config: device 'cuda': the CUDA layer backend is not available in this version; use device 'cpu'");
+    return Device::CUDA;
   }
-  if (device == "auto")
-    progress.line(gpus > 0 ? "GPU found, but the CUDA layer backend is not available in this version: training on the CPU"
+  if (device == "auto") {
+    progress.line(gpus > 0 ? "Training on the GPU: " + cuda_device_summary()
                            : "No usable GPU (" + cuda_device_summary() + "): training on the CPU");
+    return gpus > 0 ? Device::CUDA : Device::CPU;
+  }
+  return Device::CPU;
 }
 
 }  // namespace
@@ -124,7 +129,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   const auto t_start = clock::now();
   ExperimentConfig cfg = cfg_in;
   Progress progress(!opt.quiet && Progress::stdout_is_terminal());
-  check_device(cfg.device, progress);
+  const Device device = select_device(cfg.device, progress);
 
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   json resolved_model;
@@ -162,6 +167,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       progress.line("Initialised from " + cfg.init_from);
     }
   }
+  net.to(device);
   MetricsLog metrics(cfg.output_dir + "/metrics.jsonl", opt.resume);
   progress.line("ttq train " + cfg.name + ": " + model.name + " on " + data.description + " -> " + cfg.output_dir);
 
