@@ -11,6 +11,7 @@
 #include "engine/train/checkpoint.h"
 #include "engine/train/data_sets.h"
 #include "engine/train/trainer.h"
+#include "kernels/device.h"
 #include "models/model.h"
 #include "tests/test_util.h"
 
@@ -217,4 +218,21 @@ TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {
   EXPECT_NE(e.find("not finite"), std::string::npos) << e;
   const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
   EXPECT_EQ(ck.state.stage, 1);  // the end of the full-precision stage, intact
+}
+
+TEST(Experiment, DeviceSelection) {
+  TempDir d;
+  json j = make_config(d.path());
+  j["stages"].erase(1);
+  j["stages"][0]["epochs"] = 1;
+  if (cuda_device_count() == 0) {
+    j["device"] = "cuda";
+    const std::string e = error_of([&] { train_experiment(parse_experiment(j), quiet()); });
+    EXPECT_NE(e.find("device 'cuda' requested but there is no usable GPU"), std::string::npos) << e;
+  }
+  j["device"] = "auto";  // the GPU when there is one, else the CPU
+  const RunSummary s = train_experiment(parse_experiment(j), quiet());
+  EXPECT_LT(s.stages[0].test_top1_error, 0.2);
+  j["device"] = "tpu";
+  EXPECT_NE(error_of([&] { parse_experiment(j); }).find("'device' must be cpu, cuda or auto"), std::string::npos);
 }
