@@ -1,0 +1,74 @@
+// Linear on CUDA through cuBLAS SGEMM. Semantics of kernels/cpu/ops_ref.h:
+//   y[n, o] = bias[o] + sum_i x[n, i] * w[o, i]      (x: n x in, w: out x in, y: n x out)
+//   dx = dy w,  dw = dy^T x,  dbias[o] = sum_n dy[n, o]
+// All row-major. cuBLAS is column-major: a row-major r x c matrix is the column-major c x r
+// matrix (its transpose) with leading dimension c, so each row-major product is computed as its
+// transpose:
+//   y^T  (out x n)  = W^T_cm (out x in) * X_cm (in x n)     -> gemm(T, N, out, n, in)
+//   dx^T (in x n)   = W_cm (in x out)   * dY_cm (out x n)   -> gemm(N, N, in, n, out)
+//   dw^T (in x out) = X_cm (in x n)     * dY_cm^T (n x out) -> gemm(N, T, in, out, n)
+// where X_cm, W_cm, dY_cm are the column-major views (in x n, in x out, out x n).
+//
+// Precision and determinism: the handle (kernels/cuda/context.h) uses CUBLAS_DEFAULT_MATH, which
+// keeps single-precision GEMMs in fp32 FMA (no TF32 tensor cores, no BF16x9 emulation), so
+// results match the CPU closely; atomics are disallowed, so cuBLAS gives bitwise-identical
+// results run to run on the same GPU. The bias is broadcast by a kernel into y before a GEMM with
+// beta = 1; the bias gradient is a per-column sum in a fixed order (kernels/cuda/dnn_helpers.cu),
+// no atomics.
+#ifdef TTQ_HAVE_CUBLAS
+
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/dnn_helpers.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace ttq::cuda {
+
+void linear_forward(int64_t n, int64_t in, int64_t out, const float* x, const float* w, const float* bias, float* y) {
+  TTQ_CHECK(n >= 0 && in >= 0 && out >= 0, "linear_forward (CUDA): negative size n=" << n << " in=" << in
+                                                                                      << " out=" << out);
+  if (n == 0 || out == 0) return;
+  const float one = 1.0f;
+  float beta = 0.0f;
+  if (bias) {
+    helpers::broadcast_rows(n, out, bias, y);
+    beta = 1.0f;
+  }
+  if (in == 0) {  // empty sum: y = bias (or 0)
+    if (!bias) CUDA_CHECK(cudaMemsetAsync(y, 0, static_cast<size_t>(n * out) * sizeof(float), cudaStreamPerThread));
+    return;
+  }
+  cublasHandle_t h = DeviceContext::current().cublas();
+  const int N = to_int(n, "n"), IN = to_int(in, "in"), OUT = to_int(out, "out");
+  CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, OUT, N, IN, &one, w, IN, x, IN, &beta, y, OUT));
+}
+
+void linear_backward(int64_t n, int64_t in, int64_t out, const float* x, const float* w, const float* dy, float* dx,
+                     float* dw, float* dbias) {
+  TTQ_CHECK(n >= 0 && in >= 0 && out >= 0, "linear_backward (CUDA): negative size n=" << n << " in=" << in
+                                                                                       << " out=" << out);
+  auto zero_fill = [](float* p, int64_t count) {
+    if (p && count > 0)
+      CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(count) * sizeof(float), cudaStreamPerThread));
+  };
+  if (dbias) {
+    if (n == 0)
+      zero_fill(dbias, out);
+    else
+      helpers::column_sums(n, out, dy, dbias);
+  }
+  if (in == 0) return;  // dx and dw are empty
+  if (n == 0 || out == 0) {  // empty sums
+    if (out == 0) zero_fill(dx, n * in);
+    zero_fill(dw, out * in);
+    return;
+  }
+  cublasHandle_t h = DeviceContext::current().cublas();
+  const int N = to_int(n, "n"), IN = to_int(in, "in"), OUT = to_int(out, "out");
+  const float one = 1.0f, zero = 0.0f;
+  if (dx) CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, IN, N, OUT, &one, w, IN, dy, OUT, &zero, dx, IN));
+  CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, IN, OUT, N, &one, x, IN, dy, OUT, &zero, dw, IN));
+}
+
+}  // namespace ttq::cuda
+
+#endif  // TTQ_HAVE_CUBLAS
