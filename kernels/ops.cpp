@@ -142,7 +142,8 @@ void batchnorm_forward_infer(const BatchNormShape& s, const Tensor& x, const Ten
 }
 
 void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& gamma,
-                        const Tensor& mean, const Tensor& inv_std, Tensor& dx, Tensor& dgamma, Tensor& dbeta) {
+                        const Tensor& mean, const Tensor& inv_std, float eps, Tensor& dx, Tensor& dgamma,
+                        Tensor& dbeta) {
   const Device dev = common_device("batchnorm_backward", {&x, &dy, &gamma, &mean, &inv_std, &dx, &dgamma, &dbeta});
   expect("batchnorm_backward", dy, s.numel(), "output gradient");
   TTQ_DISPATCH(dev,
@@ -150,7 +151,7 @@ void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& 
                                        inv_std.data<float>(), dx.data<float>(), dgamma.data<float>(),
                                        dbeta.data<float>()),
                cuda::batchnorm_backward(s, x.data<float>(), dy.data<float>(), gamma.data<float>(), mean.data<float>(),
-                                        inv_std.data<float>(), dx.data<float>(), dgamma.data<float>(),
+                                        inv_std.data<float>(), eps, dx.data<float>(), dgamma.data<float>(),
                                         dbeta.data<float>()));
 }
 

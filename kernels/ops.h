@@ -28,7 +28,8 @@ void batchnorm_forward_train(const BatchNormShape& s, const Tensor& x, const Ten
 void batchnorm_forward_infer(const BatchNormShape& s, const Tensor& x, const Tensor& gamma, const Tensor& beta,
                              const Tensor& running_mean, const Tensor& running_var, float eps, Tensor& y);
 void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& gamma,
-                        const Tensor& mean, const Tensor& inv_std, Tensor& dx, Tensor& dgamma, Tensor& dbeta);
+                        const Tensor& mean, const Tensor& inv_std, float eps, Tensor& dx, Tensor& dgamma,
+                        Tensor& dbeta);
 
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y);
 // dx may be null.

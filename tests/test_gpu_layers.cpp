@@ -363,7 +363,7 @@ TEST_P(GpuBatchNorm, BackwardMatchesReferenceAndRepeats) {
     dx[run] = gpu_garbage(xs);
     dg[run] = gpu_garbage(cs);
     db[run] = gpu_garbage(cs);
-    cuda::batchnorm_backward(s, dp(xg), dp(dyg), dp(gg), dp(mg), dp(isg), dp(dx[run]), dp(dg[run]), dp(db[run]));
+    cuda::batchnorm_backward(s, dp(xg), dp(dyg), dp(gg), dp(mg), dp(isg), eps, dp(dx[run]), dp(dg[run]), dp(db[run]));
   }
   const int64_t k = s.n * s.s;
   EXPECT_TRUE(matches(dx[0], dx_ref, k)) << "dx";

@@ -64,7 +64,7 @@ Tensor BatchNorm::backward_impl(const Tensor& dy) {
   const BatchNormShape s = shape_of(x_);
   Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
   Tensor dgamma = Tensor::empty({c_}, DType::F32, x_.device()), dbeta = Tensor::empty({c_}, DType::F32, x_.device());
-  ops::batchnorm_backward(s, x_, dy, gamma_.value, mean_, inv_std_, dx, dgamma, dbeta);
+  ops::batchnorm_backward(s, x_, dy, gamma_.value, mean_, inv_std_, eps_, dx, dgamma, dbeta);
   ops::add_accumulate(gamma_.grad, dgamma);
   ops::add_accumulate(beta_.grad, dbeta);
   x_ = Tensor();

@@ -24,8 +24,9 @@ void batchnorm_forward_train(const BatchNormShape& s, const float* x, const floa
                              float* mean, float* var, float* inv_std);
 void batchnorm_forward_infer(const BatchNormShape& s, const float* x, const float* gamma, const float* beta,
                              const float* running_mean, const float* running_var, float eps, float* y);
+// eps: the forward pass's epsilon (cuDNN takes it alongside the saved statistics).
 void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
-                        const float* mean, const float* inv_std, float* dx, float* dgamma, float* dbeta);
+                        const float* mean, const float* inv_std, float eps, float* dx, float* dgamma, float* dbeta);
 
 // ---- cuBLAS (kernels/cuda/ops_cublas.cpp) ---------------------------------------------------
 void linear_forward(int64_t n, int64_t in, int64_t out, const float* x, const float* w, const float* bias, float* y);

@@ -18,7 +18,7 @@ void batchnorm_forward_train(const BatchNormShape&, const float*, const float*, 
 void batchnorm_forward_infer(const BatchNormShape&, const float*, const float*, const float*, const float*, const float*,
                              float, float*) { TTQ_CUDA_PENDING(batchnorm_forward_infer); }
 void batchnorm_backward(const BatchNormShape&, const float*, const float*, const float*, const float*, const float*,
-                        float*, float*, float*) { TTQ_CUDA_PENDING(batchnorm_backward); }
+                        float, float*, float*, float*) { TTQ_CUDA_PENDING(batchnorm_backward); }
 #endif  // TTQ_HAVE_CUDNN
 #ifndef TTQ_HAVE_CUBLAS  // implemented in kernels/cuda/ops_cublas.cpp when cuBLAS is found
 void linear_forward(int64_t, int64_t, int64_t, const float*, const float*, const float*, float*) { TTQ_CUDA_PENDING(linear_forward); }

@@ -339,10 +339,7 @@ struct BnSetup {
   }
 };
 
-// cudnnBatchNormalizationBackward takes epsilon, but with the saved mean and inverse standard
-// deviation supplied it normalises with those; our interface does not carry eps to the backward
-// pass, so a conventional value is passed.
-constexpr double kBackwardEpsilon = 1e-5;
+
 
 }  // namespace
 
@@ -505,14 +502,14 @@ void batchnorm_forward_infer(const BatchNormShape& s, const float* x, const floa
 }
 
 void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
-                        const float* mean, const float* inv_std, float* dx, float* dgamma, float* dbeta) {
+                        const float* mean, const float* inv_std, float eps, float* dx, float* dgamma, float* dbeta) {
   if (s.numel() == 0) return;
   cudnnHandle_t h = DeviceContext::current().cudnn();
   const BnSetup bs(s);
   // Data and parameter gradients both overwritten (beta factors 0).
   CUDNN_CHECK(cudnnBatchNormalizationBackward(h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, &kOne, &kZero, bs.x.get(), x,
                                               bs.x.get(), dy, bs.x.get(), dx, bs.param.get(), gamma, dgamma, dbeta,
-                                              kBackwardEpsilon, mean, inv_std));
+                                              static_cast<double>(eps), mean, inv_std));
 }
 
 }  // namespace ttq::cuda
