@@ -4,7 +4,7 @@
 // gives a memory-bandwidth baseline.
 //
 // Bytes counted per weight (what each pass must read + write, extra sort traffic not counted):
-//   threshold  max: 4 (read w)   sparsity: 8 (read w, write |w| scratch)   twn: 8 (two reads of w)
+//   threshold  max: 4 (read w)   sparsity: 8 (radix select: two reads of w)   twn: 8 (two reads of w)
 //   ternarize  9  (read w 4, write w_t 4 + code 1)
 //   backward   13 (read code 1 + g 4, read+write latent grad 4 + 4)
 //   layer      threshold + 9 + 13

@@ -141,6 +141,39 @@ TEST(OnednnOps, Conv2dBackwardData) {
   }
 }
 
+// Realistic channel counts, where oneDNN picks its blocked-layout direct kernels (with reorders
+// around them) instead of GEMM: all three passes against the reference.
+TEST(OnednnOps, BlockedLayoutConvolutions) {
+  const Conv2dShape shapes[] = {
+      {2, 16, 12, 12, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1},   // ResNet-20 stage 1
+      {2, 16, 12, 12, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},   // stride-2 transition
+      {2, 64, 6, 6, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1},     // ResNet-20 stage 3
+      {2, 32, 8, 8, 64, 1, 1, 2, 2, 0, 0, 0, 0, 1},     // 1x1 projection
+      {1, 32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 1, 1, 2},   // grouped
+      {1, 3, 30, 30, 16, 7, 7, 2, 2, 3, 3, 3, 3, 1}};   // 7x7 stem
+  uint64_t seed = 4000;
+  for (const Conv2dShape& s : shapes) {
+    SCOPED_TRACE(s.str());
+    const auto x = random_vec(s.in_numel(), ++seed);
+    const auto w = random_vec(s.weight_numel(), ++seed);
+    const auto dy = random_vec(s.out_numel(), ++seed);
+    auto y_ref = nan_vec(s.out_numel()), y = nan_vec(s.out_numel());
+    ref::conv2d_forward(s, x.data(), w.data(), nullptr, y_ref.data());
+    onednn::conv2d_forward(s, x.data(), w.data(), nullptr, y.data());
+    EXPECT_TRUE(all_close(y.data(), y_ref.data(), s.out_numel(), sum_tol(s.c_in_per_group() * s.kh * s.kw), kTol));
+    auto dx_ref = nan_vec(s.in_numel()), dx = nan_vec(s.in_numel());
+    ref::conv2d_backward_data(s, dy.data(), w.data(), dx_ref.data());
+    onednn::conv2d_backward_data(s, dy.data(), w.data(), dx.data());
+    EXPECT_TRUE(all_close(dx.data(), dx_ref.data(), s.in_numel(), sum_tol(s.c_out_per_group() * s.kh * s.kw), kTol));
+    auto dw_ref = nan_vec(s.weight_numel()), dw = nan_vec(s.weight_numel());
+    auto db_ref = nan_vec(s.c_out), db = nan_vec(s.c_out);
+    ref::conv2d_backward_weights(s, x.data(), dy.data(), dw_ref.data(), db_ref.data());
+    onednn::conv2d_backward_weights(s, x.data(), dy.data(), dw.data(), db.data());
+    EXPECT_TRUE(all_close(dw.data(), dw_ref.data(), s.weight_numel(), sum_tol(s.n * s.out_h() * s.out_w()), kTol));
+    EXPECT_TRUE(all_close(db.data(), db_ref.data(), s.c_out, sum_tol(s.n * s.out_h() * s.out_w()), kTol));
+  }
+}
+
 TEST(OnednnOps, Conv2dBackwardWeights) {
   std::mt19937_64 gen(303);
   for (int i = 0; i < kCases; ++i) {

@@ -4,7 +4,6 @@
 #include <array>
 #include <bit>
 #include <cmath>
-#include <cstdlib>
 #include <map>
 #include <new>
 #include <mutex>
@@ -129,19 +128,20 @@ struct ConvDescs {
   memory::dims strides, pad_l, pad_r;
 };
 
-// The caller's layouts (NCHW activations, OIHW or GOIHW weights) or, with any_layout, format_tag::any
-// for src, weights and dst so that oneDNN picks its own (blocked) ones. The bias is always plain.
+// The caller's layouts (NCHW activations, OIHW or GOIHW weights) or, with any_layout,
+// format_tag::any for src, weights and dst so that oneDNN picks its own (blocked) ones. The bias
+// is always plain.
 ConvDescs conv_descs(const Conv2dShape& s, bool with_bias, bool any_layout = false) {
-  const tag act = any_layout ? tag::any : tag::nchw;
+  const auto pick = [&](tag plain) { return any_layout ? tag::any : plain; };
   ConvDescs d;
-  d.src = memory::desc({s.n, s.c_in, s.h, s.w}, dt::f32, act);
+  d.src = memory::desc({s.n, s.c_in, s.h, s.w}, dt::f32, pick(tag::nchw));
   d.wei = s.groups == 1
-              ? memory::desc({s.c_out, s.c_in, s.kh, s.kw}, dt::f32, any_layout ? tag::any : tag::oihw)
+              ? memory::desc({s.c_out, s.c_in, s.kh, s.kw}, dt::f32, pick(tag::oihw))
               : memory::desc({s.groups, s.c_out_per_group(), s.c_in_per_group(), s.kh, s.kw},
-                             dt::f32, any_layout ? tag::any : tag::goihw);
+                             dt::f32, pick(tag::goihw));
   // A zero descriptor disables the bias term.
   if (with_bias) d.bias = memory::desc({s.c_out}, dt::f32, tag::x);
-  d.dst = memory::desc({s.n, s.c_out, s.out_h(), s.out_w()}, dt::f32, act);
+  d.dst = memory::desc({s.n, s.c_out, s.out_h(), s.out_w()}, dt::f32, pick(tag::nchw));
   d.strides = {s.stride_h, s.stride_w};
   d.pad_l = {s.pad_t, s.pad_l};
   d.pad_r = {s.pad_b, s.pad_r};
@@ -162,41 +162,41 @@ dnnl::convolution_forward::primitive_desc conv_fwd_pd(const ConvDescs& d) {
   return {desc, user_scratchpad(), cpu_engine()};
 }
 
-// A convolution primitive on whatever layouts it picked, and for each of its three tensor
+// A convolution primitive on the layouts it was built for, and for each of its three tensor
 // arguments (two inputs, then the output) the reorder from or to the caller's plain layout when
-// that differs. The blocked copies and every scratchpad live in one per-thread buffer: the
-// blocked copies at offset[i], the scratchpad (shared: the steps run one after another) at
-// scratch_offset.
+// that differs. At execution the blocked copies and every scratchpad live in one per-thread
+// buffer: the copy of argument i at offset[i], then one scratchpad region (shared: the reorders
+// and the convolution run one after another) at scratch_offset.
 struct ConvPrim {
   static constexpr size_t kArgs = 3;  // inputs 0 and 1, output 2
   Prim conv;
   std::array<int, kArgs> arg{};
-  std::array<memory::desc, kArgs> inner;  // the primitive's layout when it needs a reorder
-  std::array<Prim, kArgs> reorder;        // plain -> inner for inputs, inner -> plain for the output
   std::array<bool, kArgs> reordered{};
+  std::array<memory::desc, kArgs> inner;  // the primitive's layout where reordered
+  std::array<Prim, kArgs> reorder;        // plain -> inner (inputs), inner -> plain (output)
   std::array<size_t, kArgs> offset{};
   size_t scratch_offset = 0, total = 0;
-  std::string impl;
 };
 
-// Chooses between the primitive on plain layouts and the one on the layouts oneDNN prefers. The
-// fast direct kernels (jit:avx512_core, jit:avx2, ...) want blocked layouts; on plain ones
-// oneDNN 2.6 falls back to im2col + GEMM ("gemm:jit"). The blocked primitive is kept only when it
-// is not itself a GEMM one, so the choice is deterministic for a given machine and shape.
+// oneDNN's fast direct convolutions (jit:avx512_core, jit_1x1, jit_dw, jit:avx2, ...) need
+// its blocked layouts (nChw16c, OIhw16i16o, ...); on plain NCHW/OIHW oneDNN 2.6 runs im2col +
+// GEMM ("gemm:jit"). Each primitive is first described on format_tag::any; that one is used
+// when oneDNN picked a direct kernel for it, the plain one otherwise (the reorders would buy
+// nothing). The choice depends only on the machine and the shape, never on timings.
 template <typename PrimitiveDesc>
-ConvPrim make_conv(const PrimitiveDesc& plain_pd, const PrimitiveDesc& any_pd,
-                   const std::array<int, ConvPrim::kArgs>& args,
+bool is_direct(const PrimitiveDesc& pd) {
+  return std::string(pd.impl_info_str()).find("gemm") == std::string::npos;
+}
+
+// pd's primitive plus the reorders between plain[i] and the layout pd uses for args[i].
+template <typename PrimitiveDesc>
+ConvPrim make_conv(const PrimitiveDesc& pd, const std::array<int, ConvPrim::kArgs>& args,
                    const std::array<memory::desc, ConvPrim::kArgs>& plain) {
-  const std::string any_impl = any_pd.impl_info_str();
-  bool blocked = any_impl.find("gemm") == std::string::npos;
-  if (const char* f = std::getenv("TTQ_CONV_LAYOUT_TMP")) blocked = std::string(f) == "any" ? true : std::string(f) == "plain" ? false : blocked;  // TEMP
-  const PrimitiveDesc& pd = blocked ? any_pd : plain_pd;
+  constexpr size_t kAlign = 64;
+  const auto aligned = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
   ConvPrim cp;
   cp.conv = make_prim(pd);
   cp.arg = args;
-  cp.impl = pd.impl_info_str();
-  constexpr size_t kAlign = 64;
-  const auto aligned = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
   size_t scratch = cp.conv.scratchpad.get_size();
   for (size_t i = 0; i < ConvPrim::kArgs; ++i) {
     const memory::desc inner = pd.query_md(dnnl::query::exec_arg_md, args[i]);
@@ -222,7 +222,7 @@ ConvPrim make_conv(const PrimitiveDesc& plain_pd, const PrimitiveDesc& any_pd,
 // extra plain arguments (the bias): inputs are reordered into the primitive's layouts, the
 // output back out of it.
 void run_conv(const ConvPrim& cp, const std::array<memory, ConvPrim::kArgs>& user, Args extra) {
-  char* base = static_cast<char*>(thread_scratchpad(std::max<size_t>(cp.total, 1)));
+  char* base = static_cast<char*>(thread_scratchpad(cp.total));
   void* scratch = base + cp.scratch_offset;
   std::array<memory, ConvPrim::kArgs> mem = user;
   for (size_t i = 0; i < ConvPrim::kArgs; ++i)
@@ -348,7 +348,8 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
     const ConvDescs d = conv_descs(s, with_bias);
     const ConvPrim cp = cache.get(conv_key(s, with_bias), [&] {
       s.validate("onednn::conv2d_forward");
-      return make_conv(conv_fwd_pd(d), conv_fwd_pd(conv_descs(s, with_bias, true)),
+      const auto any = conv_fwd_pd(conv_descs(s, with_bias, true));
+      return make_conv(is_direct(any) ? any : conv_fwd_pd(d),
                        {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST}, {d.src, d.wei, d.dst});
     });
     Args extra;
@@ -369,7 +370,15 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
         return dnnl::convolution_backward_data::primitive_desc(desc, user_scratchpad(),
                                                                cpu_engine(), conv_fwd_pd(e));
       };
-      return make_conv(pd(d), pd(conv_descs(s, false, true)),
+      const auto any = pd(conv_descs(s, false, true));
+      // The direct kernels compute every channel of their blocked diff_src, padding included:
+      // with few input channels (a first layer's 1 or 3) that is up to 16 times the work, and
+      // GEMM on the plain layouts measured up to 4x (3x3) and 9x (7x7, stride 2) faster with 1
+      // to 4 input channels. So the blocked primitive is used only when its diff_src is at most
+      // twice the plain one (8 or more input channels with 16-channel blocks).
+      const bool blocked =
+          is_direct(any) && any.diff_src_desc().get_size() <= 2 * d.src.get_size();
+      return make_conv(blocked ? any : pd(d),
                        {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC},
                        {d.dst, d.wei, d.src});
     });
@@ -391,7 +400,8 @@ void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* 
         return dnnl::convolution_backward_weights::primitive_desc(desc, user_scratchpad(),
                                                                   cpu_engine(), conv_fwd_pd(e));
       };
-      return make_conv(pd(d), pd(conv_descs(s, with_bias, true)),
+      const auto any = pd(conv_descs(s, with_bias, true));
+      return make_conv(is_direct(any) ? any : pd(d),
                        {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS},
                        {d.src, d.dst, d.wei});
     });
