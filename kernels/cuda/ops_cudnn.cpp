@@ -53,56 +53,32 @@ constexpr size_t kMaxWorkspace = size_t{1} << 30;
 
 // ---- descriptors (RAII) ---------------------------------------------------------------------
 
-class TensorDesc {
+// One cuDNN descriptor, created and destroyed with it.
+template <typename T, cudnnStatus_t (*Create)(T*), cudnnStatus_t (*Destroy)(T)>
+class Descriptor {
  public:
-  TensorDesc() { CUDNN_CHECK(cudnnCreateTensorDescriptor(&d_)); }
-  ~TensorDesc() { CUDNN_CHECK_NOTHROW(cudnnDestroyTensorDescriptor(d_)); }
-  TensorDesc(const TensorDesc&) = delete;
-  TensorDesc& operator=(const TensorDesc&) = delete;
+  Descriptor() { CUDNN_CHECK(Create(&d_)); }
+  ~Descriptor() { CUDNN_CHECK_NOTHROW(Destroy(d_)); }
+  Descriptor(const Descriptor&) = delete;
+  Descriptor& operator=(const Descriptor&) = delete;
+  T get() const { return d_; }
+
+ private:
+  T d_ = nullptr;
+};
+
+using FilterDesc = Descriptor<cudnnFilterDescriptor_t, cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor>;
+using ConvDesc =
+    Descriptor<cudnnConvolutionDescriptor_t, cudnnCreateConvolutionDescriptor, cudnnDestroyConvolutionDescriptor>;
+using PoolDesc = Descriptor<cudnnPoolingDescriptor_t, cudnnCreatePoolingDescriptor, cudnnDestroyPoolingDescriptor>;
+
+class TensorDesc
+    : public Descriptor<cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor> {
+ public:
   void set(int64_t n, int64_t c, int64_t h, int64_t w) {
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(d_, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, to_int(n, "n"),
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(get(), CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, to_int(n, "n"),
                                            to_int(c, "channels"), to_int(h, "height"), to_int(w, "width")));
   }
-  cudnnTensorDescriptor_t get() const { return d_; }
-
- private:
-  cudnnTensorDescriptor_t d_ = nullptr;
-};
-
-class FilterDesc {
- public:
-  FilterDesc() { CUDNN_CHECK(cudnnCreateFilterDescriptor(&d_)); }
-  ~FilterDesc() { CUDNN_CHECK_NOTHROW(cudnnDestroyFilterDescriptor(d_)); }
-  FilterDesc(const FilterDesc&) = delete;
-  FilterDesc& operator=(const FilterDesc&) = delete;
-  cudnnFilterDescriptor_t get() const { return d_; }
-
- private:
-  cudnnFilterDescriptor_t d_ = nullptr;
-};
-
-class ConvDesc {
- public:
-  ConvDesc() { CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&d_)); }
-  ~ConvDesc() { CUDNN_CHECK_NOTHROW(cudnnDestroyConvolutionDescriptor(d_)); }
-  ConvDesc(const ConvDesc&) = delete;
-  ConvDesc& operator=(const ConvDesc&) = delete;
-  cudnnConvolutionDescriptor_t get() const { return d_; }
-
- private:
-  cudnnConvolutionDescriptor_t d_ = nullptr;
-};
-
-class PoolDesc {
- public:
-  PoolDesc() { CUDNN_CHECK(cudnnCreatePoolingDescriptor(&d_)); }
-  ~PoolDesc() { CUDNN_CHECK_NOTHROW(cudnnDestroyPoolingDescriptor(d_)); }
-  PoolDesc(const PoolDesc&) = delete;
-  PoolDesc& operator=(const PoolDesc&) = delete;
-  cudnnPoolingDescriptor_t get() const { return d_; }
-
- private:
-  cudnnPoolingDescriptor_t d_ = nullptr;
 };
 
 // ---- padding split --------------------------------------------------------------------------
