@@ -321,18 +321,23 @@ struct BnSetup {
 
 // ---- convolution ----------------------------------------------------------------------------
 
+namespace {
+// The input with the explicit part of the padding applied (x itself when there is none).
+const float* padded_input(const Conv2dShape& s, const ConvSetup& cs, const float* x, DeviceBuffer& storage) {
+  if (!cs.pad.explicit_pad()) return x;
+  storage = DeviceBuffer(f32_bytes(s.n * s.c_in * cs.hp * cs.wp));
+  helpers::pad_planes(s.n * s.c_in, s.h, s.w, cs.pad.top, cs.pad.left, cs.hp, cs.wp, 0.0f, x, storage.f32());
+  return storage.f32();
+}
+}  // namespace
+
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   s.validate("conv2d_forward (CUDA)");
   DeviceContext& ctx = DeviceContext::current();
   cudnnHandle_t h = ctx.cudnn();
   const ConvSetup cs(s);
   DeviceBuffer xpad;
-  const float* xin = x;
-  if (cs.pad.explicit_pad()) {
-    xpad = DeviceBuffer(f32_bytes(s.n * s.c_in * cs.hp * cs.wp));
-    helpers::pad_planes(s.n * s.c_in, s.h, s.w, cs.pad.top, cs.pad.left, cs.hp, cs.wp, 0.0f, x, xpad.f32());
-    xin = xpad.f32();
-  }
+  const float* xin = padded_input(s, cs, x, xpad);
   run_convolution(
       ConvDir::Forward, s, cs, ctx,
       [&](int algo, size_t* bytes) {
@@ -378,12 +383,7 @@ void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* 
   cudnnHandle_t h = ctx.cudnn();
   const ConvSetup cs(s);
   DeviceBuffer xpad;
-  const float* xin = x;
-  if (cs.pad.explicit_pad()) {
-    xpad = DeviceBuffer(f32_bytes(s.n * s.c_in * cs.hp * cs.wp));
-    helpers::pad_planes(s.n * s.c_in, s.h, s.w, cs.pad.top, cs.pad.left, cs.hp, cs.wp, 0.0f, x, xpad.f32());
-    xin = xpad.f32();
-  }
+  const float* xin = padded_input(s, cs, x, xpad);
   run_convolution(
       ConvDir::BackwardFilter, s, cs, ctx,
       [&](int algo, size_t* bytes) {
