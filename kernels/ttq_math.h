@@ -83,6 +83,18 @@ TTQ_HD float latent_grad_scale(int8_t code, float wp, float wn) {
   return detail::select(code > 0, wp, detail::select(code < 0, wn, 1.0f));
 }
 
+// dL/dW~ of one weight for g = dL/dw_t: the scaled gradient, or g itself (the plain
+// straight-through estimator of the TWN baseline). On the device the product is rounded on its
+// own (no fused multiply-add with the caller's accumulation), as on the CPU.
+TTQ_HD float latent_grad_term(int8_t code, float g, float wp, float wn, bool scale_latent) {
+  const float s = scale_latent ? latent_grad_scale(code, wp, wn) : 1.0f;
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(s, g);
+#else
+  return s * g;
+#endif
+}
+
 // Contributions of one element to dL/dWp and dL/dWn. Note the minus sign for Wn.
 // code > 0 ? g : 0.0f and code < 0 ? -g : 0.0f.
 TTQ_HD float wp_grad_term(int8_t code, float g) { return detail::select(code > 0, g, 0.0f); }

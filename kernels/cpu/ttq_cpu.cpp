@@ -171,7 +171,7 @@ ScaleGrads backward_chunk(const int8_t* __restrict codes, const float* __restric
       const float gi = g[b + i];
       tp[i] = math::wp_grad_term(code, gi);
       tn[i] = math::wn_grad_term(code, gi);
-      latent_grad[b + i] += (kScaleLatent ? math::latent_grad_scale(code, wp, wn) : 1.0f) * gi;
+      latent_grad[b + i] += math::latent_grad_term(code, gi, wp, wn, kScaleLatent);
     }
     add_lanes(sp, m, [&](int64_t i) { return tp[i]; });
     add_lanes(sn, m, [&](int64_t i) { return tn[i]; });

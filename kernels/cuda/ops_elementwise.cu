@@ -348,11 +348,17 @@ void relu_backward(int64_t count, const float* y, const float* dy, float* dx) {
   CUDA_CHECK(cudaGetLastError());
 }
 
+namespace {
+void check_shortcut(const char* op, int64_t c_in, int64_t c_out, int64_t pad_before, int64_t stride) {
+  TTQ_CHECK(stride >= 1, op << ": stride " << stride);
+  TTQ_CHECK(pad_before >= 0 && pad_before + c_in <= c_out,
+            op << ": " << c_in << " channels with " << pad_before << " in front do not fit in " << c_out);
+}
+}  // namespace
+
 void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
                         int64_t stride, const float* x, float* y) {
-  TTQ_CHECK(stride >= 1, "shortcut_a_forward: stride " << stride);
-  TTQ_CHECK(pad_before >= 0 && pad_before + c_in <= c_out,
-            "shortcut_a_forward: " << c_in << " channels with " << pad_before << " in front do not fit in " << c_out);
+  check_shortcut("shortcut_a_forward", c_in, c_out, pad_before, stride);
   const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
   const int64_t total = n * c_out * oh * ow;
   check_count("shortcut_a_forward", total);
@@ -364,9 +370,7 @@ void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c
 
 void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
                          int64_t stride, const float* dy, float* dx) {
-  TTQ_CHECK(stride >= 1, "shortcut_a_backward: stride " << stride);
-  TTQ_CHECK(pad_before >= 0 && pad_before + c_in <= c_out,
-            "shortcut_a_backward: " << c_in << " channels with " << pad_before << " in front do not fit in " << c_out);
+  check_shortcut("shortcut_a_backward", c_in, c_out, pad_before, stride);
   const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
   const int64_t total = n * c_in * h * w;
   check_count("shortcut_a_backward", total);

@@ -124,8 +124,7 @@ __global__ void backward_partials(const int8_t* codes, const float* g, int64_t n
     const float gi = g[i];
     s.a += math::wp_grad_term(code, gi);
     s.b += math::wn_grad_term(code, gi);
-    const float scale = scale_latent ? math::latent_grad_scale(code, p, m) : 1.0f;
-    latent_grad[i] += __fmul_rn(scale, gi);  // no FMA contraction: rounds like the CPU loop
+    latent_grad[i] += math::latent_grad_term(code, gi, p, m, scale_latent);
   }
   const Pair r = block_reduce(s, SumOp{});
   if (threadIdx.x == 0) partials[blockIdx.x] = r;

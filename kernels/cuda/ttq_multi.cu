@@ -152,8 +152,7 @@ __global__ void __launch_bounds__(kThreads)
     const float gi = g[i];
     s.a += math::wp_grad_term(code, gi);
     s.b += math::wn_grad_term(code, gi);
-    const float scale = scale_latent ? math::latent_grad_scale(code, p, m) : 1.0f;
-    latent_grad[i] += __fmul_rn(scale, gi);  // no FMA contraction: rounds like the CPU loop
+    latent_grad[i] += math::latent_grad_term(code, gi, p, m, scale_latent);
   }
   const Pair r = block_reduce(s, SumOp{});
   if (threadIdx.x == 0) partials[work.id] = r;
