@@ -34,8 +34,26 @@ Parameter& QuantizableLayer::wn() {
   return quant_->wn();
 }
 
+void QuantizableLayer::set_defer_ternary_backward(bool on) {
+  TTQ_CHECK(!on || quant_, who() << ": only a ternary layer can defer its ternary backward");
+  defer_ = on;
+}
+
+Tensor& QuantizableLayer::ternary_weight_grad() {
+  TTQ_CHECK(quant_, who() << ": has no ternary weight gradient, it is full precision");
+  const Tensor& w = weight_.value;
+  if (!ternary_grad_.defined() || ternary_grad_.shape() != w.shape() || ternary_grad_.device() != w.device())
+    ternary_grad_ = Tensor::zeros(w.shape(), DType::F32, w.device());
+  return ternary_grad_;
+}
+
 const Tensor& QuantizableLayer::effective_weight() {
-  return quant_ ? quant_->forward(weight_.value) : weight_.value;
+  if (!quant_) return weight_.value;
+  if (prepared_) {
+    prepared_ = false;
+    return quant_->quantized();
+  }
+  return quant_->forward(weight_.value);
 }
 
 Tensor& QuantizableLayer::weight_grad_scratch() {
@@ -52,7 +70,9 @@ Tensor& QuantizableLayer::bias_grad_scratch() {
 }
 
 void QuantizableLayer::accumulate_grads() {
-  if (quant_)
+  if (quant_ && defer_)
+    ops::add_accumulate(ternary_weight_grad(), dw_scratch_);
+  else if (quant_)
     quant_->backward(dw_scratch_, weight_.grad);
   else
     ops::add_accumulate(weight_.grad, dw_scratch_);

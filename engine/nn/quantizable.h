@@ -27,6 +27,18 @@ class QuantizableLayer : public Module {
   Parameter& wp();
   Parameter& wn();
 
+  // Deferred ternary backward, switched on by a TernaryPass (engine/quant/ternary_pass.h): the
+  // layer's backward then adds dL/dw_t into ternary_weight_grad() and leaves the latent weight's,
+  // Wp's and Wn's gradients alone; the pass computes those later from dL/dw_t, for all layers at
+  // once (after the data-parallel all-reduce of dL/dw_t, when there is one: the TTQ backward is
+  // linear in dL/dw_t, so reducing it is the same as reducing the three gradients).
+  void set_defer_ternary_backward(bool on);
+  bool defers_ternary_backward() const { return defer_; }
+  // dL/dw_t, the weight's shape and device (allocated and zeroed on first use).
+  Tensor& ternary_weight_grad();
+  // The pass has just computed w_t and the codes: the next forward uses them as they are.
+  void set_prepared_weights() { prepared_ = true; }
+
  protected:
   void init_weight(const Shape& shape, bool bias, int64_t bias_size);
   // The weights to compute with this step: w_t for a ternary layer, the weight otherwise.
@@ -42,6 +54,8 @@ class QuantizableLayer : public Module {
   bool has_bias_ = false;
   std::unique_ptr<TernaryQuantizer> quant_;
   Tensor dw_scratch_, db_scratch_;
+  Tensor ternary_grad_;
+  bool defer_ = false, prepared_ = false;
 };
 
 }  // namespace ttq

@@ -51,18 +51,49 @@ void TernaryQuantizer::init(const Tensor& latent) {
   forward(latent);
 }
 
-const Tensor& TernaryQuantizer::forward(const Tensor& latent) {
+void TernaryQuantizer::ensure_buffers(const Tensor& latent) {
   const Device dev = latent.device();
   if (!w_t_.defined() || w_t_.shape() != latent.shape() || w_t_.device() != dev) {
     w_t_ = Tensor::empty(latent.shape(), DType::F32, dev);
     codes_ = Tensor::empty(latent.shape(), DType::I8, dev);
     threshold_ = Tensor::zeros({1}, DType::F32, dev);
     twn_scale_ = Tensor::zeros({1}, DType::F32, dev);
+    has_codes_ = false;
   }
+}
+
+void TernaryQuantizer::prepare_scales() {
   if (cfg_.clamp_scales) {
     ops::clamp_min_inplace(wp_.value, 0.0f);
     ops::clamp_min_inplace(wn_.value, 0.0f);
   }
+}
+
+ops::TtqLayerRefs TernaryQuantizer::layer_refs(const Tensor& latent, const Tensor& g, Tensor& latent_grad) {
+  ensure_buffers(latent);
+  ops::TtqLayerRefs r;
+  r.mode = cfg_.mode;
+  r.t = cfg_.t;
+  r.r = cfg_.r;
+  r.latent = &latent;
+  r.wp = &wp_.value;
+  r.wn = &wn_.value;
+  r.threshold = &threshold_;
+  r.twn_scale = &twn_scale_;
+  r.w_t = &w_t_;
+  r.codes = &codes_;
+  r.g = &g;
+  r.latent_grad = &latent_grad;
+  if (trainable_scales()) {
+    r.dwp = &wp_.grad;
+    r.dwn = &wn_.grad;
+  }
+  return r;
+}
+
+const Tensor& TernaryQuantizer::forward(const Tensor& latent) {
+  ensure_buffers(latent);
+  prepare_scales();
   ops::ttq_forward(cfg_.mode, cfg_.t, cfg_.r, latent, wp_.value, wn_.value, threshold_, twn_scale_, w_t_, codes_);
   has_codes_ = true;
   return w_t_;

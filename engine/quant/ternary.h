@@ -8,6 +8,7 @@
 
 #include "engine/core/tensor.h"
 #include "engine/nn/module.h"
+#include "kernels/ttq_layers.h"
 #include "kernels/ttq_math.h"
 
 namespace ttq {
@@ -53,6 +54,13 @@ class TernaryQuantizer {
   // scales' gradients (TWN: plain straight-through gradient, no scale gradients).
   void backward(const Tensor& g, Tensor& latent_grad);
 
+  // For a TernaryPass: this layer's tensors as one entry of a multi-layer TTQ op (buffers sized
+  // for `latent`, g = dL/dw_t). After the op's forward, call forward_done().
+  ops::TtqLayerRefs layer_refs(const Tensor& latent, const Tensor& g, Tensor& latent_grad);
+  // Applies the per-step scale options (clamp_scales) before a forward pass run elsewhere.
+  void prepare_scales();
+  void forward_done() { has_codes_ = true; }
+
   const TernaryConfig& config() const { return cfg_; }
   bool trainable_scales() const { return cfg_.mode != math::ThresholdMode::Twn; }
   Parameter& wp() { return wp_; }
@@ -69,6 +77,8 @@ class TernaryQuantizer {
   Parameter wp_, wn_;
   Tensor w_t_, codes_, threshold_, twn_scale_;
   bool has_codes_ = false;
+
+  void ensure_buffers(const Tensor& latent);
 };
 
 }  // namespace ttq

@@ -2,14 +2,17 @@
 
 namespace ttq {
 
-StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr) {
+StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
+                      TernaryPass* pass) {
   net.train(true);
   opt.zero_grad();
+  if (pass) pass->forward();
   Tensor logits = net.forward(batch.images.to(net.device()));
   StepResult r;
   r.loss = loss.forward(logits, batch.labels);
   r.correct = count_topk_correct(logits, batch.labels, 1);
   net.backward(loss.backward());
+  if (pass) pass->backward();
   opt.step(lr);
   return r;
 }

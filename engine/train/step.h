@@ -5,6 +5,7 @@
 #include "engine/nn/loss.h"
 #include "engine/nn/module.h"
 #include "engine/optim/optimizer.h"
+#include "engine/quant/ternary_pass.h"
 
 namespace ttq {
 
@@ -13,7 +14,11 @@ struct StepResult {
   int64_t correct = 0;  // top-1
 };
 
-StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr);
+// With a TernaryPass (one per training stage of a model with ternary layers), the TTQ work of all
+// ternary layers runs together before the forward pass and after the backward pass (fused on the
+// GPU); without one, each layer runs its own. Both give the same step.
+StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
+                      TernaryPass* pass = nullptr);
 
 // Evaluation-mode forward over one batch (the model is returned to its previous mode).
 StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch);

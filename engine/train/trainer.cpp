@@ -197,6 +197,8 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
                       threshold_mode_name(st.quantization.ternary.mode) + ")");
     }
     auto optimizer = make_optimizer(net.named_parameters(), st.optimizer);
+    // The TTQ work of all ternary layers together, once per step (fused on the GPU).
+    TernaryPass ternary_pass(net);
     const bool mid_stage = resume_ck && si == state.stage && (state.epoch > 0 || state.batch > 0);
     if (mid_stage) load_optimizer(*optimizer, *resume_ck);
     LoaderConfig lc;
@@ -224,7 +226,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         const double lr = lr_at(st.schedule, st.optimizer.lr, epoch + static_cast<double>(b) / nb);
         StepResult r;
         try {
-          r = train_step(net, loss, *optimizer, batch, lr);
+          r = train_step(net, loss, *optimizer, batch, lr, ternary_pass.empty() ? nullptr : &ternary_pass);
         } catch (const Error& e) {
           TTQ_FAIL("stage '" << st.name << "', epoch " << epoch + 1 << ", step " << b + 1 << ": " << e.what()
                              << " (the last checkpoint, " << last_path << ", is unchanged)");

@@ -1,0 +1,43 @@
+#include "engine/quant/ternary_pass.h"
+
+#include "engine/nn/quantizable.h"
+#include "engine/quant/quantize_model.h"
+
+namespace ttq {
+
+TernaryPass::TernaryPass(Module& net) {
+  std::vector<ops::TtqLayerRefs> refs;
+  for (QuantizableLayer* l : quantizable_layers(net)) {
+    if (!l->is_ternary()) continue;
+    layers_.push_back(l);
+    refs.push_back(l->quantizer()->layer_refs(l->weight().value, l->ternary_weight_grad(), l->weight().grad));
+  }
+  set_ = std::make_unique<ops::TtqLayerSet>(std::move(refs));
+  for (QuantizableLayer* l : layers_) l->set_defer_ternary_backward(true);
+}
+
+TernaryPass::~TernaryPass() {
+  for (QuantizableLayer* l : layers_) l->set_defer_ternary_backward(false);
+}
+
+void TernaryPass::forward() {
+  if (layers_.empty()) return;
+  for (QuantizableLayer* l : layers_) {
+    // Re-sizes the buffers if the model moved device since the last step; the set re-plans then.
+    (void)l->quantizer()->layer_refs(l->weight().value, l->ternary_weight_grad(), l->weight().grad);
+    l->ternary_weight_grad().zero();
+    l->quantizer()->prepare_scales();
+  }
+  set_->forward();
+  for (QuantizableLayer* l : layers_) {
+    l->quantizer()->forward_done();
+    l->set_prepared_weights();
+  }
+}
+
+void TernaryPass::backward() {
+  if (layers_.empty()) return;
+  set_->backward();
+}
+
+}  // namespace ttq

@@ -1,0 +1,182 @@
+#include "kernels/ttq_layers.h"
+
+#include "kernels/cpu/ttq_cpu.h"
+#include "kernels/ops.h"
+#ifdef TTQ_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/ttq_multi.h"
+#endif
+
+namespace ttq::ops {
+
+#ifdef TTQ_HAVE_CUDA
+struct TtqLayerSet::Gpu {
+  std::unique_ptr<cuda::TtqMultiTensor> multi;
+};
+#else
+struct TtqLayerSet::Gpu {};
+#endif
+
+namespace {
+bool twn(const TtqLayerRefs& l) { return l.mode == math::ThresholdMode::Twn; }
+
+template <typename T> const void* ptr_of(const Tensor* t) { return t ? static_cast<const void*>(t->data<T>()) : nullptr; }
+
+std::vector<const void*> data_pointers(const std::vector<TtqLayerRefs>& layers) {
+  std::vector<const void*> p;
+  for (const auto& l : layers) {
+    p.insert(p.end(), {ptr_of<float>(l.latent), ptr_of<float>(l.wp), ptr_of<float>(l.wn), ptr_of<float>(l.threshold),
+                       ptr_of<float>(l.twn_scale), ptr_of<float>(l.w_t), ptr_of<int8_t>(l.codes), ptr_of<float>(l.g),
+                       ptr_of<float>(l.latent_grad), ptr_of<float>(l.dwp), ptr_of<float>(l.dwn)});
+  }
+  return p;
+}
+}  // namespace
+
+TtqLayerSet::TtqLayerSet(std::vector<TtqLayerRefs> layers) : layers_(std::move(layers)) {
+  check();
+  planned_ = data_pointers(layers_);
+}
+
+TtqLayerSet::~TtqLayerSet() = default;
+
+void TtqLayerSet::check() {
+  bool first = true;
+  Device dev = Device::CPU;
+  auto same_device = [&](const Tensor* t, size_t i, const char* what) {
+    if (!t) return;
+    TTQ_CHECK(t->defined(), "TTQ layer set: layer " << i << ": " << what << " is undefined");
+    if (first) {
+      dev = t->device();
+      first = false;
+    }
+    TTQ_CHECK(t->device() == dev, "TTQ layer set: layer " << i << ": " << what << " is on another device ("
+                                                          << t->str() << ")");
+  };
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const TtqLayerRefs& l = layers_[i];
+    TTQ_CHECK(l.latent && l.threshold && l.twn_scale && l.w_t && l.codes,
+              "TTQ layer set: layer " << i << " lacks latent weights, D, TWN scale, w_t or codes");
+    TTQ_CHECK(twn(l) || (l.wp && l.wn), "TTQ layer set: layer " << i << " lacks Wp or Wn");
+    const int64_t n = l.latent->numel();
+    TTQ_CHECK(l.w_t->numel() == n && l.codes->numel() == n && l.codes->dtype() == DType::I8,
+              "TTQ layer set: layer " << i << ": w_t " << l.w_t->str() << " / codes " << l.codes->str()
+                                      << " do not match the latent weights " << l.latent->str());
+    TTQ_CHECK(!l.g || l.g->numel() == n, "TTQ layer set: layer " << i << ": gradient " << l.g->str()
+                                                                 << " does not match " << l.latent->str());
+    TTQ_CHECK(!l.latent_grad || l.latent_grad->numel() == n,
+              "TTQ layer set: layer " << i << ": latent gradient " << l.latent_grad->str() << " does not match "
+                                      << l.latent->str());
+    same_device(l.latent, i, "latent weights");
+    same_device(l.wp, i, "Wp");
+    same_device(l.wn, i, "Wn");
+    same_device(l.threshold, i, "D");
+    same_device(l.twn_scale, i, "TWN scale");
+    same_device(l.w_t, i, "w_t");
+    same_device(l.codes, i, "codes");
+    same_device(l.g, i, "gradient");
+    same_device(l.latent_grad, i, "latent gradient");
+    same_device(l.dwp, i, "dWp");
+    same_device(l.dwn, i, "dWn");
+  }
+  device_ = dev;
+}
+
+bool TtqLayerSet::storage_moved() const { return data_pointers(layers_) != planned_; }
+
+void TtqLayerSet::refresh() {
+  const bool moved = storage_moved();
+  if (moved) {
+    check();
+    planned_ = data_pointers(layers_);
+  }
+#ifdef TTQ_HAVE_CUDA
+  if (device_ == Device::CUDA && (moved || !gpu_ || !gpu_->multi)) plan();
+#endif
+}
+
+void TtqLayerSet::plan() {
+#ifdef TTQ_HAVE_CUDA
+  std::vector<cuda::TtqMultiLayer> ml;
+  ml.reserve(layers_.size());
+  auto fp = [](const Tensor* t) { return t ? t->data<float>() : nullptr; };
+  for (const auto& l : layers_) {
+    cuda::TtqMultiLayer m;
+    m.w = fp(l.latent);
+    m.n = l.latent->numel();
+    m.w_t = fp(l.w_t);
+    m.codes = l.codes->data<int8_t>();
+    m.wp = twn(l) ? nullptr : fp(l.wp);
+    m.wn = twn(l) ? nullptr : fp(l.wn);
+    m.d = fp(l.threshold);
+    m.twn_scale = fp(l.twn_scale);
+    m.mode = l.mode;
+    m.t = l.t;
+    m.r = l.r;
+    m.g = fp(l.g);
+    m.latent_grad = fp(l.latent_grad);
+    m.dwp = twn(l) ? nullptr : fp(l.dwp);
+    m.dwn = twn(l) ? nullptr : fp(l.dwn);
+    ml.push_back(m);
+  }
+  if (!gpu_) gpu_ = std::make_unique<Gpu>();
+  gpu_->multi.reset();
+  gpu_->multi = std::make_unique<cuda::TtqMultiTensor>(std::move(ml));
+#endif
+}
+
+void TtqLayerSet::forward() {
+  refresh();
+  if (device_ == Device::CUDA) {
+#ifdef TTQ_HAVE_CUDA
+    gpu_->multi->forward(cudaStreamPerThread);
+    return;
+#else
+    TTQ_FAIL("TTQ layer set: CUDA tensors in a build without the CUDA backend");
+#endif
+  }
+  for (const auto& l : layers_)
+    ttq_forward(l.mode, l.t, l.r, *l.latent, twn(l) ? *l.twn_scale : *l.wp, twn(l) ? *l.twn_scale : *l.wn,
+                *l.threshold, *l.twn_scale, *l.w_t, *l.codes);
+}
+
+void TtqLayerSet::backward() {
+  for (size_t i = 0; i < layers_.size(); ++i)
+    TTQ_CHECK(layers_[i].g && layers_[i].latent_grad,
+              "TTQ layer set: backward needs the gradient and latent gradient of layer " << i);
+  refresh();
+  if (device_ == Device::CUDA) {
+#ifdef TTQ_HAVE_CUDA
+    gpu_->multi->backward(cudaStreamPerThread);
+    return;
+#else
+    TTQ_FAIL("TTQ layer set: CUDA tensors in a build without the CUDA backend");
+#endif
+  }
+  for (const auto& l : layers_) {
+    const bool scale = !twn(l);
+    const cpu::ScaleGrads s =
+        cpu::ttq_backward(l.codes->data<int8_t>(), l.g->data<float>(), l.latent->numel(),
+                          scale ? l.wp->data<float>()[0] : 1.0f, scale ? l.wn->data<float>()[0] : 1.0f, scale,
+                          l.latent_grad->data<float>());
+    if (scale && l.dwp) l.dwp->data<float>()[0] = static_cast<float>(s.wp);
+    if (scale && l.dwn) l.dwn->data<float>()[0] = static_cast<float>(s.wn);
+  }
+}
+
+int TtqLayerSet::forward_launches() const {
+#ifdef TTQ_HAVE_CUDA
+  if (gpu_ && gpu_->multi) return gpu_->multi->fused_forward_launches();
+#endif
+  return 0;
+}
+
+int TtqLayerSet::backward_launches() const {
+#ifdef TTQ_HAVE_CUDA
+  if (gpu_ && gpu_->multi) return gpu_->multi->backward_launches();
+#endif
+  return 0;
+}
+
+}  // namespace ttq::ops

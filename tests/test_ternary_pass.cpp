@@ -1,0 +1,145 @@
+// TernaryPass (all ternary layers' TTQ work once per step) against the per-layer path: same
+// codes, same gradients, same training trajectory, bit for bit on the CPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+
+#include "engine/data/synthetic.h"
+#include "engine/nn/quantizable.h"
+#include "engine/quant/quantize_model.h"
+#include "engine/quant/ternary_pass.h"
+#include "engine/train/step.h"
+#include "kernels/ops.h"
+#include "models/model.h"
+#include "tests/test_util.h"
+
+using namespace ttq;
+
+namespace {
+
+const InputSpec kSpec{1, 10, 10, 4};
+
+Model make(math::ThresholdMode mode, bool clamp = false) {
+  Model m = build_model(json{{"name", "cifar_resnet"}, {"depth", 8}}, kSpec, 3);
+  QuantizeOptions q;
+  q.full_precision_layers = m.full_precision_layers;
+  q.ternary.mode = mode;
+  q.ternary.r = 0.4;
+  q.ternary.clamp_scales = clamp;
+  quantize_model(*m.net, q);
+  return m;
+}
+
+std::vector<float> flat_params(Module& net) {
+  std::vector<float> out;
+  for (auto& np : net.named_parameters()) {
+    const Tensor v = np.param->value.to(Device::CPU);
+    out.insert(out.end(), v.data<float>(), v.data<float>() + v.numel());
+  }
+  return out;
+}
+
+// Trains `steps` SGD steps (momentum, weight decay) with or without a TernaryPass.
+std::vector<double> run(Model& m, bool with_pass, int steps) {
+  SyntheticDataset data(kSpec, 4096, 1.0f, 9);
+  OptimizerConfig oc;
+  oc.lr = 0.05;
+  oc.weight_decay = 1e-4;
+  auto opt = make_optimizer(m.net->named_parameters(), oc);
+  CrossEntropyLoss loss;
+  std::unique_ptr<TernaryPass> pass;
+  if (with_pass) pass = std::make_unique<TernaryPass>(*m.net);
+  std::vector<double> losses;
+  for (int s = 0; s < steps; ++s)
+    losses.push_back(train_step(*m.net, loss, *opt, data.batch(s * 16, 16), oc.lr, pass.get()).loss);
+  return losses;
+}
+
+}  // namespace
+
+TEST(TernaryPass, TrainsExactlyLikeThePerLayerPath) {
+  for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity, math::ThresholdMode::Twn}) {
+    for (bool clamp : {false, true}) {
+      SCOPED_TRACE(std::string(threshold_mode_name(mode)) + (clamp ? " clamp" : ""));
+      Model a = make(mode, clamp), b = make(mode, clamp);
+      const auto la = run(a, false, 8);
+      const auto lb = run(b, true, 8);
+      EXPECT_EQ(la, lb);
+      EXPECT_EQ(flat_params(*a.net), flat_params(*b.net));
+      // The codes and D after the last step agree too.
+      auto qa = quantizable_layers(*a.net), qb = quantizable_layers(*b.net);
+      ASSERT_EQ(qa.size(), qb.size());
+      for (size_t i = 0; i < qa.size(); ++i) {
+        if (!qa[i]->is_ternary()) continue;
+        const TernaryStats sa = qa[i]->quantizer()->stats(), sb = qb[i]->quantizer()->stats();
+        EXPECT_EQ(sa.threshold, sb.threshold) << qa[i]->path();
+        EXPECT_EQ(sa.positive, sb.positive) << qa[i]->path();
+        EXPECT_EQ(sa.negative, sb.negative) << qa[i]->path();
+      }
+    }
+  }
+}
+
+TEST(TernaryPass, LayersDeferOnlyWhileThePassExists) {
+  Model m = make(math::ThresholdMode::Max);
+  int ternary = 0;
+  {
+    TernaryPass pass(*m.net);
+    for (auto* l : quantizable_layers(*m.net)) {
+      EXPECT_EQ(l->defers_ternary_backward(), l->is_ternary()) << l->path();
+      ternary += l->is_ternary();
+    }
+    EXPECT_EQ(static_cast<int>(pass.layers().size()), ternary);
+    EXPECT_GT(ternary, 0);
+    EXPECT_EQ(pass.forward_launches(), 0);  // CPU
+
+    // After backward the layers hold dL/dw_t and have not touched the latent or scale grads.
+    SyntheticDataset data(kSpec, 64, 1.0f, 9);
+    const Batch batch = data.batch(0, 8);
+    m.net->zero_grad();
+    pass.forward();
+    CrossEntropyLoss loss;
+    loss.forward(m.net->forward(batch.images), batch.labels);
+    m.net->backward(loss.backward());
+    for (auto* l : pass.layers()) {
+      const Tensor& g = l->ternary_weight_grad();
+      double gsum = 0.0, wsum = 0.0;
+      for (int64_t i = 0; i < g.numel(); ++i) {
+        gsum += std::abs(g.data<float>()[i]);
+        wsum += std::abs(l->weight().grad.data<float>()[i]);
+      }
+      EXPECT_GT(gsum, 0.0) << l->path();
+      EXPECT_EQ(wsum, 0.0) << l->path();
+      EXPECT_EQ(l->wp().grad.data<float>()[0], 0.0f) << l->path();
+    }
+    // The pass turns dL/dw_t into exactly what the per-layer backward would have added.
+    pass.backward();
+    for (auto* l : pass.layers()) {
+      Tensor expect_latent = Tensor::zeros(l->weight().value.shape());
+      Tensor dwp = Tensor::zeros({1}), dwn = Tensor::zeros({1});
+      ops::ttq_backward_accumulate(l->quantizer()->codes(), l->ternary_weight_grad(), l->wp().value, l->wn().value,
+                                   true, expect_latent, dwp, dwn);
+      EXPECT_TRUE(ttq::testing::all_close(l->weight().grad, expect_latent, 0.0, 0.0)) << l->path();
+      EXPECT_EQ(l->wp().grad.data<float>()[0], dwp.data<float>()[0]) << l->path();
+      EXPECT_EQ(l->wn().grad.data<float>()[0], dwn.data<float>()[0]) << l->path();
+    }
+  }
+  for (auto* l : quantizable_layers(*m.net)) EXPECT_FALSE(l->defers_ternary_backward()) << l->path();
+}
+
+TEST(TernaryPass, EmptyForAFullPrecisionModel) {
+  Model m = build_model(json{{"name", "small_convnet"}}, kSpec, 3);
+  TernaryPass pass(*m.net);
+  EXPECT_TRUE(pass.empty());
+  pass.forward();
+  pass.backward();
+}
+
+TEST(TernaryPass, RefusesDeferringAFullPrecisionLayer) {
+  Model m = build_model(json{{"name", "small_convnet"}}, kSpec, 3);
+  auto layers = quantizable_layers(*m.net);
+  ASSERT_FALSE(layers.empty());
+  EXPECT_NE(ttq::testing::error_of([&] { layers[0]->set_defer_ternary_backward(true); }).find("only a ternary layer"),
+            std::string::npos);
+}
