@@ -24,13 +24,33 @@ Optimizer::Optimizer(std::vector<NamedParameter> params, const OptimizerConfig& 
     if (np.param->trainable) params_.push_back(np);
 }
 
+ops::GroupRates Optimizer::group_rates(double lr) const {
+  static_assert(ops::kParamGroups == 4, "one rate per ParamKind");
+  ops::GroupRates r;
+  for (int k = 0; k < ops::kParamGroups; ++k) {
+    const GroupOptions& g = cfg_.groups[static_cast<size_t>(k)];
+    r.lr[k] = static_cast<float>(lr * g.lr_mult);
+    r.wd[k] = g.weight_decay ? static_cast<float>(cfg_.weight_decay) : 0.0f;
+  }
+  return r;
+}
+
 void Optimizer::step(double lr) {
   ++steps_;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    Parameter& p = *params_[i].param;
-    const GroupOptions& g = cfg_.group(p.kind);
-    update(i, p, static_cast<float>(lr * g.lr_mult), g.weight_decay ? static_cast<float>(cfg_.weight_decay) : 0.0f);
+  apply(group_rates(lr));
+}
+
+ops::MultiTensorOptimizer& Optimizer::multi(std::vector<Tensor>* s1, std::vector<Tensor>* s2) {
+  if (!multi_) {
+    std::vector<ops::OptimTensorRefs> refs;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      Parameter& p = *params_[i].param;
+      refs.push_back({&p.value, &p.grad, s1 && !s1->empty() ? &(*s1)[i] : nullptr,
+                      s2 && !s2->empty() ? &(*s2)[i] : nullptr, static_cast<int>(p.kind)});
+    }
+    multi_ = std::make_unique<ops::MultiTensorOptimizer>(std::move(refs));
   }
+  return *multi_;
 }
 
 void Optimizer::zero_grad() {
@@ -43,9 +63,8 @@ Sgd::Sgd(std::vector<NamedParameter> params, const OptimizerConfig& cfg) : Optim
       momentum_.push_back(Tensor::zeros(np.param->value.shape(), DType::F32, np.param->value.device()));
 }
 
-void Sgd::update(size_t index, Parameter& p, float lr, float wd) {
-  ops::sgd_update(p.value, p.grad, momentum_.empty() ? nullptr : &momentum_[index], lr,
-                  static_cast<float>(cfg_.momentum), wd, cfg_.nesterov, steps_ == 1);
+void Sgd::apply(const ops::GroupRates& rates) {
+  multi(&momentum_, nullptr).sgd(rates, static_cast<float>(cfg_.momentum), cfg_.nesterov, steps_ == 1);
 }
 
 std::vector<NamedBuffer> Sgd::state() {
@@ -61,11 +80,11 @@ Adam::Adam(std::vector<NamedParameter> params, const OptimizerConfig& cfg) : Opt
   }
 }
 
-void Adam::update(size_t index, Parameter& p, float lr, float wd) {
+void Adam::apply(const ops::GroupRates& rates) {
   const float bc1 = static_cast<float>(1.0 - std::pow(cfg_.beta1, static_cast<double>(steps_)));
   const float bc2 = static_cast<float>(1.0 - std::pow(cfg_.beta2, static_cast<double>(steps_)));
-  ops::adam_update(p.value, p.grad, m_[index], v_[index], lr, static_cast<float>(cfg_.beta1),
-                   static_cast<float>(cfg_.beta2), static_cast<float>(cfg_.eps), wd, bc1, bc2);
+  multi(&m_, &v_).adam(rates, static_cast<float>(cfg_.beta1), static_cast<float>(cfg_.beta2),
+                       static_cast<float>(cfg_.eps), bc1, bc2);
 }
 
 std::vector<NamedBuffer> Adam::state() {

@@ -1,6 +1,7 @@
 // Optimizers (SGD with momentum / Nesterov, Adam), PyTorch semantics, with parameter groups by
 // kind so Wp/Wn, biases and BatchNorm can get their own learning-rate multiplier and weight decay.
-// The per-element updates are kernels/optim_math.h, shared with the CUDA kernels.
+// The per-element updates are kernels/optim_math.h, shared with the CUDA kernels; on the GPU one
+// step updates every parameter in a single multi-tensor launch (kernels/optim_multi.h).
 #pragma once
 
 #include <array>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "engine/nn/module.h"
+#include "kernels/optim_multi.h"
 
 namespace ttq {
 
@@ -41,6 +43,8 @@ class Optimizer {
 
   // One update of every trainable parameter with learning rate lr (before group multipliers).
   void step(double lr);
+  // Learning rate and weight decay of each parameter group for base learning rate lr.
+  ops::GroupRates group_rates(double lr) const;
   void zero_grad();
   int64_t steps() const { return steps_; }
   const OptimizerConfig& config() const { return cfg_; }
@@ -50,11 +54,17 @@ class Optimizer {
   void set_steps(int64_t s) { steps_ = s; }
 
  protected:
-  virtual void update(size_t index, Parameter& p, float lr, float wd) = 0;
+  virtual void apply(const ops::GroupRates& rates) = 0;
+  // The parameters with their state tensors (s1, s2) as one multi-tensor update, built on first
+  // use (after any checkpoint state has been loaded into the state tensors).
+  ops::MultiTensorOptimizer& multi(std::vector<Tensor>* s1, std::vector<Tensor>* s2);
 
   OptimizerConfig cfg_;
   std::vector<NamedParameter> params_;  // trainable ones only
   int64_t steps_ = 0;
+
+ private:
+  std::unique_ptr<ops::MultiTensorOptimizer> multi_;
 };
 
 class Sgd : public Optimizer {
@@ -63,7 +73,7 @@ class Sgd : public Optimizer {
   std::vector<NamedBuffer> state() override;
 
  protected:
-  void update(size_t index, Parameter& p, float lr, float wd) override;
+  void apply(const ops::GroupRates& rates) override;
 
  private:
   std::vector<Tensor> momentum_;
@@ -75,7 +85,7 @@ class Adam : public Optimizer {
   std::vector<NamedBuffer> state() override;
 
  protected:
-  void update(size_t index, Parameter& p, float lr, float wd) override;
+  void apply(const ops::GroupRates& rates) override;
 
  private:
   std::vector<Tensor> m_, v_;
