@@ -271,6 +271,38 @@ void softmax_xent_backward(const Tensor& probs, const Tensor& labels, float labe
                                            dlogits.data<float>()));
 }
 
+void softmax_xent_forward_into(const Tensor& logits, const Tensor& labels, float label_smoothing, Tensor& probs,
+                               Tensor& loss_out) {
+  const Device dev = common_device("softmax_xent_forward_into", {&logits, &labels, &probs, &loss_out});
+  expect("softmax_xent_forward_into", loss_out, 1, "loss output");
+  TTQ_CHECK(loss_out.dtype() == DType::F32, "softmax_xent_forward_into: loss output " << loss_out.str());
+  if (dev == Device::CPU) {
+    loss_out.data<float>()[0] = static_cast<float>(softmax_xent_forward(logits, labels, label_smoothing, probs));
+    return;
+  }
+  const int64_t n = logits.dim(0), c = logits.dim(1);
+  expect("softmax_xent_forward_into", labels, n, "labels");
+  expect("softmax_xent_forward_into", probs, n * c, "probabilities");
+  TTQ_DISPATCH(dev, (void)0,
+               cuda::softmax_xent_forward(n, c, logits.data<float>(), labels.data<int32_t>(), label_smoothing,
+                                          probs.data<float>(), loss_out.data<float>()));
+}
+
+void count_topk_correct_into(const Tensor& logits, const Tensor& labels, int k, Tensor& correct_out) {
+  const Device dev = common_device("count_topk_correct_into", {&logits, &labels, &correct_out});
+  expect("count_topk_correct_into", correct_out, 1, "count output");
+  TTQ_CHECK(correct_out.dtype() == DType::I64, "count_topk_correct_into: count output " << correct_out.str());
+  if (dev == Device::CPU) {
+    correct_out.data<int64_t>()[0] = count_topk_correct(logits, labels, k);
+    return;
+  }
+  const int64_t n = logits.dim(0), c = logits.dim(1);
+  expect("count_topk_correct_into", labels, n, "labels");
+  TTQ_DISPATCH(dev, (void)0,
+               cuda::count_topk_correct(n, c, logits.data<float>(), labels.data<int32_t>(), k,
+                                        correct_out.data<int64_t>()));
+}
+
 int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k) {
   const Device dev = common_device("count_topk_correct", {&logits, &labels});
   const int64_t n = logits.dim(0), c = logits.dim(1);

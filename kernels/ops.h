@@ -56,6 +56,11 @@ void clamp_min_inplace(Tensor& t, float lo);
 double softmax_xent_forward(const Tensor& logits, const Tensor& labels, float label_smoothing, Tensor& probs);
 void softmax_xent_backward(const Tensor& probs, const Tensor& labels, float label_smoothing, Tensor& dlogits);
 int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k);
+// The same without reading anything back: the mean loss goes to loss_out (f32 [1]) and the count
+// to correct_out (i64 [1]), both on the logits' device (e.g. slots of a per-step log on the GPU).
+void softmax_xent_forward_into(const Tensor& logits, const Tensor& labels, float label_smoothing, Tensor& probs,
+                               Tensor& loss_out);
+void count_topk_correct_into(const Tensor& logits, const Tensor& labels, int k, Tensor& correct_out);
 
 // ---- TTQ -----------------------------------------------------------------------------------
 // Threshold, codes and quantized weights of one layer. wp, wn: [1] tensors on the weights'

@@ -42,6 +42,16 @@ double CrossEntropyLoss::forward(const Tensor& logits, const std::vector<int32_t
   return loss;
 }
 
+void CrossEntropyLoss::forward_into(const Tensor& logits, const Tensor& labels, Tensor& loss_out) {
+  TTQ_CHECK(logits.ndim() == 2 && logits.dim(0) > 0 && logits.dim(1) > 0,
+            "loss: expects logits [N, classes], got " << shape_str(logits.shape()));
+  TTQ_CHECK(labels.dtype() == DType::I32 && labels.numel() == logits.dim(0),
+            "loss: labels " << labels.str() << " for " << logits.dim(0) << " rows of logits");
+  probs_ = Tensor::empty(logits.shape(), DType::F32, logits.device());
+  labels_ = labels;
+  ops::softmax_xent_forward_into(logits, labels_, smoothing_, probs_, loss_out);
+}
+
 Tensor CrossEntropyLoss::backward() {
   TTQ_CHECK(probs_.defined(), "loss: backward without forward");
   Tensor d = Tensor::empty(probs_.shape(), DType::F32, probs_.device());

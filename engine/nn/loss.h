@@ -13,6 +13,11 @@ class CrossEntropyLoss {
   explicit CrossEntropyLoss(float label_smoothing = 0.0f);
   // logits [N, K], labels: N values in [0, K). Returns the mean loss.
   double forward(const Tensor& logits, const std::vector<int32_t>& labels);
+  // The same with the labels already on the logits' device (int32 [N]) and no read-back: the mean
+  // loss goes to loss_out (f32 [1] on that device). Labels are not range-checked here (the
+  // kernels give an out-of-range label no target mass) and a non-finite loss is the caller's to
+  // check when it reads loss_out.
+  void forward_into(const Tensor& logits, const Tensor& labels, Tensor& loss_out);
   // dL/dlogits for the last forward.
   Tensor backward();
 

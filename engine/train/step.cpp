@@ -1,20 +1,41 @@
 #include "engine/train/step.h"
 
+#include <cmath>
+#include <cstring>
+
+#include "kernels/ops.h"
+
 namespace ttq {
 
 StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
                       TernaryPass* pass) {
+  const Device device = net.device();
+  Tensor labels = Tensor::empty({static_cast<int64_t>(batch.labels.size())}, DType::I32);
+  if (!batch.labels.empty())
+    std::memcpy(labels.data<int32_t>(), batch.labels.data(), batch.labels.size() * sizeof(int32_t));
+  const DeviceBatch db{batch.images.to(device), labels.to(device), static_cast<int64_t>(batch.labels.size())};
+  StepLog log(device, 1);
+  train_step(net, loss, opt, db, lr, pass, log);
+  const LoggedStep s = log.read().at(0);
+  TTQ_CHECK(std::isfinite(s.loss), "loss: not finite (" << s.loss << "); logits contain NaN or Inf");
+  return {s.loss, s.correct};
+}
+
+void train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const DeviceBatch& batch, double lr,
+                TernaryPass* pass, StepLog& log) {
   net.train(true);
   opt.zero_grad();
   if (pass) pass->forward();
-  Tensor logits = net.forward(batch.images.to(net.device()));
-  StepResult r;
-  r.loss = loss.forward(logits, batch.labels);
-  r.correct = count_topk_correct(logits, batch.labels, 1);
+  Tensor logits = net.forward(batch.images);
+  TTQ_CHECK(logits.ndim() == 2 && logits.dim(0) == batch.size,
+            "train step: the model gives " << logits.str() << " for a batch of " << batch.size);
+  Tensor loss_slot = log.loss_slot(), correct_slot = log.correct_slot();
+  loss.forward_into(logits, batch.labels, loss_slot);
+  ops::count_topk_correct_into(logits, batch.labels, 1, correct_slot);
+  log.commit(batch.size);
   net.backward(loss.backward());
   if (pass) pass->backward();
   opt.step(lr);
-  return r;
 }
 
 StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch) {

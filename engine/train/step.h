@@ -6,6 +6,8 @@
 #include "engine/nn/module.h"
 #include "engine/optim/optimizer.h"
 #include "engine/quant/ternary_pass.h"
+#include "engine/train/batch_feed.h"
+#include "engine/train/step_log.h"
 
 namespace ttq {
 
@@ -19,6 +21,11 @@ struct StepResult {
 // GPU); without one, each layer runs its own. Both give the same step.
 StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
                       TernaryPass* pass = nullptr);
+
+// The same step on a batch already on the model's device, without any host synchronisation: the
+// loss and the top-1 count go to the log's next slots (log must not be full). The trainer's step.
+void train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const DeviceBatch& batch, double lr,
+                TernaryPass* pass, StepLog& log);
 
 // Evaluation-mode forward over one batch (the model is returned to its previous mode).
 StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch);

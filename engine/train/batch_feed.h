@@ -1,0 +1,44 @@
+// BatchFeed: training batches on the model's device, copied ahead of time. On the GPU, while
+// step k computes, batch k+1 is already being copied through pinned staging memory on a copy
+// stream (kernels/device.h AsyncUploader); the compute stream waits for it with an event, so no
+// step waits on the host for its data. On the CPU the loader's batches are used as they are.
+#pragma once
+
+#include <cstdint>
+
+#include "engine/data/loader.h"
+#include "kernels/device.h"
+
+namespace ttq {
+
+struct DeviceBatch {
+  Tensor images;        // [N, C, H, W] f32 on the device
+  Tensor labels;        // [N] int32 on the device
+  int64_t size = 0;     // N
+};
+
+class BatchFeed {
+ public:
+  // The loader's epoch must have been started; the feed takes its batches in order.
+  BatchFeed(Loader& loader, Device device);
+  // The next batch, or false when the epoch is done. A batch stays valid until the following
+  // call: on the GPU that call also marks the previous batch's slot free for reuse once the work
+  // enqueued so far has run.
+  bool next(DeviceBatch& out);
+
+ private:
+  struct Slot {
+    DeviceBatch batch;
+    bool full = false;
+  };
+  bool fetch(int slot);
+
+  Loader& loader_;
+  Device device_;
+  std::unique_ptr<AsyncUploader> uploader_;
+  Slot slots_[2];
+  int current_ = -1;     // the slot handed out by the last next()
+  bool started_ = false;
+};
+
+}  // namespace ttq
