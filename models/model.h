@@ -1,6 +1,11 @@
 // Models built by name from JSON. Each builder makes a Module tree whose parameter names follow
 // PyTorch's state-dict style ("layer1.0.conv1.weight") and says which layers stay full precision
-// under TTQ by default.
+// under TTQ by default. The models:
+//   resnet20/32/44/56, cifar_resnet  the TTQ authors' CIFAR ResNets (models/cifar_resnet.cpp)
+//   small_convnet                     a small ConvNet for tests and demos (models/small_convnet.cpp)
+//   alexnet                           the paper's ImageNet AlexNet with BatchNorm (models/alexnet.cpp)
+//   resnet18, resnet34                torchvision's ImageNet ResNets, same state-dict names
+//                                     (models/resnet_imagenet.cpp)
 #pragma once
 
 #include <cstdint>
@@ -26,7 +31,8 @@ struct Model {
   std::vector<std::string> full_precision_layers;
 };
 
-// cfg: {"name": "resnet20" | "resnet32" | "resnet44" | "resnet56" | "cifar_resnet" | "small_convnet", ...}
+// cfg: {"name": "resnet20" | "resnet32" | "resnet44" | "resnet56" | "cifar_resnet" | "small_convnet" |
+//        "alexnet" | "resnet18" | "resnet34", ...}
 // Unknown names and keys are errors naming the JSON path. Weights are initialised from seed.
 Model build_model(JsonReader& cfg, const InputSpec& in, uint64_t seed);
 Model build_model(const json& cfg, const InputSpec& in, uint64_t seed, const std::string& path = "model");
@@ -45,5 +51,18 @@ struct SmallConvNetOptions {
   int width = 8;
 };
 Model make_small_convnet(const SmallConvNetOptions& o, const InputSpec& in, uint64_t seed);
+
+// BatchNorm momentum uses PyTorch's convention (running = (1 - m) * running + m * batch): the TF
+// code's decay 0.9 is 0.1 here.
+struct AlexNetOptions {
+  float bn_eps = 1e-4f, bn_momentum = 0.1f;
+};
+Model make_alexnet(const AlexNetOptions& o, const InputSpec& in, uint64_t seed);
+
+struct ImageNetResNetOptions {
+  int depth = 18;  // 18 or 34
+  float bn_eps = 1e-5f, bn_momentum = 0.1f;
+};
+Model make_imagenet_resnet(const ImageNetResNetOptions& o, const InputSpec& in, uint64_t seed);
 
 }  // namespace ttq

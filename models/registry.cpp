@@ -5,7 +5,8 @@
 namespace ttq {
 
 std::vector<std::string> model_names() {
-  return {"resnet20", "resnet32", "resnet44", "resnet56", "cifar_resnet", "small_convnet"};
+  return {"resnet20", "resnet32", "resnet44", "resnet56", "cifar_resnet", "small_convnet",
+          "alexnet", "resnet18", "resnet34"};
 }
 
 Model build_model(JsonReader& cfg, const InputSpec& in, uint64_t seed) {
@@ -26,6 +27,17 @@ Model build_model(JsonReader& cfg, const InputSpec& in, uint64_t seed) {
     SmallConvNetOptions o;
     o.width = cfg.get<int>("width", o.width);
     m = make_small_convnet(o, in, seed);
+  } else if (name == "alexnet") {
+    AlexNetOptions o;
+    o.bn_eps = static_cast<float>(cfg.get<double>("bn_eps", 1e-4));
+    o.bn_momentum = static_cast<float>(cfg.get<double>("bn_momentum", 0.1));
+    m = make_alexnet(o, in, seed);
+  } else if (name == "resnet18" || name == "resnet34") {
+    ImageNetResNetOptions o;
+    o.depth = name == "resnet18" ? 18 : 34;
+    o.bn_eps = static_cast<float>(cfg.get<double>("bn_eps", 1e-5));
+    o.bn_momentum = static_cast<float>(cfg.get<double>("bn_momentum", 0.1));
+    m = make_imagenet_resnet(o, in, seed);
   } else {
     const std::string hint = closest_match(name, model_names());
     TTQ_FAIL("config: '" << cfg.path_of("name") << "': unknown model '" << name << "'"

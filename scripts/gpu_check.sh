@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one-call GPU check: configure for sm_90, build, run the GPU tests, compute-sanitizer on a
-# subset, a short training run, and print a short table last. Full logs go to the folder given
+# subset, a short training run, the TTQ kernel lab (build-gpu/benchmarks/bench_ttq_gpu, JSON in
+# LOG_DIR/ttq_kernels.json), the PyTorch peer (scripts/pytorch_peer.py, bf16 and fp32), and print
+# the engine's training throughput (build-gpu/ttq_throughput), and a short table last. Full logs go to the folder given
 # (default: gpu_check_logs). Works without Debian packages when third_party/ holds the json
 # headers and GoogleTest sources (scripts/gpu_carry.sh); finds cuDNN/NCCL in Python wheels.
 set -uo pipefail
@@ -44,13 +46,44 @@ else
   result[sanitizer]="not found"
 fi
 step train "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=auto --set output_dir="$out/train_run"
+# TTQ kernels (fused / per-layer / unfused, every mode; verifies itself, exits 1 on a mismatch):
+# about 20-40 s on an H200. PyTorch peer: ResNet-18, batch 256, 10 warm-up + 30 timed steps each.
+step kernels timeout 240 "$build/benchmarks/bench_ttq_gpu" --mode all --json "$out/ttq_kernels.json"
+# The engine's training throughput on synthetic data (fp32), with a per-phase breakdown in each log.
+step thr_r18_ttq timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --warmup 5 --steps 30
+step thr_r18_fp timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 0 --warmup 5 --steps 30
+step thr_alex_ttq timeout 180 "$build/ttq_throughput" --device cuda --model alexnet --image-size 224 --classes 1000 --batch 128 --ttq 1 --warmup 5 --steps 30
+step thr_r20_ttq timeout 120 "$build/ttq_throughput" --device cuda --model resnet20 --image-size 32 --classes 10 --batch 128 --ttq 1 --warmup 10 --steps 50
+step peer_bf16 timeout 300 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --warmup 10 --steps 30
+step peer_fp32 timeout 300 python3 scripts/pytorch_peer.py --model resnet18 --precision fp32 --warmup 10 --steps 30
 
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 passed=$(grep -oE "[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+" "$out/gpu_tests.log" | tail -1)
 skipped=$(grep -c '\*\*\*Skipped' "$out/gpu_tests.log" || true)
+# Headlines: fused TTQ fwd+bwd over ResNet-18's quantized layers (max mode) against the copy floor,
+# and the PyTorch peer's images/s.
+kern=$(grep -m1 '^RESULT ttq_fused_resnet18_max ' "$out/kernels.log" 2>/dev/null)
+if [[ -n $kern ]]; then
+  kern="$(sed -n 's/.*total_us=\([0-9.]*\).*/\1/p' <<< "$kern") us, $(sed -n 's/.*pct_copy_floor=\([0-9.]*\).*/\1/p' <<< "$kern")% of copy floor (target >= 80%)"
+elif grep -q '^SKIPPED' "$out/kernels.log" 2>/dev/null; then
+  kern="skipped (no GPU)"
+fi
+peer() {
+  local v
+  v=$(sed -n 's/^THROUGHPUT .*images_per_s=\([0-9.]*\).*/\1 images\/s/p' "$out/$1.log" 2>/dev/null | tail -1)
+  if [[ -z $v ]] && grep -q '^SKIPPED' "$out/$1.log" 2>/dev/null; then v="skipped (no GPU)"; fi
+  echo "${v:-?}"
+}
 echo
 echo "GPU check $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') on ${gpu:-no GPU} ($(( $(date +%s) - started ))s)"
 printf '| %-10s | %s |\n' "step" "result"
 printf '|%s|%s|\n' "------------" "------------------------------"
-for s in configure build gpu_tests cpu_tests sanitizer train; do printf '| %-10s | %s |\n' "$s" "${result[$s]}"; done
+for s in configure build gpu_tests cpu_tests sanitizer train kernels thr_r18_ttq thr_r18_fp thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32; do printf '| %-10s | %s |\n' "$s" "${result[$s]}"; done
 printf '| %-10s | %s |\n' "gpu tests" "${passed:-?}, ${skipped} skipped"
+printf '| %-10s | %s |\n' "ttq r18" "${kern:-?}"
+printf '| %-10s | %s |\n' "r18 ttq" "$(peer thr_r18_ttq) (engine fp32)"
+printf '| %-10s | %s |\n' "r18 fp" "$(peer thr_r18_fp) (engine fp32)"
+printf '| %-10s | %s |\n' "alex ttq" "$(peer thr_alex_ttq) (engine fp32, batch 128)"
+printf '| %-10s | %s |\n' "r20 ttq" "$(peer thr_r20_ttq) (engine fp32, 32x32)"
+printf '| %-10s | %s |\n' "torch bf16" "$(peer peer_bf16)"
+printf '| %-10s | %s |\n' "torch fp32" "$(peer peer_fp32)"

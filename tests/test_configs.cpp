@@ -19,7 +19,9 @@ TEST(ShippedConfigs, AllParseAndBuildTheirModels) {
     for (const auto& [name, cfg_json] : expand_sweep(j)) {
       ExperimentConfig cfg;
       ASSERT_NO_THROW(cfg = parse_experiment(cfg_json)) << name;
-      const InputSpec in = cfg.data.dataset == "cifar10" ? InputSpec{3, 32, 32, 10} : InputSpec{1, 28, 28, 10};
+      const InputSpec in = cfg.data.dataset == "cifar10"    ? InputSpec{3, 32, 32, 10}
+                           : cfg.data.dataset == "imagenet" ? InputSpec{3, 224, 224, 1000}
+                                                            : InputSpec{1, 28, 28, 10};
       EXPECT_NO_THROW(build_model(cfg.model, in, 0)) << name;
     }
   }

@@ -6,12 +6,14 @@
 #include <vector>
 
 #include "engine/cli/args.h"
+#include "engine/dist/communicator.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/quantizable.h"
 #include "engine/quant/quantize_model.h"
 #include "engine/train/checkpoint.h"
 #include "engine/train/data_sets.h"
 #include "engine/train/trainer.h"
+#include "kernels/device.h"
 #include "models/model.h"
 
 namespace ttq::cli {
@@ -62,7 +64,9 @@ std::string sweep_table(const std::vector<RunSummary>& runs, const std::vector<s
 }  // namespace
 
 int run_train(const std::vector<std::string>& argv) {
-  Args a("train CONFIG.json", "Trains the experiment a JSON file describes (see configs/ and the README).");
+  Args a("train CONFIG.json", "Trains the experiment a JSON file describes (see configs/ and the README).\n"
+                              "Data parallel: `mpirun -np N ttq train ...` (one process per GPU), or N processes with\n"
+                              "RANK, WORLD_SIZE, LOCAL_RANK and TTQ_RENDEZVOUS=/shared/file; batch_size is per process.");
   a.option("set", "", "override a config value: --set key.path=value (repeatable; values are JSON or plain words)")
       .flag("resume", "continue from <output_dir>/last.safetensors")
       .flag("quiet", "no per-step progress output");
@@ -90,15 +94,22 @@ int run_train(const std::vector<std::string>& argv) {
   const auto runs = expand_sweep(j);
   std::vector<RunSummary> results;
   std::vector<std::string> names;
+  bool root = true;
   for (const auto& [name, cfg_json] : runs) {
     ExperimentConfig cfg = parse_experiment(cfg_json);
+    // One communicator for all runs of a sweep (data parallel: mpirun / env launch; else one process).
+    if (!opt.comm)
+      opt.comm = make_communicator(cfg.distributed, cfg.device != "cpu" && cuda_device_count() > 0);
+    root = opt.comm->is_root();
     RunSummary s = train_experiment(cfg, opt);
-    std::printf("\n%s", format_summary_table(s).c_str());
-    std::printf("results in %s\n", cfg.output_dir.c_str());
+    if (root) {
+      std::printf("\n%s", format_summary_table(s).c_str());
+      std::printf("results in %s\n", cfg.output_dir.c_str());
+    }
     results.push_back(s);
     names.push_back(name);
   }
-  if (runs.size() > 1) {
+  if (runs.size() > 1 && root) {
     const std::string dir = j.value("output_dir", "runs/" + j.value("name", std::string("experiment")));
     const std::string table = sweep_table(results, names);
     json all = json::array();
@@ -133,6 +144,9 @@ int run_eval(const std::vector<std::string>& argv) {
   if (show_help(a)) return 0;
   TTQ_CHECK(pos.size() == 1, "eval: expects one RUN_DIR, checkpoint or export (see ttq eval --help)");
   const Checkpoint ck = read_checkpoint(resolve_checkpoint(pos[0]));
+  TTQ_CHECK(ck.format != "state-dict", "eval: '" << ck.file.path()
+                                                 << "' is a plain state dict without an experiment config; start an "
+                                                    "experiment from it with \"init_from\"");
   json cfg_json = ck.config;
   if (!a.get("data-root").empty()) cfg_json["data"]["root"] = a.get("data-root");
   const ExperimentConfig cfg = parse_experiment(cfg_json);
@@ -157,6 +171,9 @@ int run_export(const std::vector<std::string>& argv) {
   TTQ_CHECK(pos.size() == 1, "export: expects one RUN_DIR or checkpoint (see ttq export --help)");
   const std::string ck_path = resolve_checkpoint(pos[0]);
   const Checkpoint ck = read_checkpoint(ck_path);
+  TTQ_CHECK(ck.format != "state-dict", "export: '" << ck_path
+                                                   << "' is a plain state dict without an experiment config; start an "
+                                                      "experiment from it with \"init_from\"");
   TTQ_CHECK(ck.format == "ttq-checkpoint", "export: '" << ck_path << "' is already an export");
   const ExperimentConfig cfg = parse_experiment(ck.config);
   DataSets data = load_data_sets(cfg.data, cfg.seed);

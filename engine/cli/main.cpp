@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "engine/core/error.h"
+#include "engine/data/jpeg.h"
+#include "engine/dist/communicator.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/device.h"
 
@@ -54,9 +56,40 @@ int run_info() {
 #else
   std::printf("  MPI         : not built\n");
 #endif
+  std::printf("  TurboJPEG   : %s\n", ttq::jpeg_supported() ? "built (imagenet data set)" : "not built (no imagenet data set)");
+  const ttq::LaunchInfo li = ttq::detect_launch();
+  if (li.launcher.empty())
+    std::printf("  Launch      : one process (mpirun -np N, or RANK/WORLD_SIZE/TTQ_RENDEZVOUS, for data parallel)\n");
+  else
+    std::printf("  Launch      : %s, rank %d of %d\n", li.launcher == "mpi" ? "MPI launcher" : "RANK/WORLD_SIZE",
+                li.rank, li.world);
   std::printf("  GPUs        : %s\n", ttq::cuda_device_summary().c_str());
   if (ttq::cuda_device_count() == 0) std::printf("No usable GPU: training runs on the CPU.\n");
   return 0;
+}
+
+// Prints the error; in a data-parallel run it names the rank and stops the other ranks too
+// (MPI_Abort ends the whole job; the tcp and nccl backends make the others fail at once).
+int report_error(const std::string& cmd, const char* kind, const char* what) {
+  auto comm = ttq::current_communicator();
+  if (comm && comm->world() > 1) {
+    std::fprintf(stderr, "ttq %s: %s on %s: %s\n", cmd.c_str(), kind, comm->who().c_str(), what);
+    std::fflush(stderr);
+    comm->abort(what);
+  } else {
+    std::fprintf(stderr, "ttq %s: %s: %s\n", cmd.c_str(), kind, what);
+  }
+  ttq::shutdown_communication();
+  return 1;
+}
+
+int run_command(const std::string& cmd, const std::vector<std::string>& rest) {
+  if (cmd == "train") return ttq::cli::run_train(rest);
+  if (cmd == "eval") return ttq::cli::run_eval(rest);
+  if (cmd == "export") return ttq::cli::run_export(rest);
+  if (cmd == "info") return run_info();
+  std::fprintf(stderr, "ttq: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+  return 2;
 }
 
 }  // namespace
@@ -69,17 +102,12 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   const std::vector<std::string> rest(argv + 2, argv + argc);
   try {
-    if (cmd == "train") return ttq::cli::run_train(rest);
-    if (cmd == "eval") return ttq::cli::run_eval(rest);
-    if (cmd == "export") return ttq::cli::run_export(rest);
-    if (cmd == "info") return run_info();
-    std::fprintf(stderr, "ttq: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
-    return 2;
+    const int rc = run_command(cmd, rest);
+    ttq::shutdown_communication();  // MPI_Finalize after a data-parallel run
+    return rc;
   } catch (const ttq::Error& e) {
-    std::fprintf(stderr, "ttq %s: error: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return report_error(cmd, "error", e.what());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ttq %s: unexpected error: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return report_error(cmd, "unexpected error", e.what());
   }
 }

@@ -25,6 +25,8 @@ class SampleSource {
   virtual InputSpec spec() const = 0;
   // augment: apply the training augmentation (drawing from rng); otherwise rng is unused.
   virtual int32_t fetch(int64_t index, bool augment, Rng& rng, float* out) const = 0;
+  // Samples replaced so far because their file could not be read (see ImageFolderSource).
+  virtual int64_t skipped_samples() const { return 0; }
 };
 
 // An ImageSet with its normalisation and augmentation.

@@ -1,5 +1,7 @@
 #include "engine/nn/batchnorm.h"
 
+#include "engine/dist/communicator.h"
+#include "engine/dist/sync_batchnorm.h"
 #include "kernels/ops.h"
 
 namespace ttq {
@@ -51,8 +53,12 @@ Tensor BatchNorm::forward_impl(const Tensor& x) {
     var_ = Tensor::empty({c_}, DType::F32, x.device());
     inv_std_ = Tensor::empty({c_}, DType::F32, x.device());
   }
-  ops::batchnorm_forward_train(s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_, running_var_, y, mean_,
-                               var_, inv_std_);
+  if (sync_ && sync_->world() > 1)
+    sync_count_ = sync_batchnorm_forward_train(*sync_, s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_,
+                                               running_var_, y, mean_, var_, inv_std_);
+  else
+    ops::batchnorm_forward_train(s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_, running_var_, y,
+                                 mean_, var_, inv_std_);
   x_ = x;
   return y;
 }
@@ -64,7 +70,10 @@ Tensor BatchNorm::backward_impl(const Tensor& dy) {
   const BatchNormShape s = shape_of(x_);
   Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
   Tensor dgamma = Tensor::empty({c_}, DType::F32, x_.device()), dbeta = Tensor::empty({c_}, DType::F32, x_.device());
-  ops::batchnorm_backward(s, x_, dy, gamma_.value, mean_, inv_std_, eps_, dx, dgamma, dbeta);
+  if (sync_ && sync_->world() > 1)
+    sync_batchnorm_backward(*sync_, s, sync_count_, x_, dy, gamma_.value, mean_, inv_std_, dx, dgamma, dbeta);
+  else
+    ops::batchnorm_backward(s, x_, dy, gamma_.value, mean_, inv_std_, eps_, dx, dgamma, dbeta);
   ops::add_accumulate(gamma_.grad, dgamma);
   ops::add_accumulate(beta_.grad, dbeta);
   x_ = Tensor();

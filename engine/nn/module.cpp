@@ -32,7 +32,13 @@ Tensor Module::backward(const Tensor& dy) {
   TTQ_CHECK(dy.defined(), who() << ": backward on an undefined gradient");
   Tensor dx = backward_impl(dy);
   has_forward_ = false;
+  if (backward_hook_) backward_hook_(*this);
   return dx;
+}
+
+void Module::set_backward_hook(const BackwardHook& hook) {
+  backward_hook_ = hook;
+  for (auto& [name, child] : children_) child->set_backward_hook(hook);
 }
 
 void Module::require_forward() const {

@@ -3,6 +3,7 @@
 // used once per step. Parameter gradients accumulate (like PyTorch) until zero_grad().
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -70,6 +71,12 @@ class Module {
 
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const { return children_; }
 
+  // Called with the module right after each backward() of it, i.e. once its parameter gradients
+  // for this step are final (the data-parallel gradient reducer launches buckets this way).
+  // Sets the hook on this module and every module below it; an empty function removes it.
+  using BackwardHook = std::function<void(Module&)>;
+  void set_backward_hook(const BackwardHook& hook);
+
  protected:
   virtual void check_input(const Tensor& x) const;
   virtual Tensor forward_impl(const Tensor& x) = 0;
@@ -94,6 +101,7 @@ class Module {
   std::string path_;
   bool training_ = true;
   bool has_forward_ = false;
+  BackwardHook backward_hook_;
   std::vector<std::pair<std::string, Parameter*>> params_;
   std::vector<std::pair<std::string, Tensor*>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;

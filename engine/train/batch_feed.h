@@ -35,8 +35,10 @@ class BatchFeed {
 
   Loader& loader_;
   Device device_;
-  std::unique_ptr<AsyncUploader> uploader_;
   Slot slots_[2];
+  // Declared after the slots, so destroyed before them: its destructor waits for the copies in
+  // flight before the slots' device buffers are released.
+  std::unique_ptr<AsyncUploader> uploader_;
   int current_ = -1;     // the slot handed out by the last next()
   bool started_ = false;
 };

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "engine/nn/batchnorm.h"
 #include "engine/nn/quantizable.h"
 #include "engine/quant/packing.h"
 #include "engine/quant/quantize_model.h"
@@ -54,7 +55,7 @@ json TrainingState::to_json() const {
   return {{"stage", stage}, {"epoch", epoch}, {"batch", batch}, {"optimizer_steps", optimizer_steps},
           {"global_step", global_step}, {"best_error", format_double(best_error)},
           {"epoch_loss_sum", format_double(epoch_loss_sum)}, {"epoch_correct", epoch_correct},
-          {"epoch_seen", epoch_seen}, {"elapsed_seconds", format_double(elapsed_seconds)}};
+          {"epoch_seen", epoch_seen}, {"elapsed_seconds", format_double(elapsed_seconds)}, {"world", world}};
 }
 
 TrainingState TrainingState::from_json(const json& j) {
@@ -69,6 +70,7 @@ TrainingState TrainingState::from_json(const json& j) {
   s.epoch_correct = j.at("epoch_correct").get<int64_t>();
   s.epoch_seen = j.at("epoch_seen").get<int64_t>();
   s.elapsed_seconds = std::stod(j.at("elapsed_seconds").get<std::string>());
+  s.world = j.value("world", int64_t{1});
   return s;
 }
 
@@ -100,10 +102,16 @@ void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt,
 Checkpoint read_checkpoint(const std::string& path) {
   Checkpoint c{SafeTensorsFile::read(path), "", {}, {}, {}};
   const auto& meta = c.file.metadata();
-  TTQ_CHECK(meta.count("format"), "'" << path << "' is a safetensors file but not a ttq checkpoint or export (no 'format' metadata)");
+  if (!meta.count("format") || meta.at("format") == "pt") {
+    // A plain PyTorch state dict (safetensors.torch.save_file, optionally with {"format": "pt"}).
+    c.format = "state-dict";
+    c.ternary = json::object();
+    return c;
+  }
   c.format = meta.at("format");
   TTQ_CHECK(c.format == "ttq-checkpoint" || c.format == "ttq-export",
-            "'" << path << "' has format '" << c.format << "', expected ttq-checkpoint or ttq-export");
+            "'" << path << "' has format '" << c.format
+                << "', expected ttq-checkpoint, ttq-export or a plain state dict (no format or \"pt\")");
   c.config = parse_meta_json(c.file, "config");
   c.ternary = parse_meta_json(c.file, "ternary");
   TTQ_CHECK(c.ternary.is_object(), "'" << path << "': metadata 'ternary' is not an object");
@@ -119,13 +127,19 @@ Checkpoint read_checkpoint(const std::string& path) {
 
 namespace {
 
+// "was saved from a different model" for the engine's own files; a plain state dict may come
+// from anywhere.
+std::string mismatch(const Checkpoint& ck) {
+  return "'" + ck.file.path() + (ck.format == "state-dict" ? "' (a plain state dict) does not fit this model"
+                                                            : "' was saved from a different model");
+}
+
 void copy_checked(const Checkpoint& ck, const std::string& name, Tensor& dst) {
-  TTQ_CHECK(ck.file.has(name), "'" << ck.file.path() << "' was saved from a different model: it has no tensor '"
-                                   << name << "'");
+  TTQ_CHECK(ck.file.has(name), mismatch(ck) << ": it has no tensor '" << name << "'");
   TTQ_CHECK(ck.file.shape(name) == dst.shape() && ck.file.dtype(name) == dst.dtype(),
-            "'" << ck.file.path() << "' was saved from a different model: tensor '" << name << "' is "
-                << dtype_name(ck.file.dtype(name)) << shape_str(ck.file.shape(name)) << " in the file but "
-                << dtype_name(dst.dtype()) << shape_str(dst.shape()) << " here");
+            mismatch(ck) << ": tensor '" << name << "' is " << dtype_name(ck.file.dtype(name))
+                         << shape_str(ck.file.shape(name)) << " in the file but " << dtype_name(dst.dtype())
+                         << shape_str(dst.shape()) << " here");
   dst.copy_from(ck.file.tensor(name));
 }
 
@@ -173,10 +187,16 @@ void load_model(Module& net, const Checkpoint& ck) {
     copy_checked(ck, nb.name, *nb.tensor);
     expected.insert(nb.name);
   }
+  // PyTorch's BatchNorm counter: the engine does not use it (momentum is fixed), so a state dict
+  // may carry it for any BatchNorm of the model.
+  std::set<std::string> ignorable;
+  if (ck.format == "state-dict")
+    for (auto& [path, m] : net.named_modules())
+      if (dynamic_cast<BatchNorm*>(m)) ignorable.insert(path + ".num_batches_tracked");
   for (const auto& name : ck.file.names()) {
-    if (name.rfind("optim.", 0) == 0) continue;
-    TTQ_CHECK(expected.count(name), "'" << ck.file.path() << "' was saved from a different model: this model has no '"
-                                        << name << "'");
+    if (ck.format != "state-dict" && name.rfind("optim.", 0) == 0) continue;
+    if (ignorable.count(name)) continue;
+    TTQ_CHECK(expected.count(name), mismatch(ck) << ": this model has no '" << name << "'");
   }
   // Recompute the ternary state (codes, statistics) from the loaded weights.
   for (auto* l : quantizable_layers(net))

@@ -7,6 +7,13 @@
 //
 // Export ("format": "ttq-export"): each ternary layer as "<layer>.weight_codes" (2-bit packed,
 // engine/quant/packing.h) plus "<layer>.wp" / "<layer>.wn"; everything else as stored in fp32.
+//
+// Plain state dict (format "state-dict" here): a safetensors file without engine metadata (no
+// "format", or PyTorch's "format": "pt"), e.g. torchvision's resnet18 weights converted by
+// scripts/torchvision_to_safetensors.py. It can start training (init_from) in full precision:
+// every parameter and BatchNorm buffer of the model must be present in F32 with its shape;
+// "<bn>.num_batches_tracked" of the model's BatchNorm layers is ignored; any other tensor is an
+// error naming it.
 #pragma once
 
 #include <string>
@@ -30,6 +37,9 @@ struct TrainingState {
   double epoch_loss_sum = 0.0;
   int64_t epoch_correct = 0, epoch_seen = 0;
   double elapsed_seconds = 0.0;
+  // Data-parallel ranks of the run (the global batch and each rank's shard depend on it; a run
+  // resumes only with the same number). Checkpoints from before this field read as 1.
+  int64_t world = 1;
 
   json to_json() const;
   static TrainingState from_json(const json& j);
@@ -40,18 +50,19 @@ void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt,
 
 struct Checkpoint {
   SafeTensorsFile file;
-  std::string format;  // "ttq-checkpoint" or "ttq-export"
-  json config;         // the resolved experiment config it was trained with
+  std::string format;  // "ttq-checkpoint", "ttq-export" or "state-dict"
+  json config;         // the resolved experiment config it was trained with (null for a state dict)
   TrainingState state;
   json ternary;        // {"layer path": {"mode": ..., "t": ..., ...}}
 };
 
-// Reads and checks a checkpoint or an export.
+// Reads and checks a checkpoint, an export or a plain state dict.
 Checkpoint read_checkpoint(const std::string& path);
 
 // Makes the checkpoint's ternary layers ternary in net (with their stored settings) and loads
 // every parameter and buffer. A tensor missing, extra or of another shape is an error naming it
 // and the file. For an export, ternary layers get their quantized weights w_t as plain weights.
+// A state dict has no ternary layers; its BatchNorm num_batches_tracked counters are ignored.
 void load_model(Module& net, const Checkpoint& ck);
 void load_optimizer(Optimizer& opt, const Checkpoint& ck);
 

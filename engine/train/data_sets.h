@@ -17,19 +17,23 @@ struct DataSets {
 
 DataSets load_data_sets(const DataConfig& cfg, uint64_t seed);
 
-// The first n samples of a source.
+// n samples of a source: the first n, or (spread) n evenly spaced ones, sample i being
+// i * size / n of the source (for data sets stored class by class).
 class SubsetSource : public SampleSource {
  public:
-  SubsetSource(std::shared_ptr<const SampleSource> src, int64_t n);
+  SubsetSource(std::shared_ptr<const SampleSource> src, int64_t n, bool spread = false);
   int64_t size() const override { return n_; }
   InputSpec spec() const override { return src_->spec(); }
   int32_t fetch(int64_t index, bool augment, Rng& rng, float* out) const override {
-    return src_->fetch(index, augment, rng, out);
+    return src_->fetch(source_index(index), augment, rng, out);
   }
+  int64_t source_index(int64_t index) const { return spread_ ? index * src_->size() / n_ : index; }
+  int64_t skipped_samples() const override { return src_->skipped_samples(); }
 
  private:
   std::shared_ptr<const SampleSource> src_;
   int64_t n_;
+  bool spread_;
 };
 
 }  // namespace ttq

@@ -24,11 +24,11 @@ namespace {
 DataConfig parse_data(JsonReader r) {
   DataConfig d;
   d.dataset = r.get<std::string>("dataset", d.dataset);
-  const std::vector<std::string> known{"fashion_mnist", "mnist", "cifar10", "cifar100", "synthetic"};
+  const std::vector<std::string> known{"fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic"};
   if (std::find(known.begin(), known.end(), d.dataset) == known.end()) {
     const std::string hint = closest_match(d.dataset, known);
     TTQ_FAIL("config: '" << r.path_of("dataset") << "': unknown data set '" << d.dataset << "'"
-                         << (hint.empty() ? " (expected fashion_mnist, mnist, cifar10, cifar100 or synthetic)"
+                         << (hint.empty() ? " (expected fashion_mnist, mnist, cifar10, cifar100, imagenet or synthetic)"
                                           : " (did you mean '" + hint + "'?)"));
   }
   std::string default_root;
@@ -36,15 +36,35 @@ DataConfig parse_data(JsonReader r) {
   if (d.dataset == "mnist") default_root = "/usr/share/datasets/mnist";
   if (d.dataset == "cifar10") default_root = "data/cifar-10-batches-bin";
   if (d.dataset == "cifar100") default_root = "data/cifar-100-binary";
+  if (d.dataset == "imagenet") default_root = "/data/imagenet";
   d.root = r.get<std::string>("root", default_root);
   d.normalize = r.get<std::string>("normalize", d.normalize);
   TTQ_CHECK(d.normalize == "channel" || d.normalize == "pixel_mean" || d.normalize == "none",
             "config: '" << r.path_of("normalize") << "' must be channel, pixel_mean or none, got '" << d.normalize << "'");
-  JsonReader aug = r.child("augment");
-  d.augment.pad = aug.get<int64_t>("pad", 0);
-  d.augment.hflip = aug.get<bool>("hflip", false);
-  TTQ_CHECK(d.augment.pad >= 0 && d.augment.pad <= 64, "config: '" << aug.path_of("pad") << "' must be in [0, 64]");
-  aug.finish();
+  if (d.dataset == "imagenet") {
+    TTQ_CHECK(d.normalize != "pixel_mean", "config: '" << r.path_of("normalize") << "': imagenet takes channel (the "
+                                                       "ImageNet statistics) or none, not pixel_mean");
+    d.image_size = r.get<int>("image_size", d.image_size);
+    d.resize = r.get<int>("resize", d.resize);
+    TTQ_CHECK(d.image_size >= 8 && d.image_size <= 4096, "config: '" << r.path_of("image_size") << "' must be in [8, 4096]");
+    TTQ_CHECK(d.resize >= d.image_size && d.resize <= 8192,
+              "config: '" << r.path_of("resize") << "' must be >= image_size (" << d.image_size << ") and <= 8192");
+    d.train_augment = r.get<std::string>("train_augment", d.train_augment);
+    TTQ_CHECK(d.train_augment == "random_resized_crop" || d.train_augment == "alexnet",
+              "config: '" << r.path_of("train_augment") << "' must be random_resized_crop or alexnet, got '"
+                          << d.train_augment << "'");
+    d.val_list = r.get<std::string>("val_list", d.val_list);
+    d.on_corrupt = r.get<std::string>("on_corrupt", d.on_corrupt);
+    TTQ_CHECK(d.on_corrupt == "skip" || d.on_corrupt == "error",
+              "config: '" << r.path_of("on_corrupt") << "' must be skip or error, got '" << d.on_corrupt << "'");
+    d.scaled_decode = r.get<bool>("scaled_decode", d.scaled_decode);
+  } else {
+    JsonReader aug = r.child("augment");
+    d.augment.pad = aug.get<int64_t>("pad", 0);
+    d.augment.hflip = aug.get<bool>("hflip", false);
+    TTQ_CHECK(d.augment.pad >= 0 && d.augment.pad <= 64, "config: '" << aug.path_of("pad") << "' must be in [0, 64]");
+    aug.finish();
+  }
   d.train_subset = r.get<int64_t>("train_subset", 0);
   d.test_subset = r.get<int64_t>("test_subset", 0);
   TTQ_CHECK(d.train_subset >= 0 && d.test_subset >= 0, "config: '" << r.path() << "': subsets must be >= 0");
@@ -135,6 +155,23 @@ ExperimentConfig parse_experiment(const json& j) {
   TTQ_CHECK(c.log_every_steps >= 1, "config: 'log.every_steps' must be >= 1");
   lg.finish();
   c.init_from = r.get<std::string>("init_from", "");
+  c.description = r.get<std::string>("description", "");
+  JsonReader dr = r.child("distributed");
+  c.distributed.backend = dr.get<std::string>("backend", c.distributed.backend);
+  const std::vector<std::string> backends{"auto", "mpi", "nccl", "tcp", "none"};
+  if (std::find(backends.begin(), backends.end(), c.distributed.backend) == backends.end()) {
+    const std::string hint = closest_match(c.distributed.backend, backends);
+    TTQ_FAIL("config: '" << dr.path_of("backend") << "' must be auto, mpi, nccl, tcp or none, got '"
+                         << c.distributed.backend << "'" << (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+  }
+  c.distributed.bucket_mb = dr.get<double>("bucket_mb", c.distributed.bucket_mb);
+  c.distributed.first_bucket_mb = dr.get<double>("first_bucket_mb", c.distributed.first_bucket_mb);
+  TTQ_CHECK(c.distributed.bucket_mb > 0 && c.distributed.first_bucket_mb > 0,
+            "config: 'distributed.bucket_mb' and 'distributed.first_bucket_mb' must be positive");
+  c.distributed.timeout_s = dr.get<double>("timeout_s", c.distributed.timeout_s);
+  TTQ_CHECK(c.distributed.timeout_s > 0, "config: '" << dr.path_of("timeout_s") << "' must be positive");
+  c.distributed.sync_bn = dr.get<bool>("sync_bn", c.distributed.sync_bn);
+  dr.finish();
   r.finish();
   return c;
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/config/json_reader.h"
+#include "engine/dist/communicator.h"
 #include "engine/data/transforms.h"
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
@@ -16,16 +17,24 @@
 namespace ttq {
 
 struct DataConfig {
-  std::string dataset = "fashion_mnist";  // fashion_mnist | mnist | cifar10 | cifar100 | synthetic
+  std::string dataset = "fashion_mnist";  // fashion_mnist | mnist | cifar10 | cifar100 | imagenet | synthetic
   std::string root;                       // folder of the files (default per data set)
-  std::string normalize = "channel";      // channel | pixel_mean | none
-  Augment augment;                        // training augmentation
-  int64_t train_subset = 0;               // use only the first N training samples (0: all)
-  int64_t test_subset = 0;                // use only the first N test samples (0: all)
+  std::string normalize = "channel";      // channel | pixel_mean | none (imagenet: channel = ImageNet statistics)
+  Augment augment;                        // training augmentation (not imagenet)
+  int64_t train_subset = 0;               // use only the first N training samples (0: all; imagenet:
+  int64_t test_subset = 0;                // N evenly spaced ones, so every class appears)
   int workers = 2, prefetch = 4;
   // synthetic only
   int64_t synthetic_train = 4096, synthetic_test = 1024, synthetic_size = 16, synthetic_classes = 10;
   double synthetic_noise = 1.0;
+  // imagenet only (root/train/<class>/*.JPEG, root/val/<class>/*.JPEG or root/val + val_list;
+  // engine/data/image_folder.h)
+  int image_size = 224;                   // square network input
+  int resize = 256;                       // evaluation: short side before the centre crop
+  std::string train_augment = "random_resized_crop";  // random_resized_crop | alexnet
+  std::string val_list;                   // list file labelling a flat root/val folder ("" : class folders)
+  std::string on_corrupt = "skip";        // skip (replace by the next readable image) | error
+  bool scaled_decode = true;              // decode JPEGs at a reduced DCT scale when the crop allows
 };
 
 struct StageConfig {
@@ -54,6 +63,8 @@ struct ExperimentConfig {
   int64_t checkpoint_every_steps = 0;  // 0: only at epoch ends
   int log_every_steps = 50;
   std::string init_from;       // checkpoint whose weights start the first stage
+  std::string description;     // free text: what the run reproduces, the expected result
+  DistConfig distributed;      // data-parallel training (stages' batch_size is per rank)
   json resolved;               // the complete configuration, defaults filled in
 };
 

@@ -6,7 +6,7 @@
 
 namespace ttq {
 
-Progress::Progress(bool terminal) : terminal_(terminal) {}
+Progress::Progress(bool terminal, bool enabled) : terminal_(terminal), enabled_(enabled) {}
 
 bool Progress::stdout_is_terminal() { return ::isatty(STDOUT_FILENO) == 1; }
 
@@ -23,6 +23,7 @@ std::string format_duration(double seconds) {
 
 void Progress::step(const std::string& stage, int64_t epoch, int64_t epochs, int64_t batch, int64_t batches,
                     double loss, double lr, double images_per_s, double eta_seconds, int every) {
+  if (!enabled_) return;
   if (terminal_) {
     constexpr int kWidth = 24;
     const int filled = static_cast<int>(kWidth * batch / (batches ? batches : 1));
@@ -43,6 +44,7 @@ void Progress::step(const std::string& stage, int64_t epoch, int64_t epochs, int
 }
 
 void Progress::line(const std::string& text) {
+  if (!enabled_) return;
   if (bar_open_) std::printf("\n");
   bar_open_ = false;
   std::printf("%s\n", text.c_str());

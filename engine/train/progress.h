@@ -9,7 +9,8 @@ namespace ttq {
 
 class Progress {
  public:
-  explicit Progress(bool terminal);
+  // enabled = false prints nothing (the ranks other than 0 of a data-parallel run).
+  explicit Progress(bool terminal, bool enabled = true);
   static bool stdout_is_terminal();
 
   // Called every step; prints (bar) or, every `every` steps, a line.
@@ -20,6 +21,7 @@ class Progress {
 
  private:
   bool terminal_;
+  bool enabled_ = true;
   bool bar_open_ = false;
 };
 

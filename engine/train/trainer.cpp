@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,12 +10,15 @@
 #include <fstream>
 #include <sstream>
 
+#include "engine/dist/data_parallel.h"
 #include "engine/io/safetensors.h"
 #include "engine/nn/quantizable.h"
 #include "engine/train/checkpoint.h"
 #include "engine/train/data_sets.h"
 #include "engine/train/progress.h"
+#include "engine/train/batch_feed.h"
 #include "engine/train/step.h"
+#include "engine/train/step_log.h"
 #include "kernels/device.h"
 #include "models/model.h"
 
@@ -43,13 +47,18 @@ namespace {
 
 }  // namespace
 
-EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers) {
+EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers,
+                    Communicator* comm) {
   LoaderConfig lc;
   lc.batch_size = batch;
   lc.shuffle = false;
   lc.augment = false;
   lc.drop_last = false;
   lc.workers = workers;
+  if (comm) {  // each rank evaluates its share of every global batch; the sums are added up below
+    lc.rank = comm->rank();
+    lc.world = comm->world();
+  }
   Loader loader(test, lc);
   loader.start_epoch(0);
   CrossEntropyLoss loss;
@@ -60,14 +69,24 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
   Batch b;
   const Device device = net.device();
   while (loader.next(b)) {
-    Tensor logits = net.forward(b.images.to(device));
     const int64_t n = static_cast<int64_t>(b.labels.size());
+    if (n == 0) continue;  // the last global batch may leave a rank nothing
+    Tensor logits = net.forward(b.images.to(device));
     loss_sum += loss.forward(logits, b.labels) * n;
     top1 += count_topk_correct(logits, b.labels, 1);
     top5 += count_topk_correct(logits, b.labels, 5);
     seen += n;
   }
   net.train(was_training);
+  if (comm && comm->world() > 1) {
+    int64_t counts[3] = {top1, top5, seen};
+    comm->all_reduce_sum(counts, 3);
+    comm->all_reduce_sum(&loss_sum, 1);
+    top1 = counts[0];
+    top5 = counts[1];
+    seen = counts[2];
+  }
+  TTQ_CHECK(seen > 0, "evaluation: the test set gave no samples");
   return {loss_sum / seen, 1.0 - static_cast<double>(top1) / seen, 1.0 - static_cast<double>(top5) / seen, seen};
 }
 
@@ -95,10 +114,14 @@ std::string fmt(const char* f, double v) {
 
 class MetricsLog {
  public:
-  MetricsLog(const std::string& path, bool append) : out_(path, append ? std::ios::app : std::ios::trunc) {
+  // enabled = false (ranks other than 0) writes nothing.
+  MetricsLog(const std::string& path, bool append, bool enabled = true) {
+    if (!enabled) return;
+    out_.open(path, append ? std::ios::app : std::ios::trunc);
     TTQ_CHECK(out_, "cannot write metrics file '" << path << "'");
   }
   void write(const json& j) {
+    if (!out_.is_open()) return;
     out_ << j.dump() << "\n";
     out_.flush();
   }
@@ -122,13 +145,37 @@ Device select_device(const std::string& device, Progress& progress) {
   return Device::CPU;
 }
 
+// Data parallel: the epoch's running sums of all ranks go to rank 0 (the one that checkpoints),
+// the others restart from 0, so the end-of-epoch sum over ranks is unchanged and a resumed run
+// (every rank loads rank 0's state, the others zero theirs) continues with the same numbers.
+void fold_epoch_sums(DataParallel& dp, TrainingState& state) {
+  if (!dp.active()) return;
+  double loss_sum = state.epoch_loss_sum;
+  int64_t counts[2] = {state.epoch_correct, state.epoch_seen};
+  dp.sum(&loss_sum, 1);
+  dp.sum(counts, 2);
+  if (dp.root()) {
+    state.epoch_loss_sum = loss_sum;
+    state.epoch_correct = counts[0];
+    state.epoch_seen = counts[1];
+  } else {
+    state.epoch_loss_sum = 0.0;
+    state.epoch_correct = state.epoch_seen = 0;
+  }
+}
+
 }  // namespace
 
 RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& opt) {
   using clock = std::chrono::steady_clock;
   const auto t_start = clock::now();
   ExperimentConfig cfg = cfg_in;
-  Progress progress(!opt.quiet && Progress::stdout_is_terminal());
+  // Data parallel: one process per rank; only rank 0 prints and writes files.
+  std::shared_ptr<Communicator> comm =
+      opt.comm ? opt.comm : make_communicator(cfg.distributed, cfg.device != "cpu" && cuda_device_count() > 0);
+  comm->set_timeout(cfg.distributed.timeout_s);
+  const bool root = comm->is_root();
+  Progress progress(!opt.quiet && Progress::stdout_is_terminal(), root);
   const Device device = select_device(cfg.device, progress);
 
   DataSets data = load_data_sets(cfg.data, cfg.seed);
@@ -142,8 +189,9 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       cfg.resolved["stages"][i]["quantization"]["full_precision_layers"] = model.full_precision_layers;
     }
   Module& net = *model.net;
+  DataParallel dp(comm, cfg.distributed, device);
 
-  fs::create_directories(cfg.output_dir);
+  if (root) fs::create_directories(cfg.output_dir);
   const std::string last_path = cfg.output_dir + "/last.safetensors";
   const std::string config_path = cfg.output_dir + "/config.json";
   TrainingState state;
@@ -155,12 +203,21 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     TTQ_CHECK(resume_ck->config == cfg.resolved,
               "--resume: the configuration differs from the one '" << last_path << "' was trained with; resume with "
                                                                      "the same config (see " << config_path << ")");
+    TTQ_CHECK(resume_ck->state.world == dp.world(),
+              "--resume: '" << last_path << "' was written by a run of " << resume_ck->state.world << " rank"
+                            << (resume_ck->state.world == 1 ? "" : "s") << ", this run has " << dp.world()
+                            << ": resume with the same number of ranks (the global batch and each rank's share of the "
+                               "data depend on it)");
     load_model(net, *resume_ck);
     state = resume_ck->state;
+    if (!root) {  // rank 0's checkpoint holds the epoch's running sums of all ranks
+      state.epoch_loss_sum = 0.0;
+      state.epoch_correct = state.epoch_seen = 0;
+    }
     progress.line("Resuming " + cfg.name + " at stage " + std::to_string(state.stage) + ", epoch " +
                   std::to_string(state.epoch) + ", batch " + std::to_string(state.batch));
   } else {
-    write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
+    if (root) write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
     if (!cfg.init_from.empty()) {
       const Checkpoint init = read_checkpoint(cfg.init_from);
       load_model(net, init);
@@ -168,8 +225,13 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     }
   }
   net.to(device);
-  MetricsLog metrics(cfg.output_dir + "/metrics.jsonl", opt.resume);
+  state.world = dp.world();
+  dp.attach(model.net);  // rank 0's weights everywhere, the gradient reducer
+  MetricsLog metrics(cfg.output_dir + "/metrics.jsonl", opt.resume, root);
   progress.line("ttq train " + cfg.name + ": " + model.name + " on " + data.description + " -> " + cfg.output_dir);
+  if (dp.active())
+    progress.line("Data parallel: " + dp.describe() + "; global batch = per-rank batch x " +
+                  std::to_string(dp.world()) + "; " + dp.reducer()->describe());
 
   RunSummary summary;
   summary.name = cfg.name;
@@ -205,11 +267,14 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     lc.batch_size = st.batch_size;
     lc.workers = cfg.data.workers;
     lc.prefetch = cfg.data.prefetch;
+    lc.rank = dp.rank();  // this rank's share of every global batch of batch_size x world
+    lc.world = dp.world();
     uint64_t key = cfg.seed * 1000003ULL + static_cast<uint64_t>(si);
     lc.seed = Rng::splitmix64(key);
     Loader loader(data.train, lc);
     const int64_t nb = loader.batches_per_epoch();
     CrossEntropyLoss loss(static_cast<float>(st.label_smoothing));
+    StepLog step_log(device, std::clamp<int64_t>(cfg.log_every_steps, 1, 1000));
     StageResult result{st.name, st.quantize, 0.0, 1.0, 1.0, 0.0};
 
     for (int64_t epoch = (si == state.stage ? state.epoch : 0); epoch < st.epochs; ++epoch) {
@@ -219,55 +284,89 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         state.epoch_correct = state.epoch_seen = 0;
       }
       loader.start_epoch(epoch, first);
+      dp.set_context("stage '" + st.name + "', epoch " + std::to_string(epoch + 1), last_path);
+      BatchFeed feed(loader, device);
       const auto t_epoch = clock::now();
       int64_t images = 0;
-      Batch batch;
-      for (int64_t b = first; loader.next(batch); ++b) {
+      // Steps whose loss and top-1 count are still on the device (read in groups: one
+      // synchronisation per group on the GPU; every step on the CPU, where reading is free).
+      struct Pending {
+        int64_t b, global_step;
+        double lr, images_per_s, eta;
+      };
+      std::vector<Pending> pending;
+      auto drain = [&] {
+        const std::vector<LoggedStep> done = step_log.read();
+        TTQ_CHECK(done.size() == pending.size(), "internal: " << done.size() << " logged steps for " << pending.size());
+        for (size_t i = 0; i < done.size(); ++i) {
+          const Pending& p = pending[i];
+          const LoggedStep& r = done[i];
+          if (!std::isfinite(r.loss))
+            TTQ_FAIL("stage '" << st.name << "', epoch " << epoch + 1 << ", step " << p.b + 1 << ": loss: not finite ("
+                               << r.loss << "); logits contain NaN or Inf (the last checkpoint, " << last_path
+                               << ", is unchanged)");
+          state.epoch_loss_sum += r.loss * r.batch;
+          state.epoch_correct += r.correct;
+          state.epoch_seen += r.batch;
+          if (!opt.quiet)
+            progress.step(st.name, epoch, st.epochs, p.b + 1, nb, r.loss, p.lr, p.images_per_s, p.eta, cfg.log_every_steps);
+          if (p.global_step % cfg.log_every_steps == 0)
+            metrics.write({{"type", "step"}, {"stage", st.name}, {"epoch", epoch + 1}, {"step", p.global_step},
+                           {"loss", r.loss}, {"lr", p.lr}, {"images_per_s", p.images_per_s}});
+        }
+        pending.clear();
+      };
+      DeviceBatch batch;
+      for (int64_t b = first; feed.next(batch); ++b) {
         const double lr = lr_at(st.schedule, st.optimizer.lr, epoch + static_cast<double>(b) / nb);
-        StepResult r;
         try {
-          r = train_step(net, loss, *optimizer, batch, lr, ternary_pass.empty() ? nullptr : &ternary_pass);
+          train_step(net, loss, *optimizer, batch, lr, ternary_pass.empty() ? nullptr : &ternary_pass, step_log);
         } catch (const Error& e) {
           TTQ_FAIL("stage '" << st.name << "', epoch " << epoch + 1 << ", step " << b + 1 << ": " << e.what()
                              << " (the last checkpoint, " << last_path << ", is unchanged)");
         }
-        const int64_t n = static_cast<int64_t>(batch.labels.size());
-        state.epoch_loss_sum += r.loss * n;
-        state.epoch_correct += r.correct;
-        state.epoch_seen += n;
         ++state.global_step;
         ++steps_this_process;
-        images += n;
+        images += batch.size;
         const double secs = std::chrono::duration<double>(clock::now() - t_epoch).count();
-        const double ips = secs > 0 ? images / secs : 0.0;
+        const double ips = secs > 0 ? images * dp.world() / secs : 0.0;  // all ranks
         const double eta = images > 0 ? secs / images * (nb - b - 1) * st.batch_size : -1.0;
-        if (!opt.quiet) progress.step(st.name, epoch, st.epochs, b + 1, nb, r.loss, lr, ips, eta, cfg.log_every_steps);
-        if (state.global_step % cfg.log_every_steps == 0)
-          metrics.write({{"type", "step"}, {"stage", st.name}, {"epoch", epoch + 1}, {"step", state.global_step},
-                         {"loss", r.loss}, {"lr", lr}, {"images_per_s", ips}});
+        pending.push_back({b, state.global_step, lr, ips, eta});
+        if (device == Device::CPU || step_log.full()) drain();
         const bool last_batch = b + 1 == nb;
         if (cfg.checkpoint_every_steps > 0 && state.global_step % cfg.checkpoint_every_steps == 0 && !last_batch) {
+          drain();  // a non-finite loss stops the run before it reaches a checkpoint
+          dp.average_buffers(net);   // every rank holds the model rank 0 saves
+          fold_epoch_sums(dp, state);  // rank 0's checkpoint carries the epoch's sums of all ranks
           TrainingState s = state;
           s.stage = si;
           s.epoch = epoch;
           s.batch = b + 1;
           s.optimizer_steps = optimizer->steps();
           s.elapsed_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
-          save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
+          if (root) save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
         }
         if (opt.stop_after_steps > 0 && steps_this_process >= opt.stop_after_steps) {
+          drain();
           summary.wall_seconds = std::chrono::duration<double>(clock::now() - t_start).count();
           return summary;  // simulated interruption: nothing written past the last checkpoint
         }
       }
+      drain();
       // End of epoch: evaluate, log, checkpoint.
       const bool last_epoch = epoch + 1 == st.epochs;
+      double train_loss_sum = state.epoch_loss_sum;  // over all ranks
+      int64_t train_counts[2] = {state.epoch_correct, state.epoch_seen};
+      dp.sum(&train_loss_sum, 1);
+      dp.sum(train_counts, 2);
       json rec = {{"type", "epoch"}, {"stage", st.name}, {"epoch", epoch + 1}, {"step", state.global_step},
-                  {"train_loss", state.epoch_loss_sum / std::max<int64_t>(state.epoch_seen, 1)},
-                  {"train_top1_error", 1.0 - static_cast<double>(state.epoch_correct) / std::max<int64_t>(state.epoch_seen, 1)},
+                  {"train_loss", train_loss_sum / std::max<int64_t>(train_counts[1], 1)},
+                  {"train_top1_error", 1.0 - static_cast<double>(train_counts[0]) / std::max<int64_t>(train_counts[1], 1)},
                   {"lr", lr_at(st.schedule, st.optimizer.lr, epoch + 1.0)}};
       if ((epoch + 1) % cfg.eval_every_epochs == 0 || last_epoch) {
-        const EvalResult ev = evaluate(net, data.test, cfg.eval_batch_size, cfg.data.workers);
+        dp.average_buffers(net);  // per-rank BatchNorm statistics: every rank evaluates the same model
+        const EvalResult ev =
+            dp.guarded([&] { return evaluate(net, data.test, cfg.eval_batch_size, cfg.data.workers, &dp.comm()); });
         rec["test_loss"] = ev.loss;
         rec["test_top1_error"] = ev.top1_error;
         rec["test_top5_error"] = ev.top5_error;
@@ -280,17 +379,25 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
                       ", test error " + fmt("%.2f%%", 100 * ev.top1_error) + " (top-5 " +
                       fmt("%.2f%%", 100 * ev.top5_error) + ")");
       }
+      // Unreadable training images replaced by readable ones so far (this process, this rank).
+      if (const int64_t skipped = data.train->skipped_samples(); skipped > 0) {
+        rec["train_images_replaced"] = skipped;
+        progress.line(std::to_string(skipped) + " training samples so far were unreadable images replaced by the next "
+                      "readable one (named on stderr)");
+      }
       rec["layers"] = layer_stats(net, &result.sparsity);
       metrics.write(rec);
       if ((epoch + 1) % cfg.checkpoint_every_epochs == 0 || last_epoch) {
+        dp.average_buffers(net);
         TrainingState s = state;
         s.stage = last_epoch ? si + 1 : si;
         s.epoch = last_epoch ? 0 : epoch + 1;
         s.batch = 0;
         s.optimizer_steps = optimizer->steps();
         s.elapsed_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
-        save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
-        if (last_epoch) save_checkpoint(cfg.output_dir + "/" + st.name + ".safetensors", net, optimizer.get(), s, cfg.resolved);
+        if (root) save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
+        if (root && last_epoch)
+          save_checkpoint(cfg.output_dir + "/" + st.name + ".safetensors", net, optimizer.get(), s, cfg.resolved);
       }
     }
     summary.stages.push_back(result);
@@ -299,7 +406,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       stages_json.push_back({{"name", s.name}, {"ternary", s.ternary}, {"test_loss", s.test_loss},
                              {"test_top1_error", s.test_top1_error}, {"test_top5_error", s.test_top5_error},
                              {"sparsity", s.sparsity}});
-    write_file_atomic(cfg.output_dir + "/stages.json", stages_json.dump(2) + "\n");
+    if (root) write_file_atomic(cfg.output_dir + "/stages.json", stages_json.dump(2) + "\n");
     state.stage = si + 1;
     state.epoch = state.batch = 0;
   }
@@ -320,7 +427,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   }
   json sj = summary.to_json();
   sj["layers"] = layer_stats(net, nullptr);
-  write_file_atomic(cfg.output_dir + "/summary.json", sj.dump(2) + "\n");
+  if (root) write_file_atomic(cfg.output_dir + "/summary.json", sj.dump(2) + "\n");
   return summary;
 }
 

@@ -5,12 +5,16 @@
 //                     "epoch" records with train/test loss, top-1/top-5 error, per-layer D/Wp/Wn/sparsity
 //   last.safetensors  the latest checkpoint (atomic), <stage>.safetensors at each stage's end
 //   summary.json      final and best test error, sparsity, model sizes, wall time
+// Data parallel (engine/dist/): every rank trains on its share of each global batch (batch_size
+// per rank x ranks); only rank 0 prints and writes these files. Epoch records and evaluation are
+// over all ranks; a step record's loss is rank 0's, its images/s counts all ranks.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "engine/data/loader.h"
+#include "engine/dist/communicator.h"
 #include "engine/nn/module.h"
 #include "engine/train/experiment.h"
 
@@ -39,14 +43,21 @@ struct TrainOptions {
   // Stop (as if killed) after this many optimizer steps in this process; 0: run to the end.
   // Used to test that a resumed run ends exactly where an uninterrupted one does.
   int64_t stop_after_steps = 0;
+  // Data parallel: the communicator of this process (shared by the runs of a sweep); null makes
+  // one from the experiment's "distributed" settings and the launch environment.
+  std::shared_ptr<Communicator> comm;
 };
 
 struct EvalResult {
   double loss = 0.0, top1_error = 1.0, top5_error = 1.0;
   int64_t samples = 0;
 };
-// Evaluation-mode pass over a whole test source (the model's mode is restored afterwards).
-EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers);
+// Evaluation-mode pass over a whole test source (the model's mode is restored afterwards). With a
+// communicator of several ranks each rank evaluates its share of every global batch of
+// batch x world samples (none dropped) and the results are summed over the ranks: every test
+// sample counts once.
+EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers,
+                    Communicator* comm = nullptr);
 
 // Trains; throws ttq::Error on bad input, a non-finite loss (naming stage, epoch and step) or
 // I/O failure. The last complete checkpoint is never overwritten by a partial one.
