@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include "engine/core/lsan_options.h"
+
 #include <unistd.h>
 
 #include <algorithm>

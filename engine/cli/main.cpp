@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/core/error.h"
+#include "engine/core/lsan_options.h"
 #include "engine/data/jpeg.h"
 #include "engine/dist/communicator.h"
 #include "kernels/cpu/ops.h"
