@@ -145,6 +145,7 @@ void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& 
                         const Tensor& mean, const Tensor& inv_std, float eps, Tensor& dx, Tensor& dgamma,
                         Tensor& dbeta) {
   const Device dev = common_device("batchnorm_backward", {&x, &dy, &gamma, &mean, &inv_std, &dx, &dgamma, &dbeta});
+  (void)eps;  // cuDNN takes it with the saved statistics; the CPU kernels use inv_std
   expect("batchnorm_backward", dy, s.numel(), "output gradient");
   TTQ_DISPATCH(dev,
                cpu::batchnorm_backward(s, x.data<float>(), dy.data<float>(), gamma.data<float>(), mean.data<float>(),
@@ -297,6 +298,7 @@ void count_topk_correct_into(const Tensor& logits, const Tensor& labels, int k, 
     return;
   }
   const int64_t n = logits.dim(0), c = logits.dim(1);
+  (void)c;  // used by the CUDA call only
   expect("count_topk_correct_into", labels, n, "labels");
   TTQ_DISPATCH(dev, (void)0,
                cuda::count_topk_correct(n, c, logits.data<float>(), labels.data<int32_t>(), k,

@@ -15,6 +15,7 @@ struct MultiTensorOptimizer::Gpu {
 struct MultiTensorOptimizer::Gpu {};
 #endif
 
+#ifdef TTQ_HAVE_CUDA
 namespace {
 const void* ptr_of(const Tensor* t) { return t ? static_cast<const void*>(t->data<float>()) : nullptr; }
 
@@ -24,6 +25,7 @@ std::vector<const void*> data_pointers(const std::vector<OptimTensorRefs>& ts) {
   return p;
 }
 }  // namespace
+#endif
 
 MultiTensorOptimizer::MultiTensorOptimizer(std::vector<OptimTensorRefs> tensors) : tensors_(std::move(tensors)) {
   bool first = true;
