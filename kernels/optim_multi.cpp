@@ -8,6 +8,7 @@
 namespace ttq::ops {
 
 #ifdef TTQ_HAVE_CUDA
+static_assert(kParamGroups == cuda::kOptimGroups, "the same parameter groups on both sides");
 struct MultiTensorOptimizer::Gpu {
   std::unique_ptr<cuda::OptimMultiTensor> multi;
 };

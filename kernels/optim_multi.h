@@ -12,7 +12,7 @@
 
 namespace ttq::ops {
 
-constexpr int kParamGroups = 4;
+constexpr int kParamGroups = 8;
 
 struct OptimTensorRefs {
   Tensor* p = nullptr;        // f32 values, updated in place

@@ -47,6 +47,7 @@ OptimizerConfig parse_optimizer(JsonReader& r) {
     g.finish();
   }
   groups.finish();
+  c.weight_decay_layers = r.get<std::vector<std::string>>("weight_decay_layers", c.weight_decay_layers);
   r.finish();
   try {
     c.validate();

@@ -1,6 +1,9 @@
 #include "engine/optim/optimizer.h"
 
 #include <cmath>
+#include <set>
+
+#include "engine/config/json_reader.h"
 
 #include "kernels/ops.h"
 
@@ -22,15 +25,35 @@ Optimizer::Optimizer(std::vector<NamedParameter> params, const OptimizerConfig& 
   cfg_.validate();
   for (auto& np : params)
     if (np.param->trainable) params_.push_back(np);
+  // The layer of "layer1.0.conv1.weight" is "layer1.0.conv1".
+  auto layer_of = [](const std::string& name) {
+    const size_t dot = name.rfind('.');
+    return dot == std::string::npos ? std::string() : name.substr(0, dot);
+  };
+  std::set<std::string> layers;
+  for (auto& np : params) layers.insert(layer_of(np.name));
+  for (const std::string& l : cfg_.weight_decay_layers)
+    if (!layers.count(l)) {
+      const std::string hint = closest_match(l, std::vector<std::string>(layers.begin(), layers.end()));
+      TTQ_FAIL("optimizer weight_decay_layers: the model has no layer '"
+               << l << "'" << (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+    }
+  const std::set<std::string> decayed(cfg_.weight_decay_layers.begin(), cfg_.weight_decay_layers.end());
+  for (auto& np : params_) {
+    const int kind = static_cast<int>(np.param->kind);
+    const bool excluded = !decayed.empty() && !decayed.count(layer_of(np.name));
+    group_.push_back(excluded ? kind + 4 : kind);
+  }
 }
 
 ops::GroupRates Optimizer::group_rates(double lr) const {
-  static_assert(ops::kParamGroups == 4, "one rate per ParamKind");
+  static_assert(ops::kParamGroups == 8, "one rate per ParamKind, with and without weight decay");
   ops::GroupRates r;
-  for (int k = 0; k < ops::kParamGroups; ++k) {
+  for (int k = 0; k < 4; ++k) {
     const GroupOptions& g = cfg_.groups[static_cast<size_t>(k)];
-    r.lr[k] = static_cast<float>(lr * g.lr_mult);
+    r.lr[k] = r.lr[k + 4] = static_cast<float>(lr * g.lr_mult);
     r.wd[k] = g.weight_decay ? static_cast<float>(cfg_.weight_decay) : 0.0f;
+    r.wd[k + 4] = 0.0f;
   }
   return r;
 }
@@ -46,7 +69,7 @@ ops::MultiTensorOptimizer& Optimizer::multi(std::vector<Tensor>* s1, std::vector
     for (size_t i = 0; i < params_.size(); ++i) {
       Parameter& p = *params_[i].param;
       refs.push_back({&p.value, &p.grad, s1 && !s1->empty() ? &(*s1)[i] : nullptr,
-                      s2 && !s2->empty() ? &(*s2)[i] : nullptr, static_cast<int>(p.kind)});
+                      s2 && !s2->empty() ? &(*s2)[i] : nullptr, group_[i]});
     }
     multi_ = std::make_unique<ops::MultiTensorOptimizer>(std::move(refs));
   }

@@ -30,6 +30,10 @@ struct OptimizerConfig {
   // scales are decayed (as the TTQ authors' CIFAR run does), biases and BatchNorm are not.
   std::array<GroupOptions, 4> groups{GroupOptions{1.0, true}, GroupOptions{1.0, false},
                                      GroupOptions{1.0, false}, GroupOptions{1.0, true}};
+  // When not empty: weight decay applies only to the parameters of these layers (paths such as
+  // "fc0"; still subject to the groups' weight_decay switch), e.g. the TTQ authors' AlexNet,
+  // which decays only its fully connected weights. Unknown layer names are an error.
+  std::vector<std::string> weight_decay_layers;
 
   GroupOptions& group(ParamKind k) { return groups[static_cast<size_t>(k)]; }
   const GroupOptions& group(ParamKind k) const { return groups[static_cast<size_t>(k)]; }
@@ -43,7 +47,8 @@ class Optimizer {
 
   // One update of every trainable parameter with learning rate lr (before group multipliers).
   void step(double lr);
-  // Learning rate and weight decay of each parameter group for base learning rate lr.
+  // Learning rate and weight decay of each parameter group for base learning rate lr: groups
+  // 0-3 are the ParamKinds, 4-7 the same kinds excluded from decay by weight_decay_layers.
   ops::GroupRates group_rates(double lr) const;
   void zero_grad();
   int64_t steps() const { return steps_; }
@@ -61,6 +66,7 @@ class Optimizer {
 
   OptimizerConfig cfg_;
   std::vector<NamedParameter> params_;  // trainable ones only
+  std::vector<int> group_;              // per parameter: its group (see group_rates)
   int64_t steps_ = 0;
 
  private:

@@ -14,7 +14,7 @@
 
 namespace ttq::cuda {
 
-constexpr int kOptimGroups = 4;
+constexpr int kOptimGroups = 8;
 
 struct OptimGroupValues {
   float lr[kOptimGroups];
