@@ -6,12 +6,14 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <set>
 
 #include "engine/data/image_folder.h"
 #include "engine/data/jpeg.h"
 #include "engine/train/data_sets.h"
 #include "engine/train/experiment.h"
+#include "engine/train/trainer.h"
 #include "tests/test_util.h"
 
 using namespace ttq;
@@ -443,4 +445,50 @@ TEST(ImageNetExperiment, FlatValidationFolderWithAListFile) {
   c = parse_experiment(j);
   const std::string e = error_of([&] { load_data_sets(c.data, c.seed); });
   EXPECT_NE(e.find("'" + root + "/val' has no class folders; set data.val_list"), std::string::npos) << e;
+}
+
+// The whole path: `ttq train` on the generated folder with ResNet-18 (torchvision's, at 32x32),
+// full precision then TTQ; the truncated training image is replaced and reported per epoch.
+TEST(ImageNetExperiment, TrainsResNet18FullPrecisionThenTtq) {
+  SKIP_WITHOUT_TURBOJPEG();
+  Tree t;
+  ttq::testing::TempDir out;
+  json j = imagenet_config(t.root);
+  j["output_dir"] = out.path();
+  j["model"] = {{"name", "resnet18"}};
+  j["stages"] = json::parse(R"([
+    {"name": "fp", "epochs": 1, "batch_size": 4, "optimizer": {"type": "sgd", "lr": 0.01}},
+    {"name": "ttq", "epochs": 1, "batch_size": 4, "quantization": {"mode": "max", "t": 0.05},
+     "optimizer": {"type": "sgd", "lr": 0.01}}])");
+  j["eval"] = {{"batch_size", 2}};
+  ::testing::internal::CaptureStderr();
+  TrainOptions opt;
+  opt.quiet = true;
+  const RunSummary s = train_experiment(parse_experiment(j), opt);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("b_bad.JPEG"), std::string::npos) << err;
+  ASSERT_EQ(s.stages.size(), 2u);
+  EXPECT_FALSE(s.stages[0].ternary);
+  EXPECT_TRUE(s.stages[1].ternary);
+  for (const auto& st : s.stages) {
+    EXPECT_TRUE(std::isfinite(st.test_loss));
+    EXPECT_GE(st.test_top1_error, 0.0);
+    EXPECT_LE(st.test_top1_error, 1.0);
+  }
+  // conv1 and fc stay full precision: 19 ternary convolutions.
+  int ternary = 0;
+  for (const auto& row : s.layer_table) ternary += row[1] != "fp32";
+  EXPECT_EQ(ternary, 19);
+  // Both epoch records say how many training samples were replacements.
+  std::ifstream in(out.file("metrics.jsonl"));
+  std::string line;
+  int epochs = 0;
+  while (std::getline(in, line)) {
+    const json r = json::parse(line);
+    if (r.at("type") != "epoch") continue;
+    ++epochs;
+    ASSERT_TRUE(r.contains("train_images_replaced")) << line;
+    EXPECT_GE(r.at("train_images_replaced").get<int64_t>(), 1);
+  }
+  EXPECT_EQ(epochs, 2);
 }
