@@ -5,6 +5,8 @@
 // training step and through a whole experiment. Its own main(): MPI is set up once for all tests.
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -174,6 +176,21 @@ TEST(MpiDataParallel, ExperimentMatchesOneProcessWithTheGlobalBatch) {
     std::printf("experiment, 2 ranks x 16 vs 1 rank x 32: largest relative difference %.3g (%s)\n", worst, where.c_str());
     EXPECT_LT(worst, 1e-3) << where;
     EXPECT_NEAR(s2.stages.back().test_top1_error, s1.stages.back().test_top1_error, 2.0 / 512);
+    // The step records carry the loss over all ranks: that of the one process with the global batch.
+    auto step_losses = [](const std::string& path) {
+      std::vector<double> out;
+      std::ifstream in(path);
+      std::string line;
+      while (std::getline(in, line)) {
+        const json r = json::parse(line);
+        if (r.at("type") == "step") out.push_back(r.at("loss").get<double>());
+      }
+      return out;
+    };
+    const std::vector<double> l2 = step_losses(dir.file("two/metrics.jsonl")), l1 = step_losses(dir.file("one/metrics.jsonl"));
+    ASSERT_FALSE(l1.empty());
+    ASSERT_EQ(l2.size(), l1.size());
+    for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-3 * (1 + l1[i])) << "step record " << i;
   }
 }
 

@@ -298,21 +298,33 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       auto drain = [&] {
         const std::vector<LoggedStep> done = step_log.read();
         TTQ_CHECK(done.size() == pending.size(), "internal: " << done.size() << " logged steps for " << pending.size());
+        // What is shown and logged per step is the mean over all ranks (one small all-reduce per
+        // group of steps, at the same steps on every rank); a non-finite loss on any rank makes
+        // every rank stop at the same step. The epoch sums stay per rank (folded at checkpoints).
+        std::vector<double> global(done.size() * 2);
+        for (size_t i = 0; i < done.size(); ++i) {
+          global[2 * i] = done[i].loss * static_cast<double>(done[i].batch);
+          global[2 * i + 1] = static_cast<double>(done[i].batch);
+        }
+        if (dp.active() && !global.empty()) dp.sum(global.data(), static_cast<int64_t>(global.size()));
         for (size_t i = 0; i < done.size(); ++i) {
           const Pending& p = pending[i];
           const LoggedStep& r = done[i];
-          if (!std::isfinite(r.loss))
+          const double shown_loss = global[2 * i + 1] > 0 ? global[2 * i] / global[2 * i + 1] : r.loss;
+          if (!std::isfinite(r.loss) || !std::isfinite(shown_loss))
             TTQ_FAIL("stage '" << st.name << "', epoch " << epoch + 1 << ", step " << p.b + 1 << ": loss: not finite ("
-                               << r.loss << "); logits contain NaN or Inf (the last checkpoint, " << last_path
-                               << ", is unchanged)");
+                               << (std::isfinite(r.loss) ? shown_loss : r.loss)
+                               << (std::isfinite(r.loss) ? " on another rank" : "")
+                               << "); logits contain NaN or Inf (the last checkpoint, " << last_path << ", is unchanged)");
           state.epoch_loss_sum += r.loss * r.batch;
           state.epoch_correct += r.correct;
           state.epoch_seen += r.batch;
           if (!opt.quiet)
-            progress.step(st.name, epoch, st.epochs, p.b + 1, nb, r.loss, p.lr, p.images_per_s, p.eta, cfg.log_every_steps);
+            progress.step(st.name, epoch, st.epochs, p.b + 1, nb, shown_loss, p.lr, p.images_per_s, p.eta,
+                          cfg.log_every_steps);
           if (p.global_step % cfg.log_every_steps == 0)
             metrics.write({{"type", "step"}, {"stage", st.name}, {"epoch", epoch + 1}, {"step", p.global_step},
-                           {"loss", r.loss}, {"lr", p.lr}, {"images_per_s", p.images_per_s}});
+                           {"loss", shown_loss}, {"lr", p.lr}, {"images_per_s", p.images_per_s}});
         }
         pending.clear();
       };
