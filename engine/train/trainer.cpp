@@ -20,6 +20,7 @@
 #include "engine/train/step.h"
 #include "engine/train/step_log.h"
 #include "kernels/device.h"
+#include "kernels/ops.h"
 #include "models/model.h"
 
 namespace ttq {
@@ -66,18 +67,40 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
   net.eval();
   double loss_sum = 0.0;
   int64_t top1 = 0, top5 = 0, seen = 0;
-  Batch b;
   const Device device = net.device();
-  while (loader.next(b)) {
-    const int64_t n = static_cast<int64_t>(b.labels.size());
-    if (n == 0) continue;  // the last global batch may leave a rank nothing
-    Tensor logits = net.forward(b.images.to(device));
-    loss_sum += loss.forward(logits, b.labels) * n;
-    top1 += count_topk_correct(logits, b.labels, 1);
-    top5 += count_topk_correct(logits, b.labels, 5);
-    seen += n;
+  // Batches arrive on the device ahead of time; each batch's loss, top-1 and top-5 counts stay
+  // in device slots, read back in one go (on the GPU nothing waits on the host per batch).
+  BatchFeed feed(loader, device);
+  const int64_t capacity = std::clamp<int64_t>(loader.batches_per_epoch(), 1, 4096);
+  StepLog log(device, capacity);
+  Tensor top5_slots = Tensor::zeros({capacity}, DType::I64, device);
+  auto flush = [&] {
+    const int64_t k = log.pending();
+    if (k == 0) return;
+    const Tensor t5 = top5_slots.slice(0, k).to(Device::CPU);
+    const std::vector<LoggedStep> done = log.read();
+    for (int64_t i = 0; i < k; ++i) {
+      loss_sum += done[i].loss * done[i].batch;
+      top1 += done[i].correct;
+      top5 += t5.data<int64_t>()[i];
+      seen += done[i].batch;
+    }
+  };
+  DeviceBatch b;
+  while (feed.next(b)) {
+    if (b.size == 0) continue;  // the last global batch may leave a rank nothing
+    Tensor logits = net.forward(b.images);
+    Tensor loss_slot = log.loss_slot(), top1_slot = log.correct_slot();
+    Tensor top5_slot = top5_slots.slice(log.pending(), log.pending() + 1);
+    loss.forward_into(logits, b.labels, loss_slot);
+    ops::count_topk_correct_into(logits, b.labels, 1, top1_slot);
+    ops::count_topk_correct_into(logits, b.labels, 5, top5_slot);
+    log.commit(b.size);
+    if (log.full()) flush();
   }
+  flush();
   net.train(was_training);
+  TTQ_CHECK(std::isfinite(loss_sum), "evaluation: the loss is not finite; the model's outputs contain NaN or Inf");
   if (comm && comm->world() > 1) {
     int64_t counts[3] = {top1, top5, seen};
     comm->all_reduce_sum(counts, 3);
