@@ -18,11 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/dist_bench_main.h"
 #include "engine/dist/communicator.h"
 
 namespace {
 
-std::shared_ptr<ttq::Communicator> g_comm;
+using ttq::bench::g_comm;
 
 void BM_allreduce(benchmark::State& state) {
   const int64_t bytes = state.range(0);
@@ -55,43 +56,10 @@ void sizes(benchmark::internal::Benchmark* b) {
 // The same number of iterations on every rank: small messages many times, large ones fewer.
 BENCHMARK(BM_allreduce)->Apply(sizes)->UseManualTime()->Iterations(20)->Name("allreduce/iters20");
 
-class NullReporter : public benchmark::BenchmarkReporter {
- public:
-  bool ReportContext(const Context&) override { return true; }
-  void ReportRuns(const std::vector<Run>&) override {}
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  ttq::DistConfig cfg;
-  cfg.timeout_s = 120;
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--backend=", 10) == 0)
-      cfg.backend = argv[i] + 10;
-    else
-      rest.push_back(argv[i]);
-  }
-  int rc = 0;
-  try {
-    g_comm = ttq::make_communicator(cfg, cfg.backend == "nccl");
-    int rest_argc = static_cast<int>(rest.size());
-    benchmark::Initialize(&rest_argc, rest.data());
-    if (g_comm->is_root()) {
-      std::printf("backend %s, %d ranks (%d on this node)\n", g_comm->backend(), g_comm->world(), g_comm->local_world());
-      benchmark::RunSpecifiedBenchmarks();
-    } else {
-      NullReporter quiet;
-      benchmark::RunSpecifiedBenchmarks(&quiet);
-    }
-    benchmark::Shutdown();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_allreduce: %s\n", e.what());
-    if (g_comm) g_comm->abort(e.what());
-    rc = 1;
-  }
-  g_comm.reset();
-  ttq::shutdown_communication();
-  return rc;
+  return ttq::bench::run_dist_benchmarks(argc, argv, "bench_allreduce", true, [] {
+    std::printf("backend %s, %d ranks (%d on this node)\n", g_comm->backend(), g_comm->world(), g_comm->local_world());
+  });
 }

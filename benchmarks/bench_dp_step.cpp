@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "engine/data/synthetic.h"
+#include "benchmarks/dist_bench_main.h"
 #include "engine/dist/communicator.h"
 #include "engine/dist/grad_reducer.h"
 #include "engine/nn/loss.h"
@@ -35,7 +36,7 @@
 
 namespace {
 
-std::shared_ptr<ttq::Communicator> g_comm;
+using ttq::bench::g_comm;
 
 enum Mode { kCompute = 0, kOverlap = 1, kNoOverlap = 2 };
 
@@ -102,44 +103,11 @@ void args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_step)->Apply(args)->UseManualTime()->Iterations(30)->Unit(benchmark::kMillisecond);
 
-class NullReporter : public benchmark::BenchmarkReporter {
- public:
-  bool ReportContext(const Context&) override { return true; }
-  void ReportRuns(const std::vector<Run>&) override {}
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  ttq::DistConfig cfg;
-  cfg.timeout_s = 120;
-  std::vector<char*> rest;
-  for (int i = 0; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--backend=", 10) == 0)
-      cfg.backend = argv[i] + 10;
-    else
-      rest.push_back(argv[i]);
-  }
-  int rc = 0;
-  try {
-    g_comm = ttq::make_communicator(cfg, false);
-    int rest_argc = static_cast<int>(rest.size());
-    benchmark::Initialize(&rest_argc, rest.data());
-    if (g_comm->is_root()) {
-      std::printf("backend %s, %d ranks; mode 0 = compute only, 1 = overlap, 2 = no overlap\n", g_comm->backend(),
-                  g_comm->world());
-      benchmark::RunSpecifiedBenchmarks();
-    } else {
-      NullReporter quiet;
-      benchmark::RunSpecifiedBenchmarks(&quiet);
-    }
-    benchmark::Shutdown();
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_dp_step: %s\n", e.what());
-    if (g_comm) g_comm->abort(e.what());
-    rc = 1;
-  }
-  g_comm.reset();
-  ttq::shutdown_communication();
-  return rc;
+  return ttq::bench::run_dist_benchmarks(argc, argv, "bench_dp_step", false, [] {
+    std::printf("backend %s, %d ranks; mode 0 = compute only, 1 = overlap, 2 = no overlap\n", g_comm->backend(),
+                g_comm->world());
+  });
 }

@@ -16,17 +16,6 @@ struct MultiTensorOptimizer::Gpu {
 struct MultiTensorOptimizer::Gpu {};
 #endif
 
-#ifdef TTQ_HAVE_CUDA
-namespace {
-const void* ptr_of(const Tensor* t) { return t ? static_cast<const void*>(t->data<float>()) : nullptr; }
-
-std::vector<const void*> data_pointers(const std::vector<OptimTensorRefs>& ts) {
-  std::vector<const void*> p;
-  for (const auto& t : ts) p.insert(p.end(), {ptr_of(t.p), ptr_of(t.g), ptr_of(t.s1), ptr_of(t.s2)});
-  return p;
-}
-}  // namespace
-#endif
 
 MultiTensorOptimizer::MultiTensorOptimizer(std::vector<OptimTensorRefs> tensors) : tensors_(std::move(tensors)) {
   bool first = true;
@@ -45,14 +34,16 @@ MultiTensorOptimizer::MultiTensorOptimizer(std::vector<OptimTensorRefs> tensors)
       TTQ_CHECK(x->device() == device_, "multi-tensor optimizer: tensors on different devices (" << x->str() << ")");
     }
   }
+  std::vector<const Tensor*> watched;
+  for (const auto& t : tensors_) watched.insert(watched.end(), {t.p, t.g, t.s1, t.s2});
+  watch_.watch(std::move(watched));
 }
 
 MultiTensorOptimizer::~MultiTensorOptimizer() = default;
 
 void MultiTensorOptimizer::refresh() {
 #ifdef TTQ_HAVE_CUDA
-  std::vector<const void*> now = data_pointers(tensors_);
-  if (gpu_ && gpu_->multi && now == planned_) return;
+  if (gpu_ && gpu_->multi && !watch_.moved()) return;
   std::vector<cuda::OptimMultiTensorEntry> entries;
   for (const auto& t : tensors_) {
     TTQ_CHECK(t.p->device() == Device::CUDA && t.g->device() == Device::CUDA,
@@ -69,7 +60,7 @@ void MultiTensorOptimizer::refresh() {
   if (!gpu_) gpu_ = std::make_unique<Gpu>();
   gpu_->multi.reset();
   gpu_->multi = std::make_unique<cuda::OptimMultiTensor>(std::move(entries));
-  planned_ = std::move(now);
+  watch_.remember();
 #endif
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/core/tensor.h"
+#include "kernels/storage_watch.h"
 
 namespace ttq::ops {
 
@@ -46,7 +47,7 @@ class MultiTensorOptimizer {
 
   std::vector<OptimTensorRefs> tensors_;
   Device device_ = Device::CPU;
-  std::vector<const void*> planned_;
+  StorageWatch watch_;  // the storage the GPU table was built for
   struct Gpu;
   std::unique_ptr<Gpu> gpu_;
 };

@@ -21,22 +21,17 @@ struct TtqLayerSet::Gpu {};
 namespace {
 bool twn(const TtqLayerRefs& l) { return l.mode == math::ThresholdMode::Twn; }
 
-template <typename T> const void* ptr_of(const Tensor* t) { return t ? static_cast<const void*>(t->data<T>()) : nullptr; }
-
-std::vector<const void*> data_pointers(const std::vector<TtqLayerRefs>& layers) {
-  std::vector<const void*> p;
-  for (const auto& l : layers) {
-    p.insert(p.end(), {ptr_of<float>(l.latent), ptr_of<float>(l.wp), ptr_of<float>(l.wn), ptr_of<float>(l.threshold),
-                       ptr_of<float>(l.twn_scale), ptr_of<float>(l.w_t), ptr_of<int8_t>(l.codes), ptr_of<float>(l.g),
-                       ptr_of<float>(l.latent_grad), ptr_of<float>(l.dwp), ptr_of<float>(l.dwn)});
-  }
-  return p;
+std::vector<const Tensor*> tensors_of(const std::vector<TtqLayerRefs>& layers) {
+  std::vector<const Tensor*> t;
+  for (const auto& l : layers)
+    t.insert(t.end(), {l.latent, l.wp, l.wn, l.threshold, l.twn_scale, l.w_t, l.codes, l.g, l.latent_grad, l.dwp, l.dwn});
+  return t;
 }
 }  // namespace
 
 TtqLayerSet::TtqLayerSet(std::vector<TtqLayerRefs> layers) : layers_(std::move(layers)) {
   check();
-  planned_ = data_pointers(layers_);
+  watch_.watch(tensors_of(layers_));
 }
 
 TtqLayerSet::~TtqLayerSet() = default;
@@ -83,13 +78,11 @@ void TtqLayerSet::check() {
   device_ = dev;
 }
 
-bool TtqLayerSet::storage_moved() const { return data_pointers(layers_) != planned_; }
-
 void TtqLayerSet::refresh() {
-  const bool moved = storage_moved();
+  const bool moved = watch_.moved();
   if (moved) {
     check();
-    planned_ = data_pointers(layers_);
+    watch_.remember();
   }
 #ifdef TTQ_HAVE_CUDA
   if (device_ == Device::CUDA && (moved || !gpu_ || !gpu_->multi)) plan();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/core/tensor.h"
+#include "kernels/storage_watch.h"
 #include "kernels/ttq_math.h"
 
 namespace ttq::ops {
@@ -58,13 +59,12 @@ class TtqLayerSet {
 
  private:
   void check();  // validates the tensors and sets device_
-  bool storage_moved() const;
   void refresh();  // re-checks after a storage change; (re)builds the GPU tables when needed
   void plan();
 
   std::vector<TtqLayerRefs> layers_;
   Device device_ = Device::CPU;
-  std::vector<const void*> planned_;  // data pointers the GPU tables were built from
+  StorageWatch watch_;  // the storage the checks (and the GPU tables) were made for
   struct Gpu;
   std::unique_ptr<Gpu> gpu_;
 };

@@ -92,13 +92,20 @@ Tensor Tensor::full(const Shape& shape, float value) {
   return t;
 }
 
-Tensor Tensor::from_vector(const Shape& shape, const std::vector<float>& values) {
+namespace {
+template <typename T> Tensor tensor_from(const Shape& shape, const std::vector<T>& values) {
   TTQ_CHECK(shape_numel(shape) == static_cast<int64_t>(values.size()),
             "from_vector: shape " << shape_str(shape) << " needs " << shape_numel(shape)
                                   << " values, got " << values.size());
-  Tensor t = empty(shape);
-  if (!values.empty()) std::memcpy(t.data<float>(), values.data(), values.size() * sizeof(float));
+  Tensor t = Tensor::empty(shape, dtype_of<T>());
+  if (!values.empty()) std::memcpy(t.data<T>(), values.data(), values.size() * sizeof(T));
   return t;
+}
+}  // namespace
+
+Tensor Tensor::from_vector(const Shape& shape, const std::vector<float>& values) { return tensor_from(shape, values); }
+Tensor Tensor::from_int32(const std::vector<int32_t>& values) {
+  return tensor_from({static_cast<int64_t>(values.size())}, values);
 }
 
 Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, Device device) {

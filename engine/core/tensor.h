@@ -57,6 +57,7 @@ class Tensor {
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor full(const Shape& shape, float value);
   static Tensor from_vector(const Shape& shape, const std::vector<float>& values);
+  static Tensor from_int32(const std::vector<int32_t>& values);  // i32 [values.size()]
   // Wraps memory the caller keeps alive; nothing is freed when the tensor goes.
   static Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device = Device::CPU);
 

@@ -2,7 +2,9 @@
 // comm_nccl.cpp); without the library they throw an error saying the build lacks it.
 #pragma once
 
+#include <cstddef>
 #include <memory>
+#include <string>
 
 #include "engine/dist/communicator.h"
 
@@ -16,5 +18,8 @@ void shutdown_mpi() noexcept;
 // A NCCL communicator over the ranks of `host` (mpi or tcp), which carries the unique id, the host
 // counters, broadcasts and barriers. Binds this process to GPU local_rank.
 std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> host, double timeout_s);
+
+// "12.50 MiB" or "4096 bytes", for messages about a collective's size.
+std::string size_str(size_t bytes);
 
 }  // namespace ttq::detail

@@ -29,21 +29,13 @@ namespace ttq {
 namespace {
 
 using clock_type = std::chrono::steady_clock;
+using detail::size_str;
 
 std::string mpi_error(int code) {
   char buf[MPI_MAX_ERROR_STRING] = {0};
   int len = 0;
   if (MPI_Error_string(code, buf, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(code);
   return std::string(buf, static_cast<size_t>(len));
-}
-
-std::string size_str(size_t bytes) {
-  char buf[64];
-  if (bytes >= (1u << 20))
-    std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / 1048576.0);
-  else
-    std::snprintf(buf, sizeof buf, "%zu bytes", bytes);
-  return buf;
 }
 
 class MpiCommunicator : public Communicator {

@@ -36,15 +36,7 @@ namespace ttq {
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-
-std::string size_str(size_t bytes) {
-  char buf[64];
-  if (bytes >= (1u << 20))
-    std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / 1048576.0);
-  else
-    std::snprintf(buf, sizeof buf, "%zu bytes", bytes);
-  return buf;
-}
+using detail::size_str;
 
 class NcclCommunicator : public Communicator {
  public:

@@ -21,11 +21,14 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/dist/backends.h"
+
 namespace ttq {
 
 namespace {
 
 using clock_type = std::chrono::steady_clock;
+using detail::size_str;
 
 constexpr char kMagic[8] = {'T', 'T', 'Q', 'R', 'D', 'V', '1', '\0'};
 constexpr uint32_t kMsgMagic = 0x54545143u;  // "TTQC"
@@ -58,15 +61,6 @@ const char* op_name(uint32_t op) {
     case kOpBroadcast: return "broadcast";
   }
   return "unknown operation";
-}
-
-std::string size_str(size_t bytes) {
-  char buf[64];
-  if (bytes >= (1u << 20))
-    std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / 1048576.0);
-  else
-    std::snprintf(buf, sizeof buf, "%zu bytes", bytes);
-  return buf;
 }
 
 std::string errno_str() { return std::strerror(errno); }

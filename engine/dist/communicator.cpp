@@ -1,5 +1,6 @@
 #include "engine/dist/communicator.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <sstream>
@@ -201,5 +202,18 @@ void all_reduce_average_tensor(Communicator& comm, Tensor& t) {
   comm.all_reduce_average(staged);
   t.copy_from(staged);
 }
+
+namespace detail {
+
+std::string size_str(size_t bytes) {
+  char buf[64];
+  if (bytes >= (1u << 20))
+    std::snprintf(buf, sizeof buf, "%.2f MiB", bytes / 1048576.0);
+  else
+    std::snprintf(buf, sizeof buf, "%zu bytes", bytes);
+  return buf;
+}
+
+}  // namespace detail
 
 }  // namespace ttq

@@ -1,7 +1,6 @@
 #include "engine/nn/loss.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "kernels/ops.h"
 
@@ -26,9 +25,7 @@ void check_logits(const Tensor& logits, const std::vector<int32_t>& labels) {
 
 // The labels as an int32 tensor on the logits' device.
 Tensor label_tensor(const std::vector<int32_t>& labels, Device device) {
-  Tensor host = Tensor::empty({static_cast<int64_t>(labels.size())}, DType::I32);
-  if (!labels.empty()) std::memcpy(host.data<int32_t>(), labels.data(), labels.size() * sizeof(int32_t));
-  return host.to(device);
+  return Tensor::from_int32(labels).to(device);
 }
 
 }  // namespace

@@ -57,6 +57,8 @@ const Tensor& QuantizableLayer::effective_weight() {
 }
 
 Tensor& QuantizableLayer::weight_grad_scratch() {
+  // First backward of a pass step: the convolution writes dL/dw_t straight into its place.
+  if (defer_ && ternary_grad_empty_) return ternary_weight_grad();
   if (!dw_scratch_.defined() || dw_scratch_.shape() != weight_.value.shape() || dw_scratch_.device() != weight_.value.device())
     dw_scratch_ = Tensor::empty(weight_.value.shape(), DType::F32, weight_.value.device());
   return dw_scratch_;
@@ -70,8 +72,12 @@ Tensor& QuantizableLayer::bias_grad_scratch() {
 }
 
 void QuantizableLayer::accumulate_grads() {
-  if (quant_ && defer_)
-    ops::add_accumulate(ternary_weight_grad(), dw_scratch_);
+  if (quant_ && defer_) {
+    if (ternary_grad_empty_)
+      ternary_grad_empty_ = false;  // written in place by weight_grad_scratch()'s caller
+    else
+      ops::add_accumulate(ternary_weight_grad(), dw_scratch_);
+  }
   else if (quant_)
     quant_->backward(dw_scratch_, weight_.grad);
   else

@@ -36,8 +36,11 @@ class QuantizableLayer : public Module {
   bool defers_ternary_backward() const { return defer_; }
   // dL/dw_t, the weight's shape and device (allocated and zeroed on first use).
   Tensor& ternary_weight_grad();
-  // The pass has just computed w_t and the codes: the next forward uses them as they are.
-  void set_prepared_weights() { prepared_ = true; }
+  // A step of the pass starts: w_t and the codes are computed (the next forward uses them as they
+  // are), and dL/dw_t holds nothing for this step yet: the next backward writes it in place.
+  void begin_ternary_step() { prepared_ = ternary_grad_empty_ = true; }
+  // No backward has filled dL/dw_t since begin_ternary_step() (its contents are stale).
+  bool ternary_grad_empty() const { return ternary_grad_empty_; }
 
  protected:
   void init_weight(const Shape& shape, bool bias, int64_t bias_size);
@@ -55,7 +58,7 @@ class QuantizableLayer : public Module {
   std::unique_ptr<TernaryQuantizer> quant_;
   Tensor dw_scratch_, db_scratch_;
   Tensor ternary_grad_;
-  bool defer_ = false, prepared_ = false;
+  bool defer_ = false, prepared_ = false, ternary_grad_empty_ = false;
 };
 
 }  // namespace ttq

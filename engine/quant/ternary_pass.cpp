@@ -25,18 +25,20 @@ void TernaryPass::forward() {
   for (QuantizableLayer* l : layers_) {
     // Re-sizes the buffers if the model moved device since the last step; the set re-plans then.
     (void)l->quantizer()->layer_refs(l->weight().value, l->ternary_weight_grad(), l->weight().grad);
-    l->ternary_weight_grad().zero();
     l->quantizer()->prepare_scales();
   }
   set_->forward();
   for (QuantizableLayer* l : layers_) {
     l->quantizer()->forward_done();
-    l->set_prepared_weights();
+    l->begin_ternary_step();
   }
 }
 
 void TernaryPass::backward() {
   if (layers_.empty()) return;
+  // A layer the backward pass did not reach contributes no gradient (its dL/dw_t is last step's).
+  for (QuantizableLayer* l : layers_)
+    if (l->ternary_grad_empty()) l->ternary_weight_grad().zero();
   set_->backward();
 }
 

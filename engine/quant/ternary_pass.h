@@ -31,7 +31,8 @@ class TernaryPass {
   TernaryPass(const TernaryPass&) = delete;
   TernaryPass& operator=(const TernaryPass&) = delete;
 
-  // Starts a step: clears each layer's dL/dw_t and computes D, codes and w_t for the next forward.
+  // Starts a step: D, codes and w_t for the next forward; each layer's dL/dw_t starts afresh (the
+  // next backward writes it in place).
   void forward();
   // Ends a step's backward: turns each layer's dL/dw_t into the latent weight's gradient (added)
   // and the gradients of Wp and Wn (written).

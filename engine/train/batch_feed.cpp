@@ -1,16 +1,6 @@
 #include "engine/train/batch_feed.h"
 
-#include <cstring>
-
 namespace ttq {
-
-namespace {
-Tensor label_tensor(const std::vector<int32_t>& labels) {
-  Tensor t = Tensor::empty({static_cast<int64_t>(labels.size())}, DType::I32);
-  if (!labels.empty()) std::memcpy(t.data<int32_t>(), labels.data(), labels.size() * sizeof(int32_t));
-  return t;
-}
-}  // namespace
 
 BatchFeed::BatchFeed(Loader& loader, Device device) : loader_(loader), device_(device) {
   if (device_ == Device::CUDA) uploader_ = std::make_unique<AsyncUploader>(2);
@@ -28,7 +18,7 @@ bool BatchFeed::fetch(int s) {
   TTQ_CHECK(b.images.defined() && b.images.dim(0) == n,
             "batch feed: a batch of " << n << " labels has images " << b.images.str());
   if (device_ == Device::CPU) {
-    slot.batch = {b.images, label_tensor(b.labels), n};
+    slot.batch = {b.images, Tensor::from_int32(b.labels), n};
   } else {
     DeviceBatch& d = slot.batch;
     if (!d.images.defined() || d.images.shape() != b.images.shape()) {

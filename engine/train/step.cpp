@@ -1,7 +1,6 @@
 #include "engine/train/step.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "kernels/ops.h"
 
@@ -10,10 +9,8 @@ namespace ttq {
 StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
                       TernaryPass* pass) {
   const Device device = net.device();
-  Tensor labels = Tensor::empty({static_cast<int64_t>(batch.labels.size())}, DType::I32);
-  if (!batch.labels.empty())
-    std::memcpy(labels.data<int32_t>(), batch.labels.data(), batch.labels.size() * sizeof(int32_t));
-  const DeviceBatch db{batch.images.to(device), labels.to(device), static_cast<int64_t>(batch.labels.size())};
+  const int64_t n = static_cast<int64_t>(batch.labels.size());
+  const DeviceBatch db{batch.images.to(device), Tensor::from_int32(batch.labels).to(device), n};
   StepLog log(device, 1);
   train_step(net, loss, opt, db, lr, pass, log);
   const LoggedStep s = log.read().at(0);
