@@ -36,8 +36,9 @@ int run(const cli::Args& a) {
   const int64_t size = a.get_int("image-size"), batch = a.get_int("batch"), classes = a.get_int("classes");
   const int steps = a.get_int("steps"), warmup = a.get_int("warmup");
   const bool ttq_on = a.get_int("ttq") != 0;
-  TTQ_CHECK(a.get("precision") == "fp32", "--precision " << a.get("precision")
-                                                         << ": only fp32 is implemented (bf16 is not yet)");
+  TTQ_CHECK(a.get("precision") == "fp32" || a.get("precision") == "bf16",
+            "--precision must be fp32 or bf16, got '" << a.get("precision") << "'");
+  const DType compute = a.get("precision") == "bf16" ? DType::BF16 : DType::F32;
   TTQ_CHECK(size > 0 && batch > 0 && classes > 1 && steps > 0 && warmup >= 0, "invalid sizes or step counts");
   Device device = Device::CPU;
   const std::string dev = a.get("device");
@@ -63,7 +64,7 @@ int run(const cli::Args& a) {
   oc.weight_decay = 1e-4;
   auto opt = make_optimizer(net.named_parameters(), oc);
   std::unique_ptr<TernaryPass> pass;
-  if (ttq_on) pass = std::make_unique<TernaryPass>(net);
+  if (ttq_on) pass = std::make_unique<TernaryPass>(net, compute);
 
   // One synthetic batch, on the device for the whole run.
   Tensor images = Tensor::empty({batch, channels, size, size});
@@ -71,7 +72,7 @@ int run(const cli::Args& a) {
   Rng rng(7);
   for (int64_t i = 0; i < images.numel(); ++i) images.data<float>()[i] = static_cast<float>(rng.normal());
   for (int64_t i = 0; i < batch; ++i) labels.data<int32_t>()[i] = static_cast<int32_t>(rng.next_u64() % classes);
-  images = images.to(device);
+  images = ops::cast_to(images.to(device), compute);
   labels = labels.to(device);
 
   CrossEntropyLoss loss;
@@ -135,7 +136,7 @@ int main(int argc, char** argv) {
       .option("classes", "10", "number of classes")
       .option("batch", "128", "batch size")
       .option("ttq", "1", "1: ternary layers (the model's default full-precision layers stay fp32); 0: full precision")
-      .option("precision", "fp32", "fp32 (bf16 is not implemented yet)")
+      .option("precision", "fp32", "fp32, or bf16 (activations and the weights computed with in bf16, f32 master weights)")
       .option("steps", "20", "timed steps")
       .option("warmup", "5", "untimed steps first")
       .option("device", "auto", "cuda, cpu or auto");

@@ -57,6 +57,72 @@ void expect(const char* op, const Tensor& t, int64_t numel, const char* what) {
 const float* cptr(const Tensor* t) { return t ? t->data<float>() : nullptr; }
 float* mptr(Tensor* t) { return t ? t->data<float>() : nullptr; }
 
+// ---- bf16 ------------------------------------------------------------------------------------
+// The activation dtype of an op: the listed tensors (nulls skipped) are all f32 or all bf16.
+DType act_dtype(const char* op, std::initializer_list<const Tensor*> ts) {
+  DType dt = DType::F32;
+  bool first = true;
+  for (const Tensor* t : ts) {
+    if (!t) continue;
+    TTQ_CHECK(t->dtype() == DType::F32 || t->dtype() == DType::BF16,
+              op << ": expects f32 or bf16 tensors, got " << t->str());
+    if (first) {
+      dt = t->dtype();
+      first = false;
+    }
+    TTQ_CHECK(t->dtype() == dt, op << ": mixes " << dtype_name(dt) << " and " << t->str()
+                                   << " (activations, the weights computed with and their gradients share one dtype)");
+  }
+  return dt;
+}
+
+// Tensors that stay f32 whatever the precision (biases, BatchNorm parameters and statistics).
+void expect_f32(const char* op, std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t) TTQ_CHECK(t->dtype() == DType::F32, op << ": expects an f32 tensor, got " << t->str());
+}
+
+void bf16_to_f32_cpu(int64_t n, const bf16* src, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
+}
+void f32_to_bf16_cpu(int64_t n, const float* src, bf16* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);
+}
+
+// CPU emulation of a bf16 op: the f32 op runs on widened inputs into f32 outputs, which are then
+// rounded into the bf16 ones.
+Tensor widen(const Tensor& t) {
+  if (t.dtype() == DType::F32) return t;
+  Tensor f = Tensor::empty(t.shape(), DType::F32, Device::CPU);
+  bf16_to_f32_cpu(t.numel(), t.data<bf16>(), f.data<float>());
+  return f;
+}
+Tensor f32_like(const Tensor& t) { return Tensor::empty(t.shape(), DType::F32, Device::CPU); }
+void narrow_into(const Tensor& f, Tensor& dst) {
+  if (dst.dtype() == DType::F32) return;  // the op wrote dst itself
+  f32_to_bf16_cpu(dst.numel(), f.data<float>(), dst.data<bf16>());
+}
+
+#ifdef TTQ_HAVE_CUDA
+#define TTQ_CUDA_CALL(call) call
+#else
+#define TTQ_CUDA_CALL(call) TTQ_FAIL("CUDA tensors in a build without the CUDA backend")
+#endif
+
+// The bf16 branch of an op: on the CPU, `emulate` (the f32 op on widened tensors); on the GPU,
+// the bf16 CUDA kernel.
+#define TTQ_BF16_DISPATCH(dev, emulate, cuda_call) \
+  do {                                             \
+    if ((dev) == Device::CPU) {                    \
+      emulate;                                     \
+    } else {                                       \
+      TTQ_CUDA_CALL(cuda_call);                    \
+    }                                              \
+  } while (0)
+
+const bf16* cbptr(const Tensor& t) { return t.data<bf16>(); }
+bf16* mbptr(const Tensor& t) { return t.data<bf16>(); }
+
 }  // namespace
 
 void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
@@ -64,6 +130,12 @@ void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& w, cons
   expect("conv2d_forward", x, s.in_numel(), "input");
   expect("conv2d_forward", w, s.weight_numel(), "weight");
   expect("conv2d_forward", y, s.out_numel(), "output");
+  expect_f32("conv2d_forward", {bias});
+  if (act_dtype("conv2d_forward", {&x, &w, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); conv2d_forward(s, widen(x), widen(w), bias, yf); narrow_into(yf, y),
+                      cuda::conv2d_forward(s, cbptr(x), cbptr(w), cptr(bias), mbptr(y)));
+    return;
+  }
   TTQ_DISPATCH(dev, cpu::conv2d_forward(s, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()),
                cuda::conv2d_forward(s, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()));
 }
@@ -72,6 +144,11 @@ void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& 
   const Device dev = common_device("conv2d_backward_data", {&dy, &w, &dx});
   expect("conv2d_backward_data", dy, s.out_numel(), "output gradient");
   expect("conv2d_backward_data", dx, s.in_numel(), "input gradient");
+  if (act_dtype("conv2d_backward_data", {&dy, &w, &dx}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); conv2d_backward_data(s, widen(dy), widen(w), dxf); narrow_into(dxf, dx),
+                      cuda::conv2d_backward_data(s, cbptr(dy), cbptr(w), mbptr(dx)));
+    return;
+  }
   TTQ_DISPATCH(dev, cpu::conv2d_backward_data(s, dy.data<float>(), w.data<float>(), dx.data<float>()),
                cuda::conv2d_backward_data(s, dy.data<float>(), w.data<float>(), dx.data<float>()));
 }
@@ -79,6 +156,13 @@ void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& 
 void conv2d_backward_weights(const Conv2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* dbias) {
   const Device dev = common_device("conv2d_backward_weights", {&x, &dy, &dw, dbias});
   expect("conv2d_backward_weights", dw, s.weight_numel(), "weight gradient");
+  expect_f32("conv2d_backward_weights", {dbias});
+  if (act_dtype("conv2d_backward_weights", {&x, &dy, &dw}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dwf = f32_like(dw);
+                      conv2d_backward_weights(s, widen(x), widen(dy), dwf, dbias); narrow_into(dwf, dw),
+                      cuda::conv2d_backward_weights(s, cbptr(x), cbptr(dy), mbptr(dw), mptr(dbias)));
+    return;
+  }
   TTQ_DISPATCH(dev, cpu::conv2d_backward_weights(s, x.data<float>(), dy.data<float>(), dw.data<float>(), mptr(dbias)),
                cuda::conv2d_backward_weights(s, x.data<float>(), dy.data<float>(), dw.data<float>(), mptr(dbias)));
 }
@@ -86,6 +170,11 @@ void conv2d_backward_weights(const Conv2dShape& s, const Tensor& x, const Tensor
 void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor& y) {
   const Device dev = common_device("pool2d_forward", {&x, &y});
   expect("pool2d_forward", y, s.out_numel(), "output");
+  if (act_dtype("pool2d_forward", {&x, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); pool2d_forward(kind, s, widen(x), yf); narrow_into(yf, y),
+                      cuda::pool2d_forward(kind, s, cbptr(x), mbptr(y)));
+    return;
+  }
   TTQ_DISPATCH(dev, cpu::pool2d_forward(kind, s, x.data<float>(), y.data<float>()),
                cuda::pool2d_forward(kind, s, x.data<float>(), y.data<float>()));
 }
@@ -93,6 +182,12 @@ void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor
 void pool2d_backward(PoolKind kind, const Pool2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("pool2d_backward", {&x, &dy, &dx});
   expect("pool2d_backward", dx, s.in_numel(), "input gradient");
+  if (act_dtype("pool2d_backward", {&x, &dy, &dx}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); pool2d_backward(kind, s, widen(x), widen(dy), dxf);
+                      narrow_into(dxf, dx),
+                      cuda::pool2d_backward(kind, s, cbptr(x), cbptr(dy), mbptr(dx)));
+    return;
+  }
   TTQ_DISPATCH(dev, cpu::pool2d_backward(kind, s, x.data<float>(), dy.data<float>(), dx.data<float>()),
                cuda::pool2d_backward(kind, s, x.data<float>(), dy.data<float>(), dx.data<float>()));
 }
@@ -117,6 +212,17 @@ void batchnorm_forward_train(const BatchNormShape& s, const Tensor& x, const Ten
   const Device dev = common_device("batchnorm_forward_train",
                                    {&x, &gamma, &beta, &running_mean, &running_var, &y, &mean, &var, &inv_std});
   expect("batchnorm_forward_train", x, s.numel(), "input");
+  expect_f32("batchnorm_forward_train", {&gamma, &beta, &running_mean, &running_var, &mean, &var, &inv_std});
+  if (act_dtype("batchnorm_forward_train", {&x, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y);
+                      batchnorm_forward_train(s, widen(x), gamma, beta, eps, momentum, running_mean, running_var, yf,
+                                              mean, var, inv_std);
+                      narrow_into(yf, y),
+                      cuda::batchnorm_forward_train(s, cbptr(x), gamma.data<float>(), beta.data<float>(), eps, momentum,
+                                                    running_mean.data<float>(), running_var.data<float>(), mbptr(y),
+                                                    mean.data<float>(), var.data<float>(), inv_std.data<float>()));
+    return;
+  }
   TTQ_DISPATCH(dev,
                cpu::batchnorm_forward_train(s, x.data<float>(), gamma.data<float>(), beta.data<float>(), eps,
                                             y.data<float>(), mean.data<float>(), var.data<float>(),
@@ -132,6 +238,16 @@ void batchnorm_forward_infer(const BatchNormShape& s, const Tensor& x, const Ten
                              const Tensor& running_mean, const Tensor& running_var, float eps, Tensor& y) {
   const Device dev = common_device("batchnorm_forward_infer", {&x, &gamma, &beta, &running_mean, &running_var, &y});
   expect("batchnorm_forward_infer", x, s.numel(), "input");
+  expect_f32("batchnorm_forward_infer", {&gamma, &beta, &running_mean, &running_var});
+  if (act_dtype("batchnorm_forward_infer", {&x, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y);
+                      batchnorm_forward_infer(s, widen(x), gamma, beta, running_mean, running_var, eps, yf);
+                      narrow_into(yf, y),
+                      cuda::batchnorm_forward_infer(s, cbptr(x), gamma.data<float>(), beta.data<float>(),
+                                                    running_mean.data<float>(), running_var.data<float>(), eps,
+                                                    mbptr(y)));
+    return;
+  }
   TTQ_DISPATCH(dev,
                cpu::batchnorm_forward_infer(s, x.data<float>(), gamma.data<float>(), beta.data<float>(),
                                             running_mean.data<float>(), running_var.data<float>(), eps,
@@ -147,6 +263,16 @@ void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& 
   const Device dev = common_device("batchnorm_backward", {&x, &dy, &gamma, &mean, &inv_std, &dx, &dgamma, &dbeta});
   (void)eps;  // cuDNN takes it with the saved statistics; the CPU kernels use inv_std
   expect("batchnorm_backward", dy, s.numel(), "output gradient");
+  expect_f32("batchnorm_backward", {&gamma, &mean, &inv_std, &dgamma, &dbeta});
+  if (act_dtype("batchnorm_backward", {&x, &dy, &dx}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx);
+                      batchnorm_backward(s, widen(x), widen(dy), gamma, mean, inv_std, eps, dxf, dgamma, dbeta);
+                      narrow_into(dxf, dx),
+                      cuda::batchnorm_backward(s, cbptr(x), cbptr(dy), gamma.data<float>(), mean.data<float>(),
+                                               inv_std.data<float>(), eps, mbptr(dx), dgamma.data<float>(),
+                                               dbeta.data<float>()));
+    return;
+  }
   TTQ_DISPATCH(dev,
                cpu::batchnorm_backward(s, x.data<float>(), dy.data<float>(), gamma.data<float>(), mean.data<float>(),
                                        inv_std.data<float>(), dx.data<float>(), dgamma.data<float>(),
@@ -161,6 +287,12 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor
   const int64_t n = x.dim(0), in = w.dim(1), out = w.dim(0);
   expect("linear_forward", x, n * in, "input");
   expect("linear_forward", y, n * out, "output");
+  expect_f32("linear_forward", {bias});
+  if (act_dtype("linear_forward", {&x, &w, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); linear_forward(widen(x), widen(w), bias, yf); narrow_into(yf, y),
+                      cuda::linear_forward(n, in, out, cbptr(x), cbptr(w), cptr(bias), mbptr(y)));
+    return;
+  }
   TTQ_DISPATCH(dev, cpu::linear_forward(n, in, out, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()),
                cuda::linear_forward(n, in, out, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()));
 }
@@ -169,6 +301,19 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
   const Device dev = common_device("linear_backward", {&x, &w, &dy, dx, &dw, dbias});
   const int64_t n = x.dim(0), in = w.dim(1), out = w.dim(0);
   expect("linear_backward", dy, n * out, "output gradient");
+  expect_f32("linear_backward", {dbias});
+  if (act_dtype("linear_backward", {&x, &w, &dy, dx, &dw}) == DType::BF16) {
+    if (dev == Device::CPU) {
+      Tensor dxf = dx ? f32_like(*dx) : Tensor(), dwf = f32_like(dw);
+      linear_backward(widen(x), widen(w), widen(dy), dx ? &dxf : nullptr, dwf, dbias);
+      if (dx) narrow_into(dxf, *dx);
+      narrow_into(dwf, dw);
+    } else {
+      TTQ_CUDA_CALL(cuda::linear_backward(n, in, out, cbptr(x), cbptr(w), cbptr(dy), dx ? mbptr(*dx) : nullptr,
+                                          mbptr(dw), mptr(dbias)));
+    }
+    return;
+  }
   TTQ_DISPATCH(dev,
                cpu::linear_backward(n, in, out, x.data<float>(), w.data<float>(), dy.data<float>(), mptr(dx),
                                     dw.data<float>(), mptr(dbias)),
@@ -180,6 +325,11 @@ void global_avgpool_forward(const Tensor& x, Tensor& y) {
   const Device dev = common_device("global_avgpool_forward", {&x, &y});
   expect("global_avgpool_forward", y, x.dim(0) * x.dim(1), "output");
   const int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
+  if (act_dtype("global_avgpool_forward", {&x, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); global_avgpool_forward(widen(x), yf); narrow_into(yf, y),
+                      cuda::global_avgpool_forward(n, c, hw, cbptr(x), mbptr(y)));
+    return;
+  }
   TTQ_DISPATCH(dev, ref::global_avgpool_forward(n, c, hw, x.data<float>(), y.data<float>()),
                cuda::global_avgpool_forward(n, c, hw, x.data<float>(), y.data<float>()));
 }
@@ -188,6 +338,11 @@ void global_avgpool_backward(const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("global_avgpool_backward", {&dy, &dx});
   expect("global_avgpool_backward", dy, dx.dim(0) * dx.dim(1), "output gradient");
   const int64_t n = dx.dim(0), c = dx.dim(1), hw = dx.dim(2) * dx.dim(3);
+  if (act_dtype("global_avgpool_backward", {&dy, &dx}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); global_avgpool_backward(widen(dy), dxf); narrow_into(dxf, dx),
+                      cuda::global_avgpool_backward(n, c, hw, cbptr(dy), mbptr(dx)));
+    return;
+  }
   TTQ_DISPATCH(dev, ref::global_avgpool_backward(n, c, hw, dy.data<float>(), dx.data<float>()),
                cuda::global_avgpool_backward(n, c, hw, dy.data<float>(), dx.data<float>()));
 }
@@ -195,6 +350,11 @@ void global_avgpool_backward(const Tensor& dy, Tensor& dx) {
 void relu_forward(const Tensor& x, Tensor& y) {
   const Device dev = common_device("relu_forward", {&x, &y});
   expect("relu_forward", y, x.numel(), "output");
+  if (act_dtype("relu_forward", {&x, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); relu_forward(widen(x), yf); narrow_into(yf, y),
+                      cuda::relu_forward(x.numel(), cbptr(x), mbptr(y)));
+    return;
+  }
   TTQ_DISPATCH(dev, ref::relu_forward(x.numel(), x.data<float>(), y.data<float>()),
                cuda::relu_forward(x.numel(), x.data<float>(), y.data<float>()));
 }
@@ -203,6 +363,11 @@ void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("relu_backward", {&y, &dy, &dx});
   expect("relu_backward", dy, y.numel(), "output gradient");
   expect("relu_backward", dx, y.numel(), "input gradient");
+  if (act_dtype("relu_backward", {&y, &dy, &dx}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); relu_backward(widen(y), widen(dy), dxf); narrow_into(dxf, dx),
+                      cuda::relu_backward(y.numel(), cbptr(y), cbptr(dy), mbptr(dx)));
+    return;
+  }
   TTQ_DISPATCH(dev, ref::relu_backward(y.numel(), y.data<float>(), dy.data<float>(), dx.data<float>()),
                cuda::relu_backward(y.numel(), y.data<float>(), dy.data<float>(), dx.data<float>()));
 }
@@ -210,6 +375,12 @@ void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) {
 void shortcut_a_forward(int64_t stride, const Tensor& x, Tensor& y) {
   const Device dev = common_device("shortcut_a_forward", {&x, &y});
   const int64_t c_out = y.dim(1), pad = (c_out - x.dim(1)) / 2;
+  if (act_dtype("shortcut_a_forward", {&x, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); shortcut_a_forward(stride, widen(x), yf); narrow_into(yf, y),
+                      cuda::shortcut_a_forward(x.dim(0), x.dim(1), x.dim(2), x.dim(3), c_out, pad, stride, cbptr(x),
+                                               mbptr(y)));
+    return;
+  }
   TTQ_DISPATCH(dev,
                ref::shortcut_a_forward(x.dim(0), x.dim(1), x.dim(2), x.dim(3), c_out, pad, stride, x.data<float>(),
                                        y.data<float>()),
@@ -220,6 +391,12 @@ void shortcut_a_forward(int64_t stride, const Tensor& x, Tensor& y) {
 void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("shortcut_a_backward", {&dy, &dx});
   const int64_t c_out = dy.dim(1), pad = (c_out - dx.dim(1)) / 2;
+  if (act_dtype("shortcut_a_backward", {&dy, &dx}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); shortcut_a_backward(stride, widen(dy), dxf); narrow_into(dxf, dx),
+                      cuda::shortcut_a_backward(dx.dim(0), dx.dim(1), dx.dim(2), dx.dim(3), c_out, pad, stride,
+                                                cbptr(dy), mbptr(dx)));
+    return;
+  }
   TTQ_DISPATCH(dev,
                ref::shortcut_a_backward(dx.dim(0), dx.dim(1), dx.dim(2), dx.dim(3), c_out, pad, stride,
                                         dy.data<float>(), dx.data<float>()),
@@ -247,24 +424,29 @@ double softmax_xent_forward(const Tensor& logits, const Tensor& labels, float la
   const int64_t n = logits.dim(0), c = logits.dim(1);
   expect("softmax_xent_forward", labels, n, "labels");
   expect("softmax_xent_forward", probs, n * c, "probabilities");
-  double loss = 0.0;
-#ifdef TTQ_HAVE_CUDA
+  expect_f32("softmax_xent_forward", {&probs});
+  act_dtype("softmax_xent_forward", {&logits});
   if (dev == Device::CUDA) {
     Tensor out = Tensor::empty({1}, DType::F32, Device::CUDA);
-    cuda::softmax_xent_forward(n, c, logits.data<float>(), labels.data<int32_t>(), label_smoothing, probs.data<float>(),
-                               out.data<float>());
+    softmax_xent_forward_into(logits, labels, label_smoothing, probs, out);
     return out.to(Device::CPU).data<float>()[0];
   }
-#endif
-  TTQ_CHECK(dev == Device::CPU, "CUDA tensors in a build without the CUDA backend");
-  loss = ref::softmax_xent_forward(n, c, logits.data<float>(), labels.data<int32_t>(), label_smoothing, probs.data<float>());
-  return loss;
+  return ref::softmax_xent_forward(n, c, widen(logits).data<float>(), labels.data<int32_t>(), label_smoothing,
+                                   probs.data<float>());
 }
 
 void softmax_xent_backward(const Tensor& probs, const Tensor& labels, float label_smoothing, Tensor& dlogits) {
   const Device dev = common_device("softmax_xent_backward", {&probs, &labels, &dlogits});
   const int64_t n = probs.dim(0), c = probs.dim(1);
   expect("softmax_xent_backward", dlogits, n * c, "logit gradient");
+  expect_f32("softmax_xent_backward", {&probs});
+  if (act_dtype("softmax_xent_backward", {&dlogits}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor df = f32_like(dlogits); softmax_xent_backward(probs, labels, label_smoothing, df);
+                      narrow_into(df, dlogits),
+                      cuda::softmax_xent_backward(n, c, probs.data<float>(), labels.data<int32_t>(), label_smoothing,
+                                                  mbptr(dlogits)));
+    return;
+  }
   TTQ_DISPATCH(dev,
                ref::softmax_xent_backward(n, c, probs.data<float>(), labels.data<int32_t>(), label_smoothing,
                                           dlogits.data<float>()),
@@ -284,6 +466,12 @@ void softmax_xent_forward_into(const Tensor& logits, const Tensor& labels, float
   const int64_t n = logits.dim(0), c = logits.dim(1);
   expect("softmax_xent_forward_into", labels, n, "labels");
   expect("softmax_xent_forward_into", probs, n * c, "probabilities");
+  expect_f32("softmax_xent_forward_into", {&probs});
+  if (act_dtype("softmax_xent_forward_into", {&logits}) == DType::BF16) {
+    TTQ_CUDA_CALL(cuda::softmax_xent_forward(n, c, cbptr(logits), labels.data<int32_t>(), label_smoothing,
+                                             probs.data<float>(), loss_out.data<float>()));
+    return;
+  }
   TTQ_DISPATCH(dev, (void)0,
                cuda::softmax_xent_forward(n, c, logits.data<float>(), labels.data<int32_t>(), label_smoothing,
                                           probs.data<float>(), loss_out.data<float>()));
@@ -300,6 +488,10 @@ void count_topk_correct_into(const Tensor& logits, const Tensor& labels, int k, 
   const int64_t n = logits.dim(0), c = logits.dim(1);
   (void)c;  // used by the CUDA call only
   expect("count_topk_correct_into", labels, n, "labels");
+  if (act_dtype("count_topk_correct_into", {&logits}) == DType::BF16) {
+    TTQ_CUDA_CALL(cuda::count_topk_correct(n, c, cbptr(logits), labels.data<int32_t>(), k, correct_out.data<int64_t>()));
+    return;
+  }
   TTQ_DISPATCH(dev, (void)0,
                cuda::count_topk_correct(n, c, logits.data<float>(), labels.data<int32_t>(), k,
                                         correct_out.data<int64_t>()));
@@ -309,15 +501,13 @@ int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k) {
   const Device dev = common_device("count_topk_correct", {&logits, &labels});
   const int64_t n = logits.dim(0), c = logits.dim(1);
   expect("count_topk_correct", labels, n, "labels");
-#ifdef TTQ_HAVE_CUDA
+  act_dtype("count_topk_correct", {&logits});
   if (dev == Device::CUDA) {
     Tensor out = Tensor::empty({1}, DType::I64, Device::CUDA);
-    cuda::count_topk_correct(n, c, logits.data<float>(), labels.data<int32_t>(), k, out.data<int64_t>());
+    count_topk_correct_into(logits, labels, k, out);
     return out.to(Device::CPU).data<int64_t>()[0];
   }
-#endif
-  TTQ_CHECK(dev == Device::CPU, "CUDA tensors in a build without the CUDA backend");
-  return count_topk_cpu(n, c, logits.data<float>(), labels.data<int32_t>(), k);
+  return count_topk_cpu(n, c, widen(logits).data<float>(), labels.data<int32_t>(), k);
 }
 
 namespace {
@@ -333,6 +523,11 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
   const Device dev = common_device("add", {&a, &b, &out});
   TTQ_CHECK(a.shape() == b.shape() && out.numel() == a.numel(),
             "add: shapes " << shape_str(a.shape()) << " and " << shape_str(b.shape()) << " into " << shape_str(out.shape()));
+  if (act_dtype("add", {&a, &b, &out}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor of = f32_like(out); add(widen(a), widen(b), of); narrow_into(of, out),
+                      cuda::add(a.numel(), cbptr(a), cbptr(b), mbptr(out)));
+    return;
+  }
   TTQ_DISPATCH(dev, add_cpu(a.numel(), a.data<float>(), b.data<float>(), out.data<float>()),
                cuda::add(a.numel(), a.data<float>(), b.data<float>(), out.data<float>()));
 }
@@ -340,8 +535,44 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
 void add_accumulate(Tensor& dst, const Tensor& src) {
   const Device dev = common_device("add_accumulate", {&dst, &src});
   expect("add_accumulate", src, dst.numel(), "source");
+  if (dst.dtype() == DType::F32 && src.dtype() == DType::BF16) {  // an f32 gradient += a bf16 one
+    TTQ_BF16_DISPATCH(dev, add_accumulate(dst, widen(src)),
+                      cuda::add_accumulate(dst.numel(), dst.data<float>(), cbptr(src)));
+    return;
+  }
+  if (act_dtype("add_accumulate", {&dst, &src}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor df = widen(dst); add_accumulate(df, widen(src)); narrow_into(df, dst),
+                      cuda::add_accumulate(dst.numel(), mbptr(dst), cbptr(src)));
+    return;
+  }
   TTQ_DISPATCH(dev, add_cpu(dst.numel(), dst.data<float>(), src.data<float>(), dst.data<float>()),
                cuda::add_accumulate(dst.numel(), dst.data<float>(), src.data<float>()));
+}
+
+void cast(const Tensor& src, Tensor& dst) {
+  const Device dev = common_device("cast", {&src, &dst});
+  expect("cast", dst, src.numel(), "destination");
+  if (src.dtype() == dst.dtype()) {
+    if (src.raw() != dst.raw()) dst.copy_from(src.view(dst.shape()));
+    return;
+  }
+  const int64_t n = src.numel();
+  if (src.dtype() == DType::F32 && dst.dtype() == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, f32_to_bf16_cpu(n, src.data<float>(), mbptr(dst)),
+                      cuda::cast(n, src.data<float>(), mbptr(dst)));
+  } else if (src.dtype() == DType::BF16 && dst.dtype() == DType::F32) {
+    TTQ_BF16_DISPATCH(dev, bf16_to_f32_cpu(n, cbptr(src), dst.data<float>()),
+                      cuda::cast(n, cbptr(src), dst.data<float>()));
+  } else {
+    TTQ_FAIL("cast: " << src.str() << " to " << dst.str() << " is not supported (f32 <-> bf16 only)");
+  }
+}
+
+Tensor cast_to(const Tensor& src, DType dtype) {
+  if (src.dtype() == dtype) return src;
+  Tensor dst = Tensor::empty(src.shape(), dtype, src.device());
+  cast(src, dst);
+  return dst;
 }
 
 void clamp_min_inplace(Tensor& t, float lo) {
@@ -378,6 +609,14 @@ void ttq_forward(math::ThresholdMode mode, float t, double r, const Tensor& late
   const int64_t n = latent.numel();
   expect("ttq_forward", w_t, n, "quantized weights");
   expect("ttq_forward", codes, n, "codes");
+  if (w_t.dtype() == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor wf = f32_like(w_t);
+                      ttq_forward_cpu(mode, t, r, latent, wp, wn, threshold, twn_scale, wf, codes); narrow_into(wf, w_t),
+                      cuda::ttq_forward(mode, t, r, latent.data<float>(), n, wp.data<float>(), wn.data<float>(),
+                                        threshold.data<float>(), twn_scale.data<float>(), mbptr(w_t),
+                                        codes.data<int8_t>()));
+    return;
+  }
   TTQ_DISPATCH(dev, ttq_forward_cpu(mode, t, r, latent, wp, wn, threshold, twn_scale, w_t, codes),
                cuda::ttq_forward(mode, t, r, latent.data<float>(), n, wp.data<float>(), wn.data<float>(),
                                  threshold.data<float>(), twn_scale.data<float>(), w_t.data<float>(),

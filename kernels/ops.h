@@ -2,6 +2,14 @@
 // tensors share one device and have the expected sizes, then runs the CPU kernels
 // (kernels/cpu/ops.h: oneDNN or reference) or the CUDA ones. Gradient outputs are overwritten
 // unless the name ends in "_accumulate".
+//
+// Dtypes. Activations (inputs, outputs and their gradients), the weights a conv/linear computes
+// with and its weight gradient are all f32 or all bf16 (precision "bf16"); biases and their
+// gradients, BatchNorm parameters and statistics, probabilities, the loss, TTQ latent weights,
+// scales and gradients, and optimizer state are always f32. On the GPU the bf16 ops run bf16
+// kernels (f32 arithmetic, one rounding per output element); on the CPU a bf16 op widens its
+// inputs to f32, runs the f32 kernel and rounds the outputs: the reference the GPU is tested
+// against.
 #pragma once
 
 #include <cstdint>
@@ -46,10 +54,15 @@ void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx);
 
 // out = a + b (elementwise, same shapes; out may alias a or b).
 void add(const Tensor& a, const Tensor& b, Tensor& out);
-// dst += src
+// dst += src (same dtype, or an f32 dst and a bf16 src)
 void add_accumulate(Tensor& dst, const Tensor& src);
 // t = max(t, lo)
 void clamp_min_inplace(Tensor& t, float lo);
+// dst = src converted to dst's dtype (f32 <-> bf16, rounding to nearest even; a plain copy when
+// the dtypes agree). Same device, same number of elements.
+void cast(const Tensor& src, Tensor& dst);
+// A new tensor: src in dtype (src itself when it already has it).
+Tensor cast_to(const Tensor& src, DType dtype);
 
 // ---- loss ----------------------------------------------------------------------------------
 // labels: int32 [N] on the logits' device. Returns the mean loss (a device-to-host read on the GPU).

@@ -58,6 +58,8 @@ void TtqLayerSet::check() {
     TTQ_CHECK(l.w_t->numel() == n && l.codes->numel() == n && l.codes->dtype() == DType::I8,
               "TTQ layer set: layer " << i << ": w_t " << l.w_t->str() << " / codes " << l.codes->str()
                                       << " do not match the latent weights " << l.latent->str());
+    TTQ_CHECK(l.w_t->dtype() == DType::F32 || l.w_t->dtype() == DType::BF16,
+              "TTQ layer set: layer " << i << ": w_t " << l.w_t->str() << " must be f32 or bf16");
     TTQ_CHECK(!l.g || l.g->numel() == n, "TTQ layer set: layer " << i << ": gradient " << l.g->str()
                                                                  << " does not match " << l.latent->str());
     TTQ_CHECK(!l.latent_grad || l.latent_grad->numel() == n,
@@ -98,7 +100,10 @@ void TtqLayerSet::plan() {
     cuda::TtqMultiLayer m;
     m.w = fp(l.latent);
     m.n = l.latent->numel();
-    m.w_t = fp(l.w_t);
+    if (l.w_t->dtype() == DType::BF16)
+      m.w_t_bf16 = l.w_t->data<bf16>();
+    else
+      m.w_t = fp(l.w_t);
     m.codes = l.codes->data<int8_t>();
     m.wp = twn(l) ? nullptr : fp(l.wp);
     m.wn = twn(l) ? nullptr : fp(l.wn);

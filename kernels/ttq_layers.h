@@ -27,7 +27,7 @@ struct TtqLayerRefs {
   const Tensor* wn = nullptr;      // [1]
   Tensor* threshold = nullptr;     // out [1]: D
   Tensor* twn_scale = nullptr;     // out [1]: Twn's fixed scale (0 in the other modes)
-  Tensor* w_t = nullptr;           // out: quantized weights, latent's size
+  Tensor* w_t = nullptr;           // out: quantized weights, latent's size, f32 or bf16
   Tensor* codes = nullptr;         // out: int8 codes, latent's size
   // backward
   const Tensor* g = nullptr;       // dL/dw_t

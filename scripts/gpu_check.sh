@@ -41,17 +41,22 @@ step gpu_tests bash -c "cd $build && ctest -L gpu --output-on-failure"
 step cpu_tests bash -c "cd $build && ctest -L cpu -j $(nproc) --output-on-failure"
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 if [[ -n $sanitizer ]]; then
-  step sanitizer "$sanitizer" --error-exitcode 1 "$build/tests/test_gpu_ttq" --gtest_filter='*n1000*:*Ties*'
+  step sanitizer bash -c "'$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq' --gtest_filter='*n1000*:*Ties*' &&
+    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_bf16' --gtest_filter='*Casts*:*Relu*:*TtqMultiTensor*'"
 else
   result[sanitizer]="not found"
 fi
 step train "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=auto --set output_dir="$out/train_run"
+step train_bf16 "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=auto --set precision=bf16 \
+  --set output_dir="$out/train_run_bf16"
 # TTQ kernels (fused / per-layer / unfused, every mode; verifies itself, exits 1 on a mismatch):
 # about 20-40 s on an H200. PyTorch peer: ResNet-18, batch 256, 10 warm-up + 30 timed steps each.
 step kernels timeout 240 "$build/benchmarks/bench_ttq_gpu" --mode all --json "$out/ttq_kernels.json"
 # The engine's training throughput on synthetic data (fp32), with a per-phase breakdown in each log.
 step thr_r18_ttq timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --warmup 5 --steps 30
 step thr_r18_fp timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 0 --warmup 5 --steps 30
+step thr_r18_ttq_bf16 timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --precision bf16 --warmup 5 --steps 30
+step thr_r18_fp_bf16 timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 0 --precision bf16 --warmup 5 --steps 30
 step thr_alex_ttq timeout 180 "$build/ttq_throughput" --device cuda --model alexnet --image-size 224 --classes 1000 --batch 128 --ttq 1 --warmup 5 --steps 30
 step thr_r20_ttq timeout 120 "$build/ttq_throughput" --device cuda --model resnet20 --image-size 32 --classes 10 --batch 128 --ttq 1 --warmup 10 --steps 50
 step peer_bf16 timeout 300 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --warmup 10 --steps 30
@@ -78,11 +83,13 @@ echo
 echo "GPU check $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') on ${gpu:-no GPU} ($(( $(date +%s) - started ))s)"
 printf '| %-10s | %s |\n' "step" "result"
 printf '|%s|%s|\n' "------------" "------------------------------"
-for s in configure build gpu_tests cpu_tests sanitizer train kernels thr_r18_ttq thr_r18_fp thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32; do printf '| %-10s | %s |\n' "$s" "${result[$s]}"; done
+for s in configure build gpu_tests cpu_tests sanitizer train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32; do printf '| %-10s | %s |\n' "$s" "${result[$s]}"; done
 printf '| %-10s | %s |\n' "gpu tests" "${passed:-?}, ${skipped} skipped"
 printf '| %-10s | %s |\n' "ttq r18" "${kern:-?}"
 printf '| %-10s | %s |\n' "r18 ttq" "$(peer thr_r18_ttq) (engine fp32)"
 printf '| %-10s | %s |\n' "r18 fp" "$(peer thr_r18_fp) (engine fp32)"
+printf '| %-10s | %s |\n' "r18 ttq bf" "$(peer thr_r18_ttq_bf16) (engine bf16)"
+printf '| %-10s | %s |\n' "r18 fp bf" "$(peer thr_r18_fp_bf16) (engine bf16)"
 printf '| %-10s | %s |\n' "alex ttq" "$(peer thr_alex_ttq) (engine fp32, batch 128)"
 printf '| %-10s | %s |\n' "r20 ttq" "$(peer thr_r20_ttq) (engine fp32, 32x32)"
 printf '| %-10s | %s |\n' "torch bf16" "$(peer peer_bf16)"

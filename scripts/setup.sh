@@ -9,6 +9,7 @@ packages=(
   libgtest-dev              # tests
   libbenchmark-dev          # benchmarks
   libdnnl-dev               # oneDNN: CPU convolution / batch norm / pooling fast path
+  ocl-icd-opencl-dev        # OpenCL, which Debian's oneDNN CMake package requires
   libopenmpi-dev openmpi-bin  # multi-process launch
   libturbojpeg0-dev         # JPEG decoding for ImageNet
   zlib1g-dev                # gzip-compressed IDX files

@@ -153,8 +153,11 @@ int run_eval(const std::vector<std::string>& argv) {
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   Model model = build_model(cfg.model, data.spec, cfg.seed);
   load_model(*model.net, ck);
-  const EvalResult ev = evaluate(*model.net, data.test, a.get_int("batch"), cfg.data.workers);
-  std::printf("%s (%s): %s\n", ck.file.path().c_str(), ck.format.c_str(), data.description.c_str());
+  // In the run's precision, so that the result is the one its training reported.
+  const EvalResult ev = evaluate(*model.net, data.test, a.get_int("batch"), cfg.data.workers, nullptr,
+                                 cfg.compute_dtype());
+  std::printf("%s (%s, %s): %s\n", ck.file.path().c_str(), ck.format.c_str(), cfg.precision.c_str(),
+              data.description.c_str());
   std::printf("test loss %.4f  top-1 error %.2f%% (%lld/%lld wrong)  top-5 error %.2f%%\n", ev.loss,
               100.0 * ev.top1_error, static_cast<long long>(std::llround(ev.top1_error * ev.samples)),
               static_cast<long long>(ev.samples), 100.0 * ev.top5_error);

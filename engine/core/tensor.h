@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/core/bf16.h"
 #include "engine/core/error.h"
 
 namespace ttq {
@@ -44,6 +45,7 @@ class Storage {
 
 template <typename T> constexpr DType dtype_of();
 template <> constexpr DType dtype_of<float>() { return DType::F32; }
+template <> constexpr DType dtype_of<bf16>() { return DType::BF16; }
 template <> constexpr DType dtype_of<int8_t>() { return DType::I8; }
 template <> constexpr DType dtype_of<uint8_t>() { return DType::U8; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }

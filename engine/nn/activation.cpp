@@ -5,7 +5,7 @@
 namespace ttq {
 
 Tensor ReLU::forward_impl(const Tensor& x) {
-  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   ops::relu_forward(x, y);
   y_ = y;
   return y;
@@ -14,7 +14,7 @@ Tensor ReLU::forward_impl(const Tensor& x) {
 Tensor ReLU::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == y_.shape(), who() << ": gradient " << shape_str(dy.shape()) << " does not match output "
                                             << shape_str(y_.shape()));
-  Tensor dx = Tensor::empty(dy.shape(), DType::F32, dy.device());
+  Tensor dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
   ops::relu_backward(y_, dy, dx);
   y_ = Tensor();
   return dx;

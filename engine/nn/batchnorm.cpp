@@ -42,7 +42,7 @@ void BatchNorm::check_input(const Tensor& x) const {
 
 Tensor BatchNorm::forward_impl(const Tensor& x) {
   const BatchNormShape s = shape_of(x);
-  Tensor y = Tensor::empty(x.shape(), DType::F32, x.device());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   forward_was_training_ = training();
   if (!training()) {
     ops::batchnorm_forward_infer(s, x, gamma_.value, beta_.value, running_mean_, running_var_, eps_, y);
@@ -53,10 +53,13 @@ Tensor BatchNorm::forward_impl(const Tensor& x) {
     var_ = Tensor::empty({c_}, DType::F32, x.device());
     inv_std_ = Tensor::empty({c_}, DType::F32, x.device());
   }
-  if (sync_ && sync_->world() > 1)
-    sync_count_ = sync_batchnorm_forward_train(*sync_, s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_,
-                                               running_var_, y, mean_, var_, inv_std_);
-  else
+  if (sync_ && sync_->world() > 1) {
+    // The synchronised kernels are f32 (CPU): a bf16 activation is widened and the output rounded.
+    Tensor yf = x.dtype() == DType::F32 ? y : Tensor::empty(x.shape(), DType::F32, x.device());
+    sync_count_ = sync_batchnorm_forward_train(*sync_, s, ops::cast_to(x, DType::F32), gamma_.value, beta_.value, eps_,
+                                               momentum_, running_mean_, running_var_, yf, mean_, var_, inv_std_);
+    ops::cast(yf, y);
+  } else
     ops::batchnorm_forward_train(s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_, running_var_, y,
                                  mean_, var_, inv_std_);
   x_ = x;
@@ -68,11 +71,14 @@ Tensor BatchNorm::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == x_.shape(), who() << ": gradient " << shape_str(dy.shape()) << " does not match input "
                                             << shape_str(x_.shape()));
   const BatchNormShape s = shape_of(x_);
-  Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
+  Tensor dx = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
   Tensor dgamma = Tensor::empty({c_}, DType::F32, x_.device()), dbeta = Tensor::empty({c_}, DType::F32, x_.device());
-  if (sync_ && sync_->world() > 1)
-    sync_batchnorm_backward(*sync_, s, sync_count_, x_, dy, gamma_.value, mean_, inv_std_, dx, dgamma, dbeta);
-  else
+  if (sync_ && sync_->world() > 1) {
+    Tensor dxf = dx.dtype() == DType::F32 ? dx : Tensor::empty(dx.shape(), DType::F32, dx.device());
+    sync_batchnorm_backward(*sync_, s, sync_count_, ops::cast_to(x_, DType::F32), ops::cast_to(dy, DType::F32),
+                            gamma_.value, mean_, inv_std_, dxf, dgamma, dbeta);
+    ops::cast(dxf, dx);
+  } else
     ops::batchnorm_backward(s, x_, dy, gamma_.value, mean_, inv_std_, eps_, dx, dgamma, dbeta);
   ops::add_accumulate(gamma_.grad, dgamma);
   ops::add_accumulate(beta_.grad, dbeta);

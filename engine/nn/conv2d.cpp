@@ -43,8 +43,8 @@ void Conv2d::check_input(const Tensor& x) const {
 
 Tensor Conv2d::forward_impl(const Tensor& x) {
   s_ = shape_for(x.shape());
-  const Tensor& w = effective_weight();
-  Tensor y = Tensor::empty({s_.n, s_.c_out, s_.out_h(), s_.out_w()}, DType::F32, x.device());
+  const Tensor& w = effective_weight(x.dtype());
+  Tensor y = Tensor::empty({s_.n, s_.c_out, s_.out_h(), s_.out_w()}, x.dtype(), x.device());
   ops::conv2d_forward(s_, x, w, has_bias() ? &bias().value : nullptr, y);
   x_ = x;
   return y;
@@ -53,8 +53,8 @@ Tensor Conv2d::forward_impl(const Tensor& x) {
 Tensor Conv2d::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({s_.n, s_.c_out, s_.out_h(), s_.out_w()}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match the output of the forward pass");
-  const Tensor& w = is_ternary() ? quantizer()->quantized() : weight().value;
-  Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
+  const Tensor& w = forward_weight();
+  Tensor dx = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
   ops::conv2d_backward_data(s_, dy, w, dx);
   ops::conv2d_backward_weights(s_, x_, dy, weight_grad_scratch(), has_bias() ? &bias_grad_scratch() : nullptr);
   accumulate_grads();

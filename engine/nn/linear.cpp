@@ -17,8 +17,8 @@ void Linear::check_input(const Tensor& x) const {
 }
 
 Tensor Linear::forward_impl(const Tensor& x) {
-  const Tensor& w = effective_weight();
-  Tensor y = Tensor::empty({x.dim(0), out_}, DType::F32, x.device());
+  const Tensor& w = effective_weight(x.dtype());
+  Tensor y = Tensor::empty({x.dim(0), out_}, x.dtype(), x.device());
   ops::linear_forward(x, w, has_bias() ? &bias().value : nullptr, y);
   x_ = x;
   return y;
@@ -27,8 +27,8 @@ Tensor Linear::forward_impl(const Tensor& x) {
 Tensor Linear::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({x_.dim(0), out_}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match output [" << x_.dim(0) << ", " << out_ << "]");
-  const Tensor& w = is_ternary() ? quantizer()->quantized() : weight().value;
-  Tensor dx = Tensor::empty(x_.shape(), DType::F32, x_.device());
+  const Tensor& w = forward_weight();
+  Tensor dx = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
   ops::linear_backward(x_, w, dy, &dx, weight_grad_scratch(), has_bias() ? &bias_grad_scratch() : nullptr);
   accumulate_grads();
   x_ = Tensor();

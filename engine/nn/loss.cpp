@@ -33,6 +33,7 @@ Tensor label_tensor(const std::vector<int32_t>& labels, Device device) {
 double CrossEntropyLoss::forward(const Tensor& logits, const std::vector<int32_t>& labels) {
   check_logits(logits, labels);
   probs_ = Tensor::empty(logits.shape(), DType::F32, logits.device());
+  logits_dtype_ = logits.dtype();
   labels_ = label_tensor(labels, logits.device());
   const double loss = ops::softmax_xent_forward(logits, labels_, smoothing_, probs_);
   TTQ_CHECK(std::isfinite(loss), "loss: not finite (" << loss << "); logits contain NaN or Inf");
@@ -45,13 +46,14 @@ void CrossEntropyLoss::forward_into(const Tensor& logits, const Tensor& labels, 
   TTQ_CHECK(labels.dtype() == DType::I32 && labels.numel() == logits.dim(0),
             "loss: labels " << labels.str() << " for " << logits.dim(0) << " rows of logits");
   probs_ = Tensor::empty(logits.shape(), DType::F32, logits.device());
+  logits_dtype_ = logits.dtype();
   labels_ = labels;
   ops::softmax_xent_forward_into(logits, labels_, smoothing_, probs_, loss_out);
 }
 
 Tensor CrossEntropyLoss::backward() {
   TTQ_CHECK(probs_.defined(), "loss: backward without forward");
-  Tensor d = Tensor::empty(probs_.shape(), DType::F32, probs_.device());
+  Tensor d = Tensor::empty(probs_.shape(), logits_dtype_, probs_.device());
   ops::softmax_xent_backward(probs_, labels_, smoothing_, d);
   return d;
 }

@@ -18,12 +18,13 @@ class CrossEntropyLoss {
   // kernels give an out-of-range label no target mass) and a non-finite loss is the caller's to
   // check when it reads loss_out.
   void forward_into(const Tensor& logits, const Tensor& labels, Tensor& loss_out);
-  // dL/dlogits for the last forward.
+  // dL/dlogits for the last forward, in the logits' dtype (f32 or bf16; the loss itself is f32).
   Tensor backward();
 
  private:
   float smoothing_;
-  Tensor probs_;
+  Tensor probs_;  // f32 whatever the logits' dtype
+  DType logits_dtype_ = DType::F32;  // dL/dlogits comes back in it
   Tensor labels_;  // int32, on the logits' device
 };
 

@@ -20,7 +20,8 @@ void Parameter::init(const Shape& shape, ParamKind k) {
 
 Tensor Module::forward(const Tensor& x) {
   TTQ_CHECK(x.defined(), who() << ": forward on an undefined tensor");
-  TTQ_CHECK(x.dtype() == DType::F32, who() << ": expects an f32 tensor, got " << x.str());
+  TTQ_CHECK(x.dtype() == DType::F32 || x.dtype() == DType::BF16,
+            who() << ": expects an f32 or bf16 tensor, got " << x.str());
   check_input(x);
   Tensor y = forward_impl(x);
   has_forward_ = true;

@@ -47,20 +47,38 @@ Tensor& QuantizableLayer::ternary_weight_grad() {
   return ternary_grad_;
 }
 
-const Tensor& QuantizableLayer::effective_weight() {
-  if (!quant_) return weight_.value;
-  if (prepared_) {
+const Tensor& QuantizableLayer::effective_weight(DType dtype) {
+  const Tensor* w = &weight_.value;
+  if (quant_ && prepared_) {
     prepared_ = false;
-    return quant_->quantized();
+    w = &quant_->quantized();
+  } else if (quant_) {
+    w = &quant_->forward(weight_.value);
   }
-  return quant_->forward(weight_.value);
+  if (w->dtype() != dtype) {
+    if (!w_cast_.defined() || w_cast_.shape() != w->shape() || w_cast_.device() != w->device() ||
+        w_cast_.dtype() != dtype)
+      w_cast_ = Tensor::empty(w->shape(), dtype, w->device());
+    ops::cast(*w, w_cast_);
+    w = &w_cast_;
+  }
+  compute_dtype_ = dtype;
+  forward_w_ = w;
+  return *w;
+}
+
+const Tensor& QuantizableLayer::forward_weight() const {
+  TTQ_CHECK(forward_w_, who() << ": backward before any forward");
+  return *forward_w_;
 }
 
 Tensor& QuantizableLayer::weight_grad_scratch() {
-  // First backward of a pass step: the convolution writes dL/dw_t straight into its place.
-  if (defer_ && ternary_grad_empty_) return ternary_weight_grad();
-  if (!dw_scratch_.defined() || dw_scratch_.shape() != weight_.value.shape() || dw_scratch_.device() != weight_.value.device())
-    dw_scratch_ = Tensor::empty(weight_.value.shape(), DType::F32, weight_.value.device());
+  // First backward of an f32 pass step: the convolution writes dL/dw_t straight into its place.
+  if (defer_ && ternary_grad_empty_ && compute_dtype_ == DType::F32) return ternary_weight_grad();
+  const Tensor& w = weight_.value;
+  if (!dw_scratch_.defined() || dw_scratch_.shape() != w.shape() || dw_scratch_.device() != w.device() ||
+      dw_scratch_.dtype() != compute_dtype_)
+    dw_scratch_ = Tensor::empty(w.shape(), compute_dtype_, w.device());
   return dw_scratch_;
 }
 
@@ -73,15 +91,18 @@ Tensor& QuantizableLayer::bias_grad_scratch() {
 
 void QuantizableLayer::accumulate_grads() {
   if (quant_ && defer_) {
-    if (ternary_grad_empty_)
-      ternary_grad_empty_ = false;  // written in place by weight_grad_scratch()'s caller
-    else
+    if (ternary_grad_empty_) {
+      // f32: written in place by weight_grad_scratch()'s caller; bf16: widened into place.
+      if (compute_dtype_ != DType::F32) ops::cast(dw_scratch_, ternary_weight_grad());
+      ternary_grad_empty_ = false;
+    } else {
       ops::add_accumulate(ternary_weight_grad(), dw_scratch_);
-  }
-  else if (quant_)
-    quant_->backward(dw_scratch_, weight_.grad);
-  else
+    }
+  } else if (quant_) {
+    quant_->backward(ops::cast_to(dw_scratch_, DType::F32), weight_.grad);
+  } else {
     ops::add_accumulate(weight_.grad, dw_scratch_);
+  }
   if (has_bias_) ops::add_accumulate(bias_.grad, db_scratch_);
 }
 

@@ -44,10 +44,15 @@ class QuantizableLayer : public Module {
 
  protected:
   void init_weight(const Shape& shape, bool bias, int64_t bias_size);
-  // The weights to compute with this step: w_t for a ternary layer, the weight otherwise.
-  const Tensor& effective_weight();
-  // Scratch of the weight's shape for dL/d(effective weight), and (when the layer has a bias)
-  // one for dL/dbias; fill them, then call accumulate_grads().
+  // The weights to compute with this step, in `dtype` (the input's): w_t for a ternary layer, the
+  // weight otherwise, converted (into a cached copy) when its dtype differs, e.g. the bf16 copy of
+  // an f32 weight under precision "bf16".
+  const Tensor& effective_weight(DType dtype);
+  // The weights the last forward computed with (for its backward).
+  const Tensor& forward_weight() const;
+  // Scratch of the weight's shape, in the dtype the layer computed in, for dL/d(effective weight),
+  // and (when the layer has a bias) an f32 one for dL/dbias; fill them, then call
+  // accumulate_grads(), which adds them into the f32 gradients (or dL/dw_t).
   Tensor& weight_grad_scratch();
   Tensor& bias_grad_scratch();
   void accumulate_grads();
@@ -58,6 +63,9 @@ class QuantizableLayer : public Module {
   std::unique_ptr<TernaryQuantizer> quant_;
   Tensor dw_scratch_, db_scratch_;
   Tensor ternary_grad_;
+  Tensor w_cast_;                       // the weights converted to the compute dtype, when needed
+  const Tensor* forward_w_ = nullptr;   // what the last forward computed with
+  DType compute_dtype_ = DType::F32;
   bool defer_ = false, prepared_ = false, ternary_grad_empty_ = false;
 };
 

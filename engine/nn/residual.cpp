@@ -15,7 +15,7 @@ Tensor Residual::forward_impl(const Tensor& x) {
   Tensor s = shortcut_ ? shortcut_->forward(x) : x;
   TTQ_CHECK(h.shape() == s.shape(), who() << ": body output " << shape_str(h.shape())
                                           << " and shortcut output " << shape_str(s.shape()) << " differ");
-  Tensor y = Tensor::empty(h.shape(), DType::F32, h.device());
+  Tensor y = Tensor::empty(h.shape(), h.dtype(), h.device());
   ops::add(h, s, y);
   if (relu_after_add_) ops::relu_forward(y, y);
   y_ = y;
@@ -27,13 +27,13 @@ Tensor Residual::backward_impl(const Tensor& dy) {
                                             << shape_str(y_.shape()));
   Tensor g = dy;
   if (relu_after_add_) {
-    g = Tensor::empty(dy.shape(), DType::F32, dy.device());
+    g = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
     ops::relu_backward(y_, dy, g);
   }
   Tensor gb = g;
   for (auto it = body_.rbegin(); it != body_.rend(); ++it) gb = (*it)->backward(gb);
   Tensor gs = shortcut_ ? shortcut_->backward(g) : g;
-  Tensor dx = Tensor::empty(gb.shape(), DType::F32, gb.device());
+  Tensor dx = Tensor::empty(gb.shape(), gb.dtype(), gb.device());
   ops::add(gb, gs, dx);
   y_ = Tensor();
   return dx;
@@ -54,13 +54,13 @@ void ShortcutA::check_input(const Tensor& x) const {
 Tensor ShortcutA::forward_impl(const Tensor& x) {
   in_shape_ = x.shape();
   const int64_t oh = (x.dim(2) + stride_ - 1) / stride_, ow = (x.dim(3) + stride_ - 1) / stride_;
-  Tensor y = Tensor::empty({x.dim(0), out_, oh, ow}, DType::F32, x.device());
+  Tensor y = Tensor::empty({x.dim(0), out_, oh, ow}, x.dtype(), x.device());
   ops::shortcut_a_forward(stride_, x, y);
   return y;
 }
 
 Tensor ShortcutA::backward_impl(const Tensor& dy) {
-  Tensor dx = Tensor::empty(in_shape_, DType::F32, dy.device());
+  Tensor dx = Tensor::empty(in_shape_, dy.dtype(), dy.device());
   ops::shortcut_a_backward(stride_, dy, dx);
   return dx;
 }

@@ -54,12 +54,20 @@ void TernaryQuantizer::init(const Tensor& latent) {
 void TernaryQuantizer::ensure_buffers(const Tensor& latent) {
   const Device dev = latent.device();
   if (!w_t_.defined() || w_t_.shape() != latent.shape() || w_t_.device() != dev) {
-    w_t_ = Tensor::empty(latent.shape(), DType::F32, dev);
+    w_t_ = Tensor::empty(latent.shape(), w_t_dtype_, dev);
     codes_ = Tensor::empty(latent.shape(), DType::I8, dev);
     threshold_ = Tensor::zeros({1}, DType::F32, dev);
     twn_scale_ = Tensor::zeros({1}, DType::F32, dev);
     has_codes_ = false;
+  } else if (w_t_.dtype() != w_t_dtype_) {
+    w_t_ = Tensor::empty(latent.shape(), w_t_dtype_, dev);  // the codes stay valid; w_t is rewritten next forward
   }
+}
+
+void TernaryQuantizer::set_quantized_dtype(DType dtype) {
+  TTQ_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+            "layer '" << layer_ << "': quantized weights must be f32 or bf16, not " << dtype_name(dtype));
+  w_t_dtype_ = dtype;
 }
 
 void TernaryQuantizer::prepare_scales() {

@@ -65,6 +65,9 @@ class TernaryQuantizer {
   bool trainable_scales() const { return cfg_.mode != math::ThresholdMode::Twn; }
   Parameter& wp() { return wp_; }
   Parameter& wn() { return wn_; }
+  // The dtype w_t is written in: f32 (default) or bf16, the dtype the layer computes in.
+  void set_quantized_dtype(DType dtype);
+  DType quantized_dtype() const { return w_t_dtype_; }
   const Tensor& codes() const { return codes_; }
   const Tensor& quantized() const { return w_t_; }
   // D, the scales in use (TWN: its fixed scale for both) and the code counts of the last forward
@@ -77,6 +80,7 @@ class TernaryQuantizer {
   Parameter wp_, wn_;
   Tensor w_t_, codes_, threshold_, twn_scale_;
   bool has_codes_ = false;
+  DType w_t_dtype_ = DType::F32;
 
   void ensure_buffers(const Tensor& latent);
 };

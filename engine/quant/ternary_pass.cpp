@@ -5,11 +5,12 @@
 
 namespace ttq {
 
-TernaryPass::TernaryPass(Module& net) {
+TernaryPass::TernaryPass(Module& net, DType compute_dtype) {
   std::vector<ops::TtqLayerRefs> refs;
   for (QuantizableLayer* l : quantizable_layers(net)) {
     if (!l->is_ternary()) continue;
     layers_.push_back(l);
+    l->quantizer()->set_quantized_dtype(compute_dtype);
     refs.push_back(l->quantizer()->layer_refs(l->weight().value, l->ternary_weight_grad(), l->weight().grad));
   }
   set_ = std::make_unique<ops::TtqLayerSet>(std::move(refs));
@@ -17,7 +18,10 @@ TernaryPass::TernaryPass(Module& net) {
 }
 
 TernaryPass::~TernaryPass() {
-  for (QuantizableLayer* l : layers_) l->set_defer_ternary_backward(false);
+  for (QuantizableLayer* l : layers_) {
+    l->set_defer_ternary_backward(false);
+    l->quantizer()->set_quantized_dtype(DType::F32);  // a layer on its own writes f32 w_t again
+  }
 }
 
 void TernaryPass::forward() {

@@ -26,7 +26,8 @@ class TernaryPass {
  public:
   // Takes the model's ternary layers as they are now (quantize the model first); call after
   // moving the model to its device (a later move is noticed and re-planned).
-  explicit TernaryPass(Module& net);
+  // compute_dtype: the dtype the layers compute in (the model input's): w_t is written in it.
+  explicit TernaryPass(Module& net, DType compute_dtype = DType::F32);
   ~TernaryPass();
   TernaryPass(const TernaryPass&) = delete;
   TernaryPass& operator=(const TernaryPass&) = delete;

@@ -1,8 +1,13 @@
 #include "engine/train/batch_feed.h"
 
+#include "kernels/ops.h"
+
 namespace ttq {
 
-BatchFeed::BatchFeed(Loader& loader, Device device) : loader_(loader), device_(device) {
+BatchFeed::BatchFeed(Loader& loader, Device device, DType images_dtype)
+    : loader_(loader), device_(device), images_dtype_(images_dtype) {
+  TTQ_CHECK(images_dtype == DType::F32 || images_dtype == DType::BF16,
+            "batch feed: images must be f32 or bf16, not " << dtype_name(images_dtype));
   if (device_ == Device::CUDA) uploader_ = std::make_unique<AsyncUploader>(2);
 }
 
@@ -48,6 +53,15 @@ bool BatchFeed::next(DeviceBatch& out) {
   if (!slots_[s].full) return false;
   if (uploader_) uploader_->acquire(s);
   out = slots_[s].batch;
+  if (images_dtype_ != DType::F32) {
+    // On the compute stream, after the copy (acquire made the stream wait for it). The slot's
+    // buffer is next overwritten two batches later, by work ordered after this batch's step.
+    Tensor& c = slots_[s].converted;
+    if (!c.defined() || c.shape() != out.images.shape() || c.device() != out.images.device())
+      c = Tensor::empty(out.images.shape(), images_dtype_, out.images.device());
+    ops::cast(out.images, c);
+    out.images = c;
+  }
   slots_[s].full = false;
   current_ = s;
   // Start the following batch into the other slot while this one computes.

@@ -126,6 +126,9 @@ ExperimentConfig parse_experiment(const json& j) {
   c.device = r.get<std::string>("device", c.device);
   TTQ_CHECK(c.device == "cpu" || c.device == "cuda" || c.device == "auto",
             "config: 'device' must be cpu, cuda or auto, got '" << c.device << "'");
+  c.precision = r.get<std::string>("precision", c.precision);
+  TTQ_CHECK(c.precision == "fp32" || c.precision == "bf16",
+            "config: 'precision' must be fp32 or bf16, got '" << c.precision << "'");
   c.data = parse_data(r.child("data"));
   c.model = r.get_raw("model");
   TTQ_CHECK(c.model.is_object() && c.model.contains("name"), "config: 'model' must be an object with a 'name'");

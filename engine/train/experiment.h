@@ -54,6 +54,10 @@ struct ExperimentConfig {
   std::string output_dir;
   uint64_t seed = 0;
   std::string device = "cpu";  // cpu | cuda | auto
+  // fp32 | bf16: the dtype of activations, of the weights the layers compute with and of their
+  // gradients (master weights, TTQ math, BatchNorm statistics and the loss stay f32).
+  std::string precision = "fp32";
+  DType compute_dtype() const { return precision == "bf16" ? DType::BF16 : DType::F32; }
   DataConfig data;
   json model;                  // given to build_model
   std::vector<StageConfig> stages;

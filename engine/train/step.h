@@ -18,9 +18,10 @@ struct StepResult {
 
 // With a TernaryPass (one per training stage of a model with ternary layers), the TTQ work of all
 // ternary layers runs together before the forward pass and after the backward pass (fused on the
-// GPU); without one, each layer runs its own. Both give the same step.
+// GPU); without one, each layer runs its own. Both give the same step. compute: the dtype the
+// model computes in (the images are converted to it; a pass must have been made for it).
 StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
-                      TernaryPass* pass = nullptr);
+                      TernaryPass* pass = nullptr, DType compute = DType::F32);
 
 // The same step on a batch already on the model's device, without any host synchronisation: the
 // loss and the top-1 count go to the log's next slots (log must not be full). The trainer's step.
@@ -28,6 +29,6 @@ void train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Devic
                 TernaryPass* pass, StepLog& log);
 
 // Evaluation-mode forward over one batch (the model is returned to its previous mode).
-StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch);
+StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch, DType compute = DType::F32);
 
 }  // namespace ttq

@@ -49,7 +49,7 @@ namespace {
 }  // namespace
 
 EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers,
-                    Communicator* comm) {
+                    Communicator* comm, DType compute) {
   LoaderConfig lc;
   lc.batch_size = batch;
   lc.shuffle = false;
@@ -70,7 +70,7 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
   const Device device = net.device();
   // Batches arrive on the device ahead of time; each batch's loss, top-1 and top-5 counts stay
   // in device slots, read back in one go (on the GPU nothing waits on the host per batch).
-  BatchFeed feed(loader, device);
+  BatchFeed feed(loader, device, compute);
   const int64_t capacity = std::clamp<int64_t>(loader.batches_per_epoch(), 1, 4096);
   StepLog log(device, capacity);
   Tensor top5_slots = Tensor::zeros({capacity}, DType::I64, device);
@@ -283,7 +283,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     }
     auto optimizer = make_optimizer(net.named_parameters(), st.optimizer);
     // The TTQ work of all ternary layers together, once per step (fused on the GPU).
-    TernaryPass ternary_pass(net);
+    TernaryPass ternary_pass(net, cfg.compute_dtype());
     const bool mid_stage = resume_ck && si == state.stage && (state.epoch > 0 || state.batch > 0);
     if (mid_stage) load_optimizer(*optimizer, *resume_ck);
     LoaderConfig lc;
@@ -308,7 +308,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       }
       loader.start_epoch(epoch, first);
       dp.set_context("stage '" + st.name + "', epoch " + std::to_string(epoch + 1), last_path);
-      BatchFeed feed(loader, device);
+      BatchFeed feed(loader, device, cfg.compute_dtype());
       const auto t_epoch = clock::now();
       int64_t images = 0;
       // Steps whose loss and top-1 count are still on the device (read in groups: one
@@ -401,7 +401,8 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       if ((epoch + 1) % cfg.eval_every_epochs == 0 || last_epoch) {
         dp.average_buffers(net);  // per-rank BatchNorm statistics: every rank evaluates the same model
         const EvalResult ev =
-            dp.guarded([&] { return evaluate(net, data.test, cfg.eval_batch_size, cfg.data.workers, &dp.comm()); });
+            dp.guarded([&] { return evaluate(net, data.test, cfg.eval_batch_size, cfg.data.workers, &dp.comm(),
+                                              cfg.compute_dtype()); });
         rec["test_loss"] = ev.loss;
         rec["test_top1_error"] = ev.top1_error;
         rec["test_top5_error"] = ev.top5_error;

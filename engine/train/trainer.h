@@ -55,9 +55,9 @@ struct EvalResult {
 // Evaluation-mode pass over a whole test source (the model's mode is restored afterwards). With a
 // communicator of several ranks each rank evaluates its share of every global batch of
 // batch x world samples (none dropped) and the results are summed over the ranks: every test
-// sample counts once.
+// sample counts once. compute: the dtype the model computes in (its input is converted to it).
 EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers,
-                    Communicator* comm = nullptr);
+                    Communicator* comm = nullptr, DType compute = DType::F32);
 
 // Trains; throws ttq::Error on bad input, a non-finite loss (naming stage, epoch and step) or
 // I/O failure. The last complete checkpoint is never overwritten by a partial one.

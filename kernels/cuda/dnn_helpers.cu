@@ -1,10 +1,14 @@
-// Helper kernels for the cuDNN/cuBLAS ops (see dnn_helpers.h).
+// Helper kernels for the cuDNN/cuBLAS ops (see dnn_helpers.h). Element-type templates load and
+// store through kernels/cuda/bf16_device.cuh and are instantiated at the end of this file.
 #include "kernels/cuda/dnn_helpers.h"
 
 #include <cuda_runtime.h>
 
+#include <cub/block/block_reduce.cuh>
+
 #include <algorithm>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 
 namespace ttq::cuda::helpers {
@@ -29,20 +33,23 @@ void launch(int64_t n, Kernel kernel, Args... args) {
   CUDA_CHECK(cudaGetLastError());
 }
 
+// Copies move the stored values unchanged (bf16 -> f32 -> bf16 is exact).
+template <class T>
 __global__ void pad_kernel(int64_t total, int64_t h, int64_t w, int64_t top, int64_t left, int64_t hp,
-                           int64_t wp, float value, const float* src, float* dst) {
+                           int64_t wp, float value, const T* src, T* dst) {
   TTQ_HELPER_LOOP(i, total) {
     const int64_t x = i % wp, y = (i / wp) % hp, p = i / (wp * hp);
     const int64_t sy = y - top, sx = x - left;
-    dst[i] = (sy >= 0 && sy < h && sx >= 0 && sx < w) ? src[(p * h + sy) * w + sx] : value;
+    store(dst, i, (sy >= 0 && sy < h && sx >= 0 && sx < w) ? load(src, (p * h + sy) * w + sx) : value);
   }
 }
 
+template <class T>
 __global__ void crop_kernel(int64_t total, int64_t hp, int64_t wp, int64_t top, int64_t left, int64_t h,
-                            int64_t w, const float* src, float* dst) {
+                            int64_t w, const T* src, T* dst) {
   TTQ_HELPER_LOOP(i, total) {
     const int64_t x = i % w, y = (i / w) % h, p = i / (w * h);
-    dst[i] = src[(p * hp + y + top) * wp + x + left];
+    store(dst, i, load(src, (p * hp + y + top) * wp + x + left));
   }
 }
 
@@ -59,7 +66,8 @@ __global__ void exclude_rescale_kernel(int64_t total, PoolGeom g, const float* s
 }
 
 // First maximum of window (oy, ox) of plane xp, as a flat index into the plane.
-__device__ int64_t window_argmax(const PoolGeom& g, const float* xp, int64_t oy, int64_t ox) {
+template <class T>
+__device__ int64_t window_argmax(const PoolGeom& g, const T* xp, int64_t oy, int64_t ox) {
   const int64_t y0 = oy * g.stride_h - g.pad_t, x0 = ox * g.stride_w - g.pad_l;
   int64_t best = -1;
   float m = 0.0f;
@@ -69,7 +77,7 @@ __device__ int64_t window_argmax(const PoolGeom& g, const float* xp, int64_t oy,
     for (int64_t kx = 0; kx < g.kw; ++kx) {
       const int64_t ix = x0 + kx;
       if (ix < 0 || ix >= g.w) continue;
-      const float v = xp[iy * g.w + ix];
+      const float v = load(xp, iy * g.w + ix);
       if (best < 0 || v > m) {
         m = v;
         best = iy * g.w + ix;
@@ -79,11 +87,12 @@ __device__ int64_t window_argmax(const PoolGeom& g, const float* xp, int64_t oy,
   return best;
 }
 
-__global__ void maxpool_backward_kernel(int64_t total, PoolGeom g, const float* x, const float* dy, float* dx) {
+template <class T>
+__global__ void maxpool_backward_kernel(int64_t total, PoolGeom g, const T* x, const T* dy, T* dx) {
   TTQ_HELPER_LOOP(i, total) {
     const int64_t ix = i % g.w, iy = (i / g.w) % g.h, p = i / (g.w * g.h);
-    const float* xp = x + p * g.h * g.w;
-    const float* dyp = dy + p * g.oh * g.ow;
+    const T* xp = x + p * g.h * g.w;
+    const T* dyp = dy + p * g.oh * g.ow;
     const int64_t self = iy * g.w + ix;
     // Windows containing (iy, ix): oy * stride - pad_t <= iy < oy * stride - pad_t + kh.
     const int64_t ty = iy + g.pad_t, tx = ix + g.pad_l;
@@ -94,8 +103,8 @@ __global__ void maxpool_backward_kernel(int64_t total, PoolGeom g, const float* 
     float acc = 0.0f;  // float, in increasing (oy, ox): the reference's order and rounding
     for (int64_t oy = oy_lo; oy <= oy_hi; ++oy)
       for (int64_t ox = ox_lo; ox <= ox_hi; ++ox)
-        if (window_argmax(g, xp, oy, ox) == self) acc += dyp[oy * g.ow + ox];
-    dx[i] = acc;
+        if (window_argmax(g, xp, oy, ox) == self) acc += load(dyp, oy * g.ow + ox);
+    store(dx, i, acc);
   }
 }
 
@@ -111,32 +120,63 @@ __global__ void broadcast_rows_kernel(int64_t total, int64_t out, const float* b
   TTQ_HELPER_LOOP(i, total) y[i] = bias[i % out];
 }
 
-__global__ void column_sums_kernel(int64_t out, int64_t n, const float* m, float* sums) {
+template <class T>
+__global__ void column_sums_kernel(int64_t out, int64_t n, const T* m, float* sums) {
   TTQ_HELPER_LOOP(o, out) {
     double acc = 0.0;
-    for (int64_t b = 0; b < n; ++b) acc += m[b * out + o];
+    for (int64_t b = 0; b < n; ++b) acc += load(m, b * out + o);
     sums[o] = static_cast<float>(acc);
   }
 }
 
-}  // namespace
-
-void pad_planes(int64_t planes, int64_t h, int64_t w, int64_t top, int64_t left, int64_t hp, int64_t wp,
-                float value, const float* src, float* dst) {
-  launch(planes * hp * wp, pad_kernel, h, w, top, left, hp, wp, value, src, dst);
+__global__ void add_bias_rows_kernel(int64_t total, int64_t out, const float* acc, const float* bias, bf16* y) {
+  TTQ_HELPER_LOOP(i, total) store(y, i, bias ? acc[i] + bias[i % out] : acc[i]);
 }
 
+__global__ void add_channel_bias_kernel(int64_t total, int64_t c, int64_t spatial, const float* bias, bf16* y) {
+  TTQ_HELPER_LOOP(i, total) store(y, i, load(y, i) + bias[(i / spatial) % c]);
+}
+
+// One block per channel (blockIdx.x); the block's threads fold the channel's n * spatial elements
+// (element j = b * spatial + i, thread t takes j = t, t + kThreads, ... in order) in double, then
+// cub::BlockReduce combines them in a fixed tree.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    channel_sums_kernel(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums) {
+  const int64_t ch = blockIdx.x;
+  const int64_t count = n * spatial;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < count; j += kThreads) {
+    const int64_t b = j / spatial, i = j - b * spatial;
+    acc += load(m, (b * c + ch) * spatial + i);
+  }
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const double total = Reduce(tmp).Sum(acc);
+  if (threadIdx.x == 0) sums[ch] = static_cast<float>(total);
+}
+
+}  // namespace
+
+template <class T>
+void pad_planes(int64_t planes, int64_t h, int64_t w, int64_t top, int64_t left, int64_t hp, int64_t wp,
+                float value, const T* src, T* dst) {
+  launch(planes * hp * wp, pad_kernel<T>, h, w, top, left, hp, wp, value, src, dst);
+}
+
+template <class T>
 void crop_planes(int64_t planes, int64_t hp, int64_t wp, int64_t top, int64_t left, int64_t h, int64_t w,
-                 const float* src, float* dst) {
-  launch(planes * h * w, crop_kernel, hp, wp, top, left, h, w, src, dst);
+                 const T* src, T* dst) {
+  launch(planes * h * w, crop_kernel<T>, hp, wp, top, left, h, w, src, dst);
 }
 
 void avgpool_exclude_rescale(const PoolGeom& g, const float* src, float* dst) {
   launch(g.planes * g.oh * g.ow, exclude_rescale_kernel, g, src, dst);
 }
 
-void maxpool_backward(const PoolGeom& g, const float* x, const float* dy, float* dx) {
-  launch(g.planes * g.h * g.w, maxpool_backward_kernel, g, x, dy, dx);
+template <class T>
+void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx) {
+  launch(g.planes * g.h * g.w, maxpool_backward_kernel<T>, g, x, dy, dx);
 }
 
 void bn_var_from_inv_std(int64_t c, float eps, const float* inv_std, float* var) {
@@ -147,8 +187,36 @@ void broadcast_rows(int64_t n, int64_t out, const float* bias, float* y) {
   launch(n * out, broadcast_rows_kernel, out, bias, y);
 }
 
-void column_sums(int64_t n, int64_t out, const float* m, float* sums) {
-  launch(out, column_sums_kernel, n, m, sums);
+template <class T>
+void column_sums(int64_t n, int64_t out, const T* m, float* sums) {
+  launch(out, column_sums_kernel<T>, n, m, sums);
 }
+
+void add_bias_rows(int64_t n, int64_t out, const float* acc, const float* bias, bf16* y) {
+  launch(n * out, add_bias_rows_kernel, out, acc, bias, y);
+}
+
+void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, bf16* y) {
+  launch(n * c * spatial, add_channel_bias_kernel, c, spatial, bias, y);
+}
+
+template <class T>
+void channel_sums(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums) {
+  if (c <= 0) return;
+  TTQ_CHECK(c <= 0x7fffffff, "channel_sums: " << c << " channels exceed the grid");
+  channel_sums_kernel<T><<<static_cast<unsigned>(c), kThreads, 0, cudaStreamPerThread>>>(n, c, spatial, m, sums);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// ---- instantiations: f32 and bf16 -----------------------------------------------------------
+#define TTQ_HELPERS_INSTANTIATE(T)                                                                              \
+  template void pad_planes<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, const T*, T*); \
+  template void crop_planes<T>(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const T*, T*);      \
+  template void maxpool_backward<T>(const PoolGeom&, const T*, const T*, T*);                                    \
+  template void column_sums<T>(int64_t, int64_t, const T*, float*);                                              \
+  template void channel_sums<T>(int64_t, int64_t, int64_t, const T*, float*);
+TTQ_HELPERS_INSTANTIATE(float)
+TTQ_HELPERS_INSTANTIATE(bf16)
+#undef TTQ_HELPERS_INSTANTIATE
 
 }  // namespace ttq::cuda::helpers

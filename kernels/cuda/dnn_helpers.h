@@ -1,22 +1,31 @@
 // Small CUDA kernels around the cuDNN and cuBLAS calls (kernels/cuda/ops_cudnn.cpp,
-// kernels/cuda/ops_cublas.cpp): explicit padding for the asymmetric pads cuDNN cannot express,
-// the first-maximum max-pool gradient, the average-pool divisor fix, batch-norm variance, and the
-// Linear bias. All take device pointers and run on cudaStreamPerThread. None uses atomics: every
-// output element is written by one thread that sums in a fixed order, so results are
-// bitwise-repeatable. Plain C++ header.
+// kernels/cuda/ops_cublas.cpp, kernels/cuda/ops_bf16.cu): explicit padding for the asymmetric
+// pads cuDNN cannot express, the first-maximum max-pool gradient, the average-pool divisor fix,
+// batch-norm variance, the Linear bias, and the bias handling of the bf16 convolution and Linear.
+// All take device pointers and run on cudaStreamPerThread. None uses atomics: every output element
+// is written by one thread that sums in a fixed order (or by one block folding its threads in a
+// fixed tree), so results are bitwise-repeatable. Plain C++ header.
+//
+// Templates on the element type T are instantiated for float and ttq::bf16 (kernels/cuda/
+// dnn_helpers.cu); bf16 values are widened to f32 on load and rounded to nearest even once on
+// store (kernels/cuda/bf16_device.cuh).
 #pragma once
 
 #include <cstdint>
 
+#include "engine/core/bf16.h"
+
 namespace ttq::cuda::helpers {
 
 // planes arrays of h x w -> planes arrays of hp x wp holding the input at row `top`, column
-// `left`, and `value` everywhere else.
+// `left`, and `value` everywhere else (value is exact in bf16 for the 0 and -inf used).
+template <class T>
 void pad_planes(int64_t planes, int64_t h, int64_t w, int64_t top, int64_t left, int64_t hp, int64_t wp,
-                float value, const float* src, float* dst);
+                float value, const T* src, T* dst);
 // planes arrays of hp x wp -> their h x w windows starting at row `top`, column `left`.
+template <class T>
 void crop_planes(int64_t planes, int64_t hp, int64_t wp, int64_t top, int64_t left, int64_t h, int64_t w,
-                 const float* src, float* dst);
+                 const T* src, T* dst);
 
 // Pooling geometry as the reference kernel sees it (kernels/op_shapes.h Pool2dShape).
 struct PoolGeom {
@@ -30,9 +39,11 @@ struct PoolGeom {
 void avgpool_exclude_rescale(const PoolGeom& g, const float* src, float* dst);
 
 // Max-pool gradient, gathered per input element: dx[i] = sum of dy over the windows whose first
-// maximum (row-major window order, strict >, padding never selected) is i, summed in increasing
-// output order: exactly the reference kernel's routing and rounding.
-void maxpool_backward(const PoolGeom& g, const float* x, const float* dy, float* dx);
+// maximum (row-major window order, strict >, padding never selected) is i, summed in float in
+// increasing output order: exactly the reference kernel's routing and rounding (then one rounding
+// to bf16 for T = bf16).
+template <class T>
+void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx);
 
 // var[c] = max(0, 1 / inv_std[c]^2 - eps) (biased batch variance from cuDNN's saved inverse std).
 void bn_var_from_inv_std(int64_t c, float eps, const float* inv_std, float* var);
@@ -40,6 +51,17 @@ void bn_var_from_inv_std(int64_t c, float eps, const float* inv_std, float* var)
 // y[b, o] = bias[o] for b < n, o < out (row-major n x out).
 void broadcast_rows(int64_t n, int64_t out, const float* bias, float* y);
 // sums[o] = sum over b of m[b, o] (row-major n x out), accumulated in double in order of b.
-void column_sums(int64_t n, int64_t out, const float* m, float* sums);
+template <class T>
+void column_sums(int64_t n, int64_t out, const T* m, float* sums);
+
+// y[b, o] = round_bf16(acc[b, o] + bias[o]) (acc alone when bias is null): the bf16 Linear output
+// from its f32 GEMM result, rounded once.
+void add_bias_rows(int64_t n, int64_t out, const float* acc, const float* bias, bf16* y);
+// y[b, c, i] = round_bf16(y[b, c, i] + bias[c]) over n x c x spatial (NCHW, spatial = H*W).
+void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, bf16* y);
+// sums[c] = sum over b, i of m[b, c, i] (n x c x spatial), one block per channel: each thread
+// folds its elements in order in double, the block combines the threads in a fixed tree.
+template <class T>
+void channel_sums(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums);
 
 }  // namespace ttq::cuda::helpers

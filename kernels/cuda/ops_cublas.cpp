@@ -15,6 +15,13 @@
 // results run to run on the same GPU. The bias is broadcast by a kernel into y before a GEMM with
 // beta = 1; the bias gradient is a per-column sum in a fixed order (kernels/cuda/dnn_helpers.cu),
 // no atomics.
+//
+// bf16 (precision "bf16"): the same three products through cublasGemmEx with A and B in
+// CUDA_R_16BF and CUBLAS_COMPUTE_32F (f32 accumulation, on tensor cores). Forward: the GEMM writes
+// an f32 temporary (C in CUDA_R_32F), then one kernel writes y = round_bf16(tmp + bias), so each
+// output is rounded once. Backward: dx and dw come out of the GEMM in bf16 (C in CUDA_R_16BF: the
+// f32 result rounded once); the f32 bias gradient is the column sums of the bf16 dy (fixed order).
+// Same handle, so the same no-atomics determinism.
 #ifdef TTQ_HAVE_CUBLAS
 
 #include "kernels/cuda/context.h"
@@ -67,6 +74,60 @@ void linear_backward(int64_t n, int64_t in, int64_t out, const float* x, const f
   const float one = 1.0f, zero = 0.0f;
   if (dx) CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, IN, N, OUT, &one, w, IN, dy, OUT, &zero, dx, IN));
   CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, IN, OUT, N, &one, x, IN, dy, OUT, &zero, dw, IN));
+}
+
+// ---- bf16 ------------------------------------------------------------------------------------
+
+namespace {
+
+// C (m x n, column-major, leading dimension ldc, type c_type) = op(A) op(B) with A, B in bf16,
+// computed in f32 (alpha = 1, beta = 0: C is overwritten).
+void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const bf16* a, int lda,
+               const bf16* b, int ldb, void* c, cudaDataType_t c_type, int ldc) {
+  const float one = 1.0f, zero = 0.0f;
+  CUBLAS_CHECK(cublasGemmEx(DeviceContext::current().cublas(), ta, tb, m, n, k, &one, a, CUDA_R_16BF, lda, b,
+                            CUDA_R_16BF, ldb, &zero, c, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void zero_fill_bytes(void* p, size_t bytes) {
+  if (p && bytes > 0) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread));
+}
+
+}  // namespace
+
+void linear_forward(int64_t n, int64_t in, int64_t out, const bf16* x, const bf16* w, const float* bias, bf16* y) {
+  TTQ_CHECK(n >= 0 && in >= 0 && out >= 0, "linear_forward (CUDA, bf16): negative size n=" << n << " in=" << in
+                                                                                            << " out=" << out);
+  if (n == 0 || out == 0) return;
+  // y^T (out x n) = W^T_cm * X_cm into an f32 temporary, then y = round(tmp + bias).
+  DeviceBuffer acc(static_cast<size_t>(n * out) * sizeof(float));
+  if (in == 0)  // empty sum: y = bias (or 0)
+    zero_fill_bytes(acc.get(), acc.bytes());
+  else
+    gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, to_int(out, "out"), to_int(n, "n"), to_int(in, "in"), w,
+              to_int(in, "in"), x, to_int(in, "in"), acc.get(), CUDA_R_32F, to_int(out, "out"));
+  helpers::add_bias_rows(n, out, acc.f32(), bias, y);
+}
+
+void linear_backward(int64_t n, int64_t in, int64_t out, const bf16* x, const bf16* w, const bf16* dy, bf16* dx,
+                     bf16* dw, float* dbias) {
+  TTQ_CHECK(n >= 0 && in >= 0 && out >= 0, "linear_backward (CUDA, bf16): negative size n=" << n << " in=" << in
+                                                                                             << " out=" << out);
+  if (dbias) {
+    if (n == 0)
+      zero_fill_bytes(dbias, static_cast<size_t>(out) * sizeof(float));
+    else
+      helpers::column_sums(n, out, dy, dbias);
+  }
+  if (in == 0) return;  // dx and dw are empty
+  if (n == 0 || out == 0) {  // empty sums (bf16 zero is all-zero bits)
+    if (out == 0 && dx) zero_fill_bytes(dx, static_cast<size_t>(n * in) * sizeof(bf16));
+    zero_fill_bytes(dw, static_cast<size_t>(out * in) * sizeof(bf16));
+    return;
+  }
+  const int N = to_int(n, "n"), IN = to_int(in, "in"), OUT = to_int(out, "out");
+  if (dx) gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_N, IN, N, OUT, w, IN, dy, OUT, dx, CUDA_R_16BF, IN);
+  gemm_bf16(CUBLAS_OP_N, CUBLAS_OP_T, IN, OUT, N, x, IN, dy, OUT, dw, CUDA_R_16BF, IN);
 }
 
 }  // namespace ttq::cuda

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "engine/core/bf16.h"
 #include "kernels/op_shapes.h"
 #include "kernels/ttq_math.h"
 
@@ -64,5 +65,51 @@ void softmax_xent_backward(int64_t n, int64_t classes, const float* probs, const
 // *correct (device int64) = rows whose label is among the k largest logits (ties to the lower index).
 void count_topk_correct(int64_t n, int64_t classes, const float* logits, const int32_t* labels, int k,
                         int64_t* correct);
+
+// ---- bf16 activations (precision "bf16") ------------------------------------------------------
+// The same ops with activations, the weights a layer computes with, and their gradients in bf16
+// (ttq::bf16 is bit-compatible with __nv_bfloat16). Biases, bias gradients, BatchNorm parameters
+// and statistics, probabilities and the loss stay f32. Every kernel computes in f32 (tensor-core
+// accumulation in f32 for convolutions and GEMMs) and rounds each output element to bf16 once, on
+// store, so the CPU emulation (f32 op on the widened inputs, rounded) is the reference.
+void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const float* bias, bf16* y);
+void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
+void conv2d_backward_weights(const Conv2dShape& s, const bf16* x, const bf16* dy, bf16* dw, float* dbias);
+void pool2d_forward(PoolKind kind, const Pool2dShape& s, const bf16* x, bf16* y);
+void pool2d_backward(PoolKind kind, const Pool2dShape& s, const bf16* x, const bf16* dy, bf16* dx);
+void batchnorm_forward_train(const BatchNormShape& s, const bf16* x, const float* gamma, const float* beta,
+                             float eps, float momentum, float* running_mean, float* running_var, bf16* y,
+                             float* mean, float* var, float* inv_std);
+void batchnorm_forward_infer(const BatchNormShape& s, const bf16* x, const float* gamma, const float* beta,
+                             const float* running_mean, const float* running_var, float eps, bf16* y);
+void batchnorm_backward(const BatchNormShape& s, const bf16* x, const bf16* dy, const float* gamma,
+                        const float* mean, const float* inv_std, float eps, bf16* dx, float* dgamma, float* dbeta);
+void linear_forward(int64_t n, int64_t in, int64_t out, const bf16* x, const bf16* w, const float* bias, bf16* y);
+void linear_backward(int64_t n, int64_t in, int64_t out, const bf16* x, const bf16* w, const bf16* dy, bf16* dx,
+                     bf16* dw, float* dbias);
+void global_avgpool_forward(int64_t n, int64_t c, int64_t hw, const bf16* x, bf16* y);
+void global_avgpool_backward(int64_t n, int64_t c, int64_t hw, const bf16* dy, bf16* dx);
+void relu_forward(int64_t count, const bf16* x, bf16* y);
+void relu_backward(int64_t count, const bf16* y, const bf16* dy, bf16* dx);
+void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                        int64_t stride, const bf16* x, bf16* y);
+void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                         int64_t stride, const bf16* dy, bf16* dx);
+void add(int64_t count, const bf16* a, const bf16* b, bf16* out);
+void add_accumulate(int64_t count, bf16* dst, const bf16* src);
+// f32 gradients += a bf16 gradient (a weight's f32 gradient from the bf16 one of its bf16 copy).
+void add_accumulate(int64_t count, float* dst, const bf16* src);
+// Conversions: f32 -> bf16 rounds to nearest even; bf16 -> f32 is exact.
+void cast(int64_t count, const float* src, bf16* dst);
+void cast(int64_t count, const bf16* src, float* dst);
+void softmax_xent_forward(int64_t n, int64_t classes, const bf16* logits, const int32_t* labels,
+                          float label_smoothing, float* probs, float* loss);
+void softmax_xent_backward(int64_t n, int64_t classes, const float* probs, const int32_t* labels,
+                           float label_smoothing, bf16* dlogits);
+void count_topk_correct(int64_t n, int64_t classes, const bf16* logits, const int32_t* labels, int k,
+                        int64_t* correct);
+// TTQ forward writing w_t in bf16 (the codes, D and the scale are those of the f32 version).
+void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
+                 const float* wn, float* threshold, float* twn_scale, bf16* w_t, int8_t* codes);
 
 }  // namespace ttq::cuda

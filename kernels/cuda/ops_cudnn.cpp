@@ -29,6 +29,17 @@
 //
 // Workspace: the calling thread's DeviceContext (kernels/cuda/context.h). Everything is enqueued
 // on cudaStreamPerThread; temporaries are freed stream-ordered.
+//
+// bf16 convolutions (precision "bf16"). The same code, parametrised by the element type: x, w,
+// y (dx, dw, dy) descriptors CUDNN_DATA_BFLOAT16 with an f32 convolution compute type (cuDNN's
+// PSEUDO_BFLOAT16 configuration: f32 accumulation, each output rounded to bf16 once) and
+// CUDNN_TENSOR_OP_MATH (bf16 inputs lose nothing on tensor cores; f32 keeps CUDNN_FMA_MATH). The
+// algorithm cache key includes the data type; padding, cropping (kernels/cuda/dnn_helpers.h,
+// templates on the element type), ranking and workspace logic are shared. The f32 bias is added
+// to the bf16 output by a kernel (y = round(y + bias[c]), so a biased output is rounded twice),
+// and the f32 bias gradient is a per-channel sum of the bf16 dy in a fixed order (a kernel), not
+// cudnnAddTensor / cudnnConvolutionBackwardBias. bf16 pooling and batch norm do not use cuDNN
+// (kernels/cuda/ops_bf16.cu).
 #ifdef TTQ_HAVE_CUDNN
 
 #include <algorithm>
@@ -36,6 +47,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda/context.h"
@@ -75,11 +87,16 @@ using PoolDesc = Descriptor<cudnnPoolingDescriptor_t, cudnnCreatePoolingDescript
 class TensorDesc
     : public Descriptor<cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor> {
  public:
-  void set(int64_t n, int64_t c, int64_t h, int64_t w) {
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(get(), CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, to_int(n, "n"),
-                                           to_int(c, "channels"), to_int(h, "height"), to_int(w, "width")));
+  void set(int64_t n, int64_t c, int64_t h, int64_t w, cudnnDataType_t dtype = CUDNN_DATA_FLOAT) {
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(get(), CUDNN_TENSOR_NCHW, dtype, to_int(n, "n"), to_int(c, "channels"),
+                                           to_int(h, "height"), to_int(w, "width")));
   }
 };
+
+// cuDNN's name for an element type.
+template <class T> constexpr cudnnDataType_t cudnn_type();
+template <> constexpr cudnnDataType_t cudnn_type<float>() { return CUDNN_DATA_FLOAT; }
+template <> constexpr cudnnDataType_t cudnn_type<bf16>() { return CUDNN_DATA_BFLOAT16; }
 
 // ---- padding split --------------------------------------------------------------------------
 
@@ -102,33 +119,40 @@ PadSplit split_padding(int64_t pad_t, int64_t pad_l, int64_t pad_b, int64_t pad_
 }
 
 size_t f32_bytes(int64_t count) { return static_cast<size_t>(count) * sizeof(float); }
+template <class T> size_t bytes_of(int64_t count) { return static_cast<size_t>(count) * sizeof(T); }
 
 // ---- convolution ----------------------------------------------------------------------------
 
 // cuDNN's view of a convolution: input padded explicitly to hp x wp, symmetric padding after.
+// dtype: the data type of x, w and y (CUDNN_DATA_FLOAT or CUDNN_DATA_BFLOAT16); the convolution
+// itself always computes in f32.
 struct ConvSetup {
+  cudnnDataType_t dtype = CUDNN_DATA_FLOAT;
   PadSplit pad;
   int64_t hp = 0, wp = 0;
   TensorDesc x, y, bias;
   FilterDesc w;
   ConvDesc conv;
 
-  explicit ConvSetup(const Conv2dShape& s) {
+  ConvSetup(const Conv2dShape& s, cudnnDataType_t dt) : dtype(dt) {
     pad = split_padding(s.pad_t, s.pad_l, s.pad_b, s.pad_r);
     hp = s.h + pad.top + pad.bottom;
     wp = s.w + pad.left + pad.right;
-    x.set(s.n, s.c_in, hp, wp);
-    y.set(s.n, s.c_out, s.out_h(), s.out_w());
-    bias.set(1, s.c_out, 1, 1);
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.get(), CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, to_int(s.c_out, "c_out"),
+    x.set(s.n, s.c_in, hp, wp, dtype);
+    y.set(s.n, s.c_out, s.out_h(), s.out_w(), dtype);
+    bias.set(1, s.c_out, 1, 1);  // f32 (used by the f32 path only)
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.get(), dtype, CUDNN_TENSOR_NCHW, to_int(s.c_out, "c_out"),
                                            to_int(s.c_in_per_group(), "c_in/groups"), to_int(s.kh, "kh"),
                                            to_int(s.kw, "kw")));
+    // Compute type f32 for both: f32 data is the FLOAT configuration, bf16 data PSEUDO_BFLOAT16.
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv.get(), to_int(pad.sym_h, "pad_h"), to_int(pad.sym_w, "pad_w"),
                                                 to_int(s.stride_h, "stride_h"), to_int(s.stride_w, "stride_w"), 1, 1,
                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_CHECK(cudnnSetConvolutionGroupCount(conv.get(), to_int(s.groups, "groups")));
-    // FMA only: no TF32 for fp32 data (CUDNN_DEFAULT_MATH would allow it on Ampere and later).
-    CUDNN_CHECK(cudnnSetConvolutionMathType(conv.get(), CUDNN_FMA_MATH));
+    // f32: FMA only, no TF32 (CUDNN_DEFAULT_MATH would allow it on Ampere and later). bf16: tensor
+    // cores, which take bf16 inputs as they are and accumulate in f32.
+    CUDNN_CHECK(cudnnSetConvolutionMathType(conv.get(),
+                                            dtype == CUDNN_DATA_BFLOAT16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH));
     int on = 0, oc = 0, oh = 0, ow = 0;
     CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(conv.get(), x.get(), w.get(), &on, &oc, &oh, &ow));
     TTQ_CHECK(on == s.n && oc == s.c_out && oh == s.out_h() && ow == s.out_w(),
@@ -147,11 +171,11 @@ const char* dir_name(ConvDir d) {
   }
 }
 
-using ConvKey = std::array<int64_t, 14>;
+using ConvKey = std::array<int64_t, 15>;
 
 ConvKey conv_key(ConvDir dir, int device, const Conv2dShape& s, const ConvSetup& cs) {
-  return {static_cast<int64_t>(dir), device, s.n, s.c_in, cs.hp, cs.wp, s.c_out, s.kh, s.kw, s.stride_h,
-          s.stride_w, cs.pad.sym_h, cs.pad.sym_w, s.groups};
+  return {static_cast<int64_t>(dir), device, static_cast<int64_t>(cs.dtype), s.n, s.c_in, cs.hp, cs.wp, s.c_out,
+          s.kh, s.kw, s.stride_h, s.stride_w, cs.pad.sym_h, cs.pad.sym_w, s.groups};
 }
 
 std::mutex g_algo_mu;
@@ -320,24 +344,27 @@ struct BnSetup {
 }  // namespace
 
 // ---- convolution ----------------------------------------------------------------------------
+// One template per direction for f32 and bf16 (T); the public overloads below forward to them.
 
 namespace {
 // The input with the explicit part of the padding applied (x itself when there is none).
-const float* padded_input(const Conv2dShape& s, const ConvSetup& cs, const float* x, DeviceBuffer& storage) {
+template <class T>
+const T* padded_input(const Conv2dShape& s, const ConvSetup& cs, const T* x, DeviceBuffer& storage) {
   if (!cs.pad.explicit_pad()) return x;
-  storage = DeviceBuffer(f32_bytes(s.n * s.c_in * cs.hp * cs.wp));
-  helpers::pad_planes(s.n * s.c_in, s.h, s.w, cs.pad.top, cs.pad.left, cs.hp, cs.wp, 0.0f, x, storage.f32());
-  return storage.f32();
+  storage = DeviceBuffer(bytes_of<T>(s.n * s.c_in * cs.hp * cs.wp));
+  T* out = static_cast<T*>(storage.get());
+  helpers::pad_planes(s.n * s.c_in, s.h, s.w, cs.pad.top, cs.pad.left, cs.hp, cs.wp, 0.0f, x, out);
+  return out;
 }
-}  // namespace
 
-void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
+template <class T>
+void conv2d_forward_impl(const Conv2dShape& s, const T* x, const T* w, const float* bias, T* y) {
   s.validate("conv2d_forward (CUDA)");
   DeviceContext& ctx = DeviceContext::current();
   cudnnHandle_t h = ctx.cudnn();
-  const ConvSetup cs(s);
+  const ConvSetup cs(s, cudnn_type<T>());
   DeviceBuffer xpad;
-  const float* xin = padded_input(s, cs, x, xpad);
+  const T* xin = padded_input(s, cs, x, xpad);
   run_convolution(
       ConvDir::Forward, s, cs, ctx,
       [&](int algo, size_t* bytes) {
@@ -348,19 +375,24 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const 
         return cudnnConvolutionForward(h, &kOne, cs.x.get(), xin, cs.w.get(), w, cs.conv.get(),
                                        static_cast<cudnnConvolutionFwdAlgo_t>(algo), ws, bytes, &kZero, cs.y.get(), y);
       });
-  if (bias) CUDNN_CHECK(cudnnAddTensor(h, &kOne, cs.bias.get(), bias, &kOne, cs.y.get(), y));
+  if (!bias) return;
+  if constexpr (std::is_same_v<T, float>)
+    CUDNN_CHECK(cudnnAddTensor(h, &kOne, cs.bias.get(), bias, &kOne, cs.y.get(), y));
+  else
+    helpers::add_channel_bias(s.n, s.c_out, s.out_h() * s.out_w(), bias, y);
 }
 
-void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+template <class T>
+void conv2d_backward_data_impl(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
   s.validate("conv2d_backward_data (CUDA)");
   DeviceContext& ctx = DeviceContext::current();
   cudnnHandle_t h = ctx.cudnn();
-  const ConvSetup cs(s);
+  const ConvSetup cs(s, cudnn_type<T>());
   DeviceBuffer dxpad;
-  float* dxout = dx;
+  T* dxout = dx;
   if (cs.pad.explicit_pad()) {
-    dxpad = DeviceBuffer(f32_bytes(s.n * s.c_in * cs.hp * cs.wp));
-    dxout = dxpad.f32();
+    dxpad = DeviceBuffer(bytes_of<T>(s.n * s.c_in * cs.hp * cs.wp));
+    dxout = static_cast<T*>(dxpad.get());
   }
   run_convolution(
       ConvDir::BackwardData, s, cs, ctx,
@@ -374,16 +406,18 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
                                             cs.x.get(), dxout);
       });
   if (cs.pad.explicit_pad())
-    helpers::crop_planes(s.n * s.c_in, cs.hp, cs.wp, cs.pad.top, cs.pad.left, s.h, s.w, dxout, dx);
+    helpers::crop_planes(s.n * s.c_in, cs.hp, cs.wp, cs.pad.top, cs.pad.left, s.h, s.w,
+                         static_cast<const T*>(dxout), dx);
 }
 
-void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias) {
+template <class T>
+void conv2d_backward_weights_impl(const Conv2dShape& s, const T* x, const T* dy, T* dw, float* dbias) {
   s.validate("conv2d_backward_weights (CUDA)");
   DeviceContext& ctx = DeviceContext::current();
   cudnnHandle_t h = ctx.cudnn();
-  const ConvSetup cs(s);
+  const ConvSetup cs(s, cudnn_type<T>());
   DeviceBuffer xpad;
-  const float* xin = padded_input(s, cs, x, xpad);
+  const T* xin = padded_input(s, cs, x, xpad);
   run_convolution(
       ConvDir::BackwardFilter, s, cs, ctx,
       [&](int algo, size_t* bytes) {
@@ -396,7 +430,33 @@ void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* 
                                               static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo), ws, bytes, &kZero,
                                               cs.w.get(), dw);
       });
-  if (dbias) CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, cs.y.get(), dy, &kZero, cs.bias.get(), dbias));
+  if (!dbias) return;
+  if constexpr (std::is_same_v<T, float>)
+    CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, cs.y.get(), dy, &kZero, cs.bias.get(), dbias));
+  else  // f32 sums of the bf16 gradient, fixed order
+    helpers::channel_sums(s.n, s.c_out, s.out_h() * s.out_w(), dy, dbias);
+}
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
+  conv2d_forward_impl(s, x, w, bias, y);
+}
+void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const float* bias, bf16* y) {
+  conv2d_forward_impl(s, x, w, bias, y);
+}
+
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
+  conv2d_backward_data_impl(s, dy, w, dx);
+}
+void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx) {
+  conv2d_backward_data_impl(s, dy, w, dx);
+}
+
+void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias) {
+  conv2d_backward_weights_impl(s, x, dy, dw, dbias);
+}
+void conv2d_backward_weights(const Conv2dShape& s, const bf16* x, const bf16* dy, bf16* dw, float* dbias) {
+  conv2d_backward_weights_impl(s, x, dy, dw, dbias);
 }
 
 // ---- pooling --------------------------------------------------------------------------------

@@ -19,6 +19,16 @@
 // match bitwise. Sums (average pool forward, softmax, TTQ scale gradients) are formed in double in
 // another order and agree to rounding. The optimizer updates may differ by an ulp because nvcc
 // contracts a*b+c into fused multiply-adds.
+//
+// bf16 (precision "bf16"). The activation kernels (global average pool, ReLU, shortcut, add,
+// accumulate, softmax cross-entropy, top-k) are templates on the stored element type, instantiated
+// for float and ttq::bf16: they load through load() (bf16 widened to f32, exact), do exactly the
+// f32 kernel's arithmetic, and store through store() (one round-to-nearest-even per output
+// element), see kernels/cuda/bf16_device.cuh. So a bf16 op gives the CPU emulation's result (the
+// f32 reference on the widened inputs, rounded): bitwise where the f32 kernel matches the CPU
+// bitwise (ReLU, add, accumulate, shortcut, average-pool backward, softmax gradient, top-k), and
+// to within one bf16 rounding of it elsewhere. Also here: the f32 <-> bf16 casts, f32 += bf16
+// accumulation, and TTQ forward writing w_t in bf16.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -26,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/ttq_kernels.h"
@@ -101,44 +112,55 @@ __device__ __forceinline__ float warp_max(float v) {
 // ---- global average pool -----------------------------------------------------------------------
 
 // y[row] = (sum_j x[row * hw + j]) / hw, summed in double.
-__global__ void avgpool_forward_kernel(int64_t rows, int64_t hw, const float* __restrict__ x,
-                                       float* __restrict__ y) {
+template <class T>
+__global__ void avgpool_forward_kernel(int64_t rows, int64_t hw, const T* __restrict__ x, T* __restrict__ y) {
   const int lane = threadIdx.x % kWarp;
   TTQ_WARP_ROWS(row, rows) {
-    const float* xp = x + row * hw;
+    const T* xp = x + row * hw;
     double acc = 0.0;
-    for (int64_t j = lane; j < hw; j += kWarp) acc += xp[j];
+    for (int64_t j = lane; j < hw; j += kWarp) acc += load(xp, j);
     acc = warp_sum(acc);
-    if (lane == 0) y[row] = static_cast<float>(acc / static_cast<double>(hw));
+    if (lane == 0) store(y, row, static_cast<float>(acc / static_cast<double>(hw)));
   }
 }
 
-__global__ void avgpool_backward_kernel(int64_t total, int64_t hw, const float* __restrict__ dy,
-                                        float* __restrict__ dx) {
+template <class T>
+__global__ void avgpool_backward_kernel(int64_t total, int64_t hw, const T* __restrict__ dy, T* __restrict__ dx) {
   const float div = static_cast<float>(hw);
-  TTQ_GRID_STRIDE(i, total) dx[i] = dy[i / hw] / div;
+  TTQ_GRID_STRIDE(i, total) store(dx, i, load(dy, i / hw) / div);
 }
 
 // ---- elementwise ---------------------------------------------------------------------------------
 // No __restrict__: relu_forward may run in place and add's output may alias an input.
 
-__global__ void relu_forward_kernel(int64_t count, const float* x, float* y) {
+template <class T>
+__global__ void relu_forward_kernel(int64_t count, const T* x, T* y) {
   TTQ_GRID_STRIDE(i, count) {
-    const float v = x[i];
-    y[i] = v > 0.0f ? v : 0.0f;
+    const float v = load(x, i);
+    store(y, i, v > 0.0f ? v : 0.0f);
   }
 }
 
-__global__ void relu_backward_kernel(int64_t count, const float* y, const float* dy, float* dx) {
-  TTQ_GRID_STRIDE(i, count) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+template <class T>
+__global__ void relu_backward_kernel(int64_t count, const T* y, const T* dy, T* dx) {
+  TTQ_GRID_STRIDE(i, count) store(dx, i, load(y, i) > 0.0f ? load(dy, i) : 0.0f);
 }
 
-__global__ void add_kernel(int64_t count, const float* a, const float* b, float* out) {
-  TTQ_GRID_STRIDE(i, count) out[i] = a[i] + b[i];
+template <class T>
+__global__ void add_kernel(int64_t count, const T* a, const T* b, T* out) {
+  TTQ_GRID_STRIDE(i, count) store(out, i, load(a, i) + load(b, i));
 }
 
-__global__ void add_accumulate_kernel(int64_t count, float* dst, const float* src) {
-  TTQ_GRID_STRIDE(i, count) dst[i] = dst[i] + src[i];
+// dst (TD) += src (TS): f32 += f32, bf16 += bf16, f32 += bf16.
+template <class TD, class TS>
+__global__ void add_accumulate_kernel(int64_t count, TD* dst, const TS* src) {
+  TTQ_GRID_STRIDE(i, count) store(dst, i, load(dst, i) + load(src, i));
+}
+
+// dst = src in dst's type (f32 -> bf16 rounds to nearest even, bf16 -> f32 is exact).
+template <class TD, class TS>
+__global__ void cast_kernel(int64_t count, const TS* __restrict__ src, TD* __restrict__ dst) {
+  TTQ_GRID_STRIDE(i, count) store(dst, i, load(src, i));
 }
 
 // Same as std::max(p, lo) (NaN and -0 stay as they are), not fmaxf.
@@ -153,9 +175,10 @@ __global__ void clamp_min_kernel(int64_t count, float* p, float lo) {
 
 // One thread per output element: the average over the stride x stride window clipped to the
 // input (double, the reference's order), or 0 in the padded channels.
+template <class T>
 __global__ void shortcut_a_forward_kernel(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out,
                                           int64_t pad_before, int64_t stride, int64_t oh, int64_t ow,
-                                          const float* __restrict__ x, float* __restrict__ y) {
+                                          const T* __restrict__ x, T* __restrict__ y) {
   const int64_t total = n * c_out * oh * ow;
   TTQ_GRID_STRIDE(i, total) {
     const int64_t ox = i % ow;
@@ -166,23 +189,24 @@ __global__ void shortcut_a_forward_kernel(int64_t n, int64_t c_in, int64_t h, in
     const int64_t b = t / c_out;
     const int64_t c = co - pad_before;
     if (c < 0 || c >= c_in) {
-      y[i] = 0.0f;
+      store(y, i, 0.0f);
       continue;
     }
-    const float* xp = x + (b * c_in + c) * h * w;
+    const T* xp = x + (b * c_in + c) * h * w;
     const int64_t y_end = min(h, oy * stride + stride), x_end = min(w, ox * stride + stride);
     double acc = 0.0;
     int64_t cnt = 0;
     for (int64_t iy = oy * stride; iy < y_end; ++iy)
-      for (int64_t ix = ox * stride; ix < x_end; ++ix, ++cnt) acc += xp[iy * w + ix];
-    y[i] = static_cast<float>(acc / static_cast<double>(cnt));
+      for (int64_t ix = ox * stride; ix < x_end; ++ix, ++cnt) acc += load(xp, iy * w + ix);
+    store(y, i, static_cast<float>(acc / static_cast<double>(cnt)));
   }
 }
 
 // One thread per input element: its window's gradient divided by the window's size.
+template <class T>
 __global__ void shortcut_a_backward_kernel(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out,
                                            int64_t pad_before, int64_t stride, int64_t oh, int64_t ow,
-                                           const float* __restrict__ dy, float* __restrict__ dx) {
+                                           const T* __restrict__ dy, T* __restrict__ dx) {
   const int64_t total = n * c_in * h * w;
   TTQ_GRID_STRIDE(i, total) {
     const int64_t ix = i % w;
@@ -193,7 +217,7 @@ __global__ void shortcut_a_backward_kernel(int64_t n, int64_t c_in, int64_t h, i
     const int64_t b = t / c_in;
     const int64_t oy = iy / stride, ox = ix / stride;
     const int64_t cnt = (min(h, oy * stride + stride) - oy * stride) * (min(w, ox * stride + stride) - ox * stride);
-    dx[i] = dy[((b * c_out + c + pad_before) * oh + oy) * ow + ox] / static_cast<float>(cnt);
+    store(dx, i, load(dy, ((b * c_out + c + pad_before) * oh + oy) * ow + ox) / static_cast<float>(cnt));
   }
 }
 
@@ -239,26 +263,27 @@ __global__ void adam_kernel(int64_t count, float* __restrict__ p, const float* _
 // One warp per row: max, log-sum-exp and probabilities, and the row's loss
 // -sum_k target_k * log p_k (double) into row_loss[row]. Labels outside [0, classes) put no
 // (1 - eps) mass on any class (the host checks labels before it gets here).
-__global__ void softmax_xent_rows_kernel(int64_t n, int64_t classes, const float* __restrict__ logits,
+template <class T>
+__global__ void softmax_xent_rows_kernel(int64_t n, int64_t classes, const T* __restrict__ logits,
                                          const int32_t* __restrict__ labels, float label_smoothing,
                                          float* __restrict__ probs, double* __restrict__ row_loss) {
   const int lane = threadIdx.x % kWarp;
   const double off = static_cast<double>(label_smoothing) / static_cast<double>(classes);
   const double on = 1.0 - label_smoothing;
   TTQ_WARP_ROWS(row, n) {
-    const float* z = logits + row * classes;
+    const T* z = logits + row * classes;
     float* p = probs + row * classes;
     const int64_t label = labels[row];
     float zmax = -INFINITY;
-    for (int64_t k = lane; k < classes; k += kWarp) zmax = fmaxf(zmax, z[k]);
+    for (int64_t k = lane; k < classes; k += kWarp) zmax = fmaxf(zmax, load(z, k));
     zmax = warp_max(zmax);
     double sum = 0.0;
-    for (int64_t k = lane; k < classes; k += kWarp) sum += exp(static_cast<double>(z[k]) - zmax);
+    for (int64_t k = lane; k < classes; k += kWarp) sum += exp(static_cast<double>(load(z, k)) - zmax);
     sum = warp_sum(sum);
     const double log_sum = log(sum) + zmax;
     double loss = 0.0;
     for (int64_t k = lane; k < classes; k += kWarp) {
-      const double logp = z[k] - log_sum;
+      const double logp = load(z, k) - log_sum;
       p[k] = static_cast<float>(exp(logp));
       const double target = off + (k == label ? on : 0.0);
       loss -= target * logp;
@@ -278,16 +303,17 @@ __global__ void mean_loss_kernel(int64_t n, const double* __restrict__ row_loss,
 }
 
 // dlogits = (probs - target) / n in float, the reference's operations.
+template <class T>
 __global__ void softmax_xent_backward_kernel(int64_t n, int64_t classes, const float* __restrict__ probs,
                                              const int32_t* __restrict__ labels, float label_smoothing,
-                                             float* __restrict__ dlogits) {
+                                             T* __restrict__ dlogits) {
   const float off = label_smoothing / static_cast<float>(classes);
   const float inv_n = 1.0f / static_cast<float>(n);
   const int64_t total = n * classes;
   TTQ_GRID_STRIDE(i, total) {
     const int64_t row = i / classes, k = i % classes;
     const float target = off + (k == labels[row] ? 1.0f - label_smoothing : 0.0f);
-    dlogits[i] = (probs[i] - target) * inv_n;
+    store(dlogits, i, (probs[i] - target) * inv_n);
   }
 }
 
@@ -296,17 +322,18 @@ __global__ void softmax_xent_backward_kernel(int64_t n, int64_t classes, const f
 // One warp per row: the label's rank (classes with a larger logit, or an equal one at a lower
 // index); the row counts when the rank is below k. Rows with a label outside [0, classes) never
 // count.
-__global__ void topk_kernel(int64_t n, int64_t classes, const float* __restrict__ logits,
+template <class T>
+__global__ void topk_kernel(int64_t n, int64_t classes, const T* __restrict__ logits,
                             const int32_t* __restrict__ labels, int k, unsigned long long* __restrict__ correct) {
   const int lane = threadIdx.x % kWarp;
   TTQ_WARP_ROWS(row, n) {
     const int64_t label = labels[row];
     if (label < 0 || label >= classes) continue;  // warp-uniform
-    const float* z = logits + row * classes;
-    const float target = z[label];
+    const T* z = logits + row * classes;
+    const float target = load(z, label);
     long long above = 0;
     for (int64_t j = lane; j < classes; j += kWarp) {
-      const float v = z[j];
+      const float v = load(z, j);
       above += (v > target || (v == target && j < label)) ? 1 : 0;
     }
     above = warp_sum(above);
@@ -317,82 +344,197 @@ __global__ void topk_kernel(int64_t n, int64_t classes, const float* __restrict_
 }  // namespace
 
 // ---- host entry points ---------------------------------------------------------------------------
+// Each op is one template (float or bf16 activations) with a thin overload per type.
 
-void global_avgpool_forward(int64_t n, int64_t c, int64_t hw, const float* x, float* y) {
+namespace {
+
+template <class T>
+void global_avgpool_forward_impl(int64_t n, int64_t c, int64_t hw, const T* x, T* y) {
   check_count("global_avgpool_forward", n * c);
   const int64_t rows = n * c;
   if (rows == 0) return;
-  avgpool_forward_kernel<<<blocks_for_rows(rows), kThreads, 0, stream()>>>(rows, hw, x, y);
+  avgpool_forward_kernel<T><<<blocks_for_rows(rows), kThreads, 0, stream()>>>(rows, hw, x, y);
   CUDA_CHECK(cudaGetLastError());
 }
 
-void global_avgpool_backward(int64_t n, int64_t c, int64_t hw, const float* dy, float* dx) {
+template <class T>
+void global_avgpool_backward_impl(int64_t n, int64_t c, int64_t hw, const T* dy, T* dx) {
   const int64_t total = n * c * hw;
   check_count("global_avgpool_backward", total);
   if (total == 0) return;
-  avgpool_backward_kernel<<<blocks_for_items(total), kThreads, 0, stream()>>>(total, hw, dy, dx);
+  avgpool_backward_kernel<T><<<blocks_for_items(total), kThreads, 0, stream()>>>(total, hw, dy, dx);
   CUDA_CHECK(cudaGetLastError());
 }
 
-void relu_forward(int64_t count, const float* x, float* y) {
+template <class T>
+void relu_forward_impl(int64_t count, const T* x, T* y) {
   check_count("relu_forward", count);
   if (count == 0) return;
-  relu_forward_kernel<<<blocks_for_items(count), kThreads, 0, stream()>>>(count, x, y);
+  relu_forward_kernel<T><<<blocks_for_items(count), kThreads, 0, stream()>>>(count, x, y);
   CUDA_CHECK(cudaGetLastError());
 }
 
-void relu_backward(int64_t count, const float* y, const float* dy, float* dx) {
+template <class T>
+void relu_backward_impl(int64_t count, const T* y, const T* dy, T* dx) {
   check_count("relu_backward", count);
   if (count == 0) return;
-  relu_backward_kernel<<<blocks_for_items(count), kThreads, 0, stream()>>>(count, y, dy, dx);
+  relu_backward_kernel<T><<<blocks_for_items(count), kThreads, 0, stream()>>>(count, y, dy, dx);
   CUDA_CHECK(cudaGetLastError());
 }
 
-namespace {
 void check_shortcut(const char* op, int64_t c_in, int64_t c_out, int64_t pad_before, int64_t stride) {
   TTQ_CHECK(stride >= 1, op << ": stride " << stride);
   TTQ_CHECK(pad_before >= 0 && pad_before + c_in <= c_out,
             op << ": " << c_in << " channels with " << pad_before << " in front do not fit in " << c_out);
 }
-}  // namespace
 
-void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
-                        int64_t stride, const float* x, float* y) {
+template <class T>
+void shortcut_a_forward_impl(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                             int64_t stride, const T* x, T* y) {
   check_shortcut("shortcut_a_forward", c_in, c_out, pad_before, stride);
   const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
   const int64_t total = n * c_out * oh * ow;
   check_count("shortcut_a_forward", total);
   if (total == 0) return;
-  shortcut_a_forward_kernel<<<blocks_for_items(total), kThreads, 0, stream()>>>(n, c_in, h, w, c_out, pad_before,
-                                                                                stride, oh, ow, x, y);
+  shortcut_a_forward_kernel<T><<<blocks_for_items(total), kThreads, 0, stream()>>>(n, c_in, h, w, c_out, pad_before,
+                                                                                   stride, oh, ow, x, y);
   CUDA_CHECK(cudaGetLastError());
 }
 
-void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
-                         int64_t stride, const float* dy, float* dx) {
+template <class T>
+void shortcut_a_backward_impl(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                              int64_t stride, const T* dy, T* dx) {
   check_shortcut("shortcut_a_backward", c_in, c_out, pad_before, stride);
   const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
   const int64_t total = n * c_in * h * w;
   check_count("shortcut_a_backward", total);
   if (total == 0) return;
-  shortcut_a_backward_kernel<<<blocks_for_items(total), kThreads, 0, stream()>>>(n, c_in, h, w, c_out, pad_before,
-                                                                                 stride, oh, ow, dy, dx);
+  shortcut_a_backward_kernel<T><<<blocks_for_items(total), kThreads, 0, stream()>>>(n, c_in, h, w, c_out, pad_before,
+                                                                                    stride, oh, ow, dy, dx);
   CUDA_CHECK(cudaGetLastError());
 }
 
-void add(int64_t count, const float* a, const float* b, float* out) {
+template <class T>
+void add_impl(int64_t count, const T* a, const T* b, T* out) {
   check_count("add", count);
   if (count == 0) return;
-  add_kernel<<<blocks_for_items(count), kThreads, 0, stream()>>>(count, a, b, out);
+  add_kernel<T><<<blocks_for_items(count), kThreads, 0, stream()>>>(count, a, b, out);
   CUDA_CHECK(cudaGetLastError());
 }
 
-void add_accumulate(int64_t count, float* dst, const float* src) {
+template <class TD, class TS>
+void add_accumulate_impl(int64_t count, TD* dst, const TS* src) {
   check_count("add_accumulate", count);
   if (count == 0) return;
-  add_accumulate_kernel<<<blocks_for_items(count), kThreads, 0, stream()>>>(count, dst, src);
+  add_accumulate_kernel<TD, TS><<<blocks_for_items(count), kThreads, 0, stream()>>>(count, dst, src);
   CUDA_CHECK(cudaGetLastError());
 }
+
+template <class TD, class TS>
+void cast_impl(int64_t count, const TS* src, TD* dst) {
+  check_count("cast", count);
+  if (count == 0) return;
+  cast_kernel<TD, TS><<<blocks_for_items(count), kThreads, 0, stream()>>>(count, src, dst);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void ttq_forward_impl(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
+                      const float* wn, float* threshold, float* twn_scale, T* w_t, int8_t* codes) {
+  check_count("ttq_forward", n);
+  const size_t ws_bytes = ttq_workspace_bytes(n);
+  Scratch ws(ws_bytes);
+  // Writes D, and the TWN scale (0 in the other modes), both in device memory.
+  ttq_threshold(mode, latent, n, t, r, threshold, twn_scale, ws.get(), ws_bytes, stream());
+  const bool twn = mode == math::ThresholdMode::Twn;
+  ttq_ternarize(latent, n, threshold, twn ? twn_scale : wp, twn ? twn_scale : wn, w_t, codes, stream());
+}
+
+template <class T>
+void softmax_xent_forward_impl(int64_t n, int64_t classes, const T* logits, const int32_t* labels,
+                               float label_smoothing, float* probs, float* loss) {
+  TTQ_CHECK(n > 0 && classes > 0, "softmax_xent_forward: " << n << " rows of " << classes << " classes");
+  Scratch row_loss(static_cast<size_t>(n) * sizeof(double));
+  auto* rl = static_cast<double*>(row_loss.get());
+  softmax_xent_rows_kernel<T><<<blocks_for_rows(n), kThreads, 0, stream()>>>(n, classes, logits, labels,
+                                                                             label_smoothing, probs, rl);
+  CUDA_CHECK(cudaGetLastError());
+  mean_loss_kernel<<<1, 1, 0, stream()>>>(n, rl, loss);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void softmax_xent_backward_impl(int64_t n, int64_t classes, const float* probs, const int32_t* labels,
+                                float label_smoothing, T* dlogits) {
+  TTQ_CHECK(n >= 0 && classes >= 0, "softmax_xent_backward: " << n << " rows of " << classes << " classes");
+  const int64_t total = n * classes;
+  if (total == 0) return;
+  softmax_xent_backward_kernel<T><<<blocks_for_items(total), kThreads, 0, stream()>>>(n, classes, probs, labels,
+                                                                                      label_smoothing, dlogits);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void count_topk_correct_impl(int64_t n, int64_t classes, const T* logits, const int32_t* labels, int k,
+                             int64_t* correct) {
+  TTQ_CHECK(n >= 0 && classes >= 0, "count_topk_correct: " << n << " rows of " << classes << " classes");
+  static_assert(sizeof(int64_t) == sizeof(unsigned long long));
+  CUDA_CHECK(cudaMemsetAsync(correct, 0, sizeof(int64_t), stream()));
+  if (n == 0 || classes == 0) return;
+  topk_kernel<T><<<blocks_for_rows(n), kThreads, 0, stream()>>>(n, classes, logits, labels, k,
+                                                                reinterpret_cast<unsigned long long*>(correct));
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void global_avgpool_forward(int64_t n, int64_t c, int64_t hw, const float* x, float* y) {
+  global_avgpool_forward_impl(n, c, hw, x, y);
+}
+void global_avgpool_forward(int64_t n, int64_t c, int64_t hw, const bf16* x, bf16* y) {
+  global_avgpool_forward_impl(n, c, hw, x, y);
+}
+
+void global_avgpool_backward(int64_t n, int64_t c, int64_t hw, const float* dy, float* dx) {
+  global_avgpool_backward_impl(n, c, hw, dy, dx);
+}
+void global_avgpool_backward(int64_t n, int64_t c, int64_t hw, const bf16* dy, bf16* dx) {
+  global_avgpool_backward_impl(n, c, hw, dy, dx);
+}
+
+void relu_forward(int64_t count, const float* x, float* y) { relu_forward_impl(count, x, y); }
+void relu_forward(int64_t count, const bf16* x, bf16* y) { relu_forward_impl(count, x, y); }
+
+void relu_backward(int64_t count, const float* y, const float* dy, float* dx) { relu_backward_impl(count, y, dy, dx); }
+void relu_backward(int64_t count, const bf16* y, const bf16* dy, bf16* dx) { relu_backward_impl(count, y, dy, dx); }
+
+void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                        int64_t stride, const float* x, float* y) {
+  shortcut_a_forward_impl(n, c_in, h, w, c_out, pad_before, stride, x, y);
+}
+void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                        int64_t stride, const bf16* x, bf16* y) {
+  shortcut_a_forward_impl(n, c_in, h, w, c_out, pad_before, stride, x, y);
+}
+
+void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                         int64_t stride, const float* dy, float* dx) {
+  shortcut_a_backward_impl(n, c_in, h, w, c_out, pad_before, stride, dy, dx);
+}
+void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t pad_before,
+                         int64_t stride, const bf16* dy, bf16* dx) {
+  shortcut_a_backward_impl(n, c_in, h, w, c_out, pad_before, stride, dy, dx);
+}
+
+void add(int64_t count, const float* a, const float* b, float* out) { add_impl(count, a, b, out); }
+void add(int64_t count, const bf16* a, const bf16* b, bf16* out) { add_impl(count, a, b, out); }
+
+void add_accumulate(int64_t count, float* dst, const float* src) { add_accumulate_impl(count, dst, src); }
+void add_accumulate(int64_t count, bf16* dst, const bf16* src) { add_accumulate_impl(count, dst, src); }
+void add_accumulate(int64_t count, float* dst, const bf16* src) { add_accumulate_impl(count, dst, src); }
+
+void cast(int64_t count, const float* src, bf16* dst) { cast_impl(count, src, dst); }
+void cast(int64_t count, const bf16* src, float* dst) { cast_impl(count, src, dst); }
 
 void clamp_min_inplace(int64_t count, float* p, float lo) {
   check_count("clamp_min_inplace", count);
@@ -403,13 +545,11 @@ void clamp_min_inplace(int64_t count, float* p, float lo) {
 
 void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
                  const float* wn, float* threshold, float* twn_scale, float* w_t, int8_t* codes) {
-  check_count("ttq_forward", n);
-  const size_t ws_bytes = ttq_workspace_bytes(n);
-  Scratch ws(ws_bytes);
-  // Writes D, and the TWN scale (0 in the other modes), both in device memory.
-  ttq_threshold(mode, latent, n, t, r, threshold, twn_scale, ws.get(), ws_bytes, stream());
-  const bool twn = mode == math::ThresholdMode::Twn;
-  ttq_ternarize(latent, n, threshold, twn ? twn_scale : wp, twn ? twn_scale : wn, w_t, codes, stream());
+  ttq_forward_impl(mode, t, r, latent, n, wp, wn, threshold, twn_scale, w_t, codes);
+}
+void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
+                 const float* wn, float* threshold, float* twn_scale, bf16* w_t, int8_t* codes) {
+  ttq_forward_impl(mode, t, r, latent, n, wp, wn, threshold, twn_scale, w_t, codes);
 }
 
 void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, const float* wp, const float* wn,
@@ -446,35 +586,29 @@ void adam_update(int64_t count, float* p, const float* g, float* m, float* v, fl
 
 void softmax_xent_forward(int64_t n, int64_t classes, const float* logits, const int32_t* labels,
                           float label_smoothing, float* probs, float* loss) {
-  TTQ_CHECK(n > 0 && classes > 0, "softmax_xent_forward: " << n << " rows of " << classes << " classes");
-  Scratch row_loss(static_cast<size_t>(n) * sizeof(double));
-  auto* rl = static_cast<double*>(row_loss.get());
-  softmax_xent_rows_kernel<<<blocks_for_rows(n), kThreads, 0, stream()>>>(n, classes, logits, labels,
-                                                                          label_smoothing, probs, rl);
-  CUDA_CHECK(cudaGetLastError());
-  mean_loss_kernel<<<1, 1, 0, stream()>>>(n, rl, loss);
-  CUDA_CHECK(cudaGetLastError());
+  softmax_xent_forward_impl(n, classes, logits, labels, label_smoothing, probs, loss);
+}
+void softmax_xent_forward(int64_t n, int64_t classes, const bf16* logits, const int32_t* labels,
+                          float label_smoothing, float* probs, float* loss) {
+  softmax_xent_forward_impl(n, classes, logits, labels, label_smoothing, probs, loss);
 }
 
 void softmax_xent_backward(int64_t n, int64_t classes, const float* probs, const int32_t* labels,
                            float label_smoothing, float* dlogits) {
-  TTQ_CHECK(n >= 0 && classes >= 0, "softmax_xent_backward: " << n << " rows of " << classes << " classes");
-  const int64_t total = n * classes;
-  if (total == 0) return;
-  softmax_xent_backward_kernel<<<blocks_for_items(total), kThreads, 0, stream()>>>(n, classes, probs, labels,
-                                                                                   label_smoothing, dlogits);
-  CUDA_CHECK(cudaGetLastError());
+  softmax_xent_backward_impl(n, classes, probs, labels, label_smoothing, dlogits);
+}
+void softmax_xent_backward(int64_t n, int64_t classes, const float* probs, const int32_t* labels,
+                           float label_smoothing, bf16* dlogits) {
+  softmax_xent_backward_impl(n, classes, probs, labels, label_smoothing, dlogits);
 }
 
 void count_topk_correct(int64_t n, int64_t classes, const float* logits, const int32_t* labels, int k,
                         int64_t* correct) {
-  TTQ_CHECK(n >= 0 && classes >= 0, "count_topk_correct: " << n << " rows of " << classes << " classes");
-  static_assert(sizeof(int64_t) == sizeof(unsigned long long));
-  CUDA_CHECK(cudaMemsetAsync(correct, 0, sizeof(int64_t), stream()));
-  if (n == 0 || classes == 0) return;
-  topk_kernel<<<blocks_for_rows(n), kThreads, 0, stream()>>>(n, classes, logits, labels, k,
-                                                             reinterpret_cast<unsigned long long*>(correct));
-  CUDA_CHECK(cudaGetLastError());
+  count_topk_correct_impl(n, classes, logits, labels, k, correct);
+}
+void count_topk_correct(int64_t n, int64_t classes, const bf16* logits, const int32_t* labels, int k,
+                        int64_t* correct) {
+  count_topk_correct_impl(n, classes, logits, labels, k, correct);
 }
 
 }  // namespace ttq::cuda

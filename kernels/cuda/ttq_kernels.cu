@@ -10,6 +10,9 @@
 // the digits of the elements whose higher digits match the prefix found so far, then one block
 // finds the bin holding rank k and extends the prefix. After the last digit the prefix is exactly
 // the bit pattern of the k-th smallest |w|.
+//
+// Ternarize writes w_t in f32 or bf16 (one kernel template on the output type): the bf16 values
+// are Wp, 0, -Wn rounded to nearest even; the codes do not depend on the output type.
 #include "kernels/cuda/ttq_kernels.h"
 
 #include <cub/block/block_reduce.cuh>
@@ -17,6 +20,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 
 namespace ttq::cuda {
@@ -222,14 +226,25 @@ __global__ void radix_select(const unsigned long long* hist, int pass, int64_t f
 
 // ---- elementwise ------------------------------------------------------------------------------
 
+template <class TOut>
 __global__ void ternarize_kernel(const float* w, int64_t n, const float* d, const float* wp,
-                                 const float* wn, float* w_t, int8_t* codes) {
+                                 const float* wn, TOut* w_t, int8_t* codes) {
   const float dv = *d, p = *wp, m = *wn;
   TTQ_GRID_STRIDE(i, n) {
     const int8_t code = math::ternary_code(w[i], dv);
     codes[i] = code;
-    w_t[i] = math::ternary_value(code, p, m);
+    store(w_t, i, math::ternary_value(code, p, m));
   }
+}
+
+template <class TOut>
+void ternarize(const float* w, int64_t n, const float* d, const float* wp, const float* wn,
+               TOut* w_t, int8_t* codes, cudaStream_t stream) {
+  TTQ_CHECK(n >= 0, "ttq_ternarize: negative element count " << n);
+  if (n == 0) return;
+  ternarize_kernel<TOut><<<static_cast<unsigned>(blocks_for(n, kMaxMapBlocks)), kThreads, 0, stream>>>(
+      w, n, d, wp, wn, w_t, codes);
+  CUDA_CHECK(cudaGetLastError());
 }
 
 void zero_scalar(float* p, cudaStream_t stream) {
@@ -290,11 +305,12 @@ void ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t,
 
 void ttq_ternarize(const float* w, int64_t n, const float* d, const float* wp, const float* wn,
                    float* w_t, int8_t* codes, cudaStream_t stream) {
-  TTQ_CHECK(n >= 0, "ttq_ternarize: negative element count " << n);
-  if (n == 0) return;
-  ternarize_kernel<<<static_cast<unsigned>(blocks_for(n, kMaxMapBlocks)), kThreads, 0, stream>>>(
-      w, n, d, wp, wn, w_t, codes);
-  CUDA_CHECK(cudaGetLastError());
+  ternarize(w, n, d, wp, wn, w_t, codes, stream);
+}
+
+void ttq_ternarize(const float* w, int64_t n, const float* d, const float* wp, const float* wn,
+                   bf16* w_t, int8_t* codes, cudaStream_t stream) {
+  ternarize(w, n, d, wp, wn, w_t, codes, stream);
 }
 
 void ttq_backward(const int8_t* codes, const float* g, int64_t n, const float* wp, const float* wn,

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "engine/core/bf16.h"
 #include "kernels/ttq_math.h"
 
 namespace ttq::cuda {
@@ -31,6 +32,9 @@ void ttq_threshold(math::ThresholdMode mode, const float* w, int64_t n, float t,
 // codes[i] = ternary_code(w[i], *d), w_t[i] = ternary_value(codes[i], *wp, *wn).
 void ttq_ternarize(const float* w, int64_t n, const float* d, const float* wp, const float* wn,
                    float* w_t, int8_t* codes, cudaStream_t stream);
+// The same with w_t in bf16 (the three values Wp, 0, -Wn rounded to nearest even).
+void ttq_ternarize(const float* w, int64_t n, const float* d, const float* wp, const float* wn,
+                   bf16* w_t, int8_t* codes, cudaStream_t stream);
 
 // latent_grad[i] += latent_grad_scale(codes[i], *wp, *wn) * g[i] (plain g when scale_latent is
 // false; wp and wn may then be null). *dwp_out = dL/dWp and *dwn_out = dL/dWn (minus sign

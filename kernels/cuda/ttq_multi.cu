@@ -7,6 +7,11 @@
 // the threads in a fixed tree. A finishing kernel runs one block per layer and folds that layer's
 // partials (contiguous, in chunk order) the same way. Nothing depends on scheduling, so results
 // are bitwise repeatable. The per-element math is kernels/ttq_math.h, as on the CPU.
+//
+// w_t in f32 or bf16: each layer sets exactly one of w_t and w_t_bf16 (checked at construction);
+// the ternarize kernel branches per block on which one (a layer-uniform branch) and stores through
+// kernels/cuda/bf16_device.cuh (bf16: Wp, 0, -Wn rounded to nearest even). Codes, D and the scale
+// gradients do not depend on it.
 #include "kernels/cuda/ttq_multi.h"
 
 #include <cub/block/block_reduce.cuh>
@@ -16,6 +21,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ttq_kernels.h"
 
@@ -113,6 +119,17 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partials[work.id] = r;
 }
 
+// Codes and w_t (TOut: float or bf16) of one block's chunk.
+template <class TOut>
+__device__ __forceinline__ void ternarize_chunk(const BlockWork& work, const float* w, float d, float p,
+                                                float m, TOut* w_t, int8_t* codes) {
+  TTQ_CHUNK_LOOP(i, work) {
+    const int8_t code = math::ternary_code(w[i], d);
+    codes[i] = code;
+    store(w_t, i, math::ternary_value(code, p, m));
+  }
+}
+
 __global__ void __launch_bounds__(kThreads)
     ternarize_blocks(const TtqMultiLayer* layers, const detail::MultiBlock* blocks,
                      int64_t first_block, int64_t chunk) {
@@ -122,14 +139,10 @@ __global__ void __launch_bounds__(kThreads)
   const bool twn = layer.mode == ThresholdMode::Twn;  // TWN: one fixed scale for both signs
   const float p = twn ? *layer.twn_scale : *layer.wp;
   const float m = twn ? *layer.twn_scale : *layer.wn;
-  const float* w = layer.w;
-  float* w_t = layer.w_t;
-  int8_t* codes = layer.codes;
-  TTQ_CHUNK_LOOP(i, work) {
-    const int8_t code = math::ternary_code(w[i], d);
-    codes[i] = code;
-    w_t[i] = math::ternary_value(code, p, m);
-  }
+  if (layer.w_t)  // exactly one of w_t and w_t_bf16 is set (constructor)
+    ternarize_chunk(work, layer.w, d, p, m, layer.w_t, layer.codes);
+  else
+    ternarize_chunk(work, layer.w, d, p, m, layer.w_t_bf16, layer.codes);
 }
 
 // ---- backward ----------------------------------------------------------------------------------
@@ -281,8 +294,10 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
     const TtqMultiLayer& l = layers_[i];
     TTQ_CHECK(l.n >= 0, "TTQ multi-tensor: layer " << i << " has negative size " << l.n);
     TTQ_CHECK(l.d != nullptr, "TTQ multi-tensor: layer " << i << " has no D output");
-    TTQ_CHECK(l.n == 0 || (l.w && l.w_t && l.codes),
-              "TTQ multi-tensor: layer " << i << " lacks w, w_t or codes");
+    TTQ_CHECK(!(l.w_t && l.w_t_bf16),
+              "TTQ multi-tensor: layer " << i << " sets both w_t (f32) and w_t_bf16; exactly one of the two");
+    TTQ_CHECK(l.n == 0 || (l.w && (l.w_t || l.w_t_bf16) && l.codes),
+              "TTQ multi-tensor: layer " << i << " lacks w, w_t (or w_t_bf16) or codes");
     switch (l.mode) {
       case ThresholdMode::Max:
         TTQ_CHECK(l.wp && l.wn, "TTQ multi-tensor: layer " << i << " lacks Wp or Wn");

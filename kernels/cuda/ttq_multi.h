@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/core/bf16.h"
 #include "kernels/multi_tensor.h"
 #include "kernels/ttq_math.h"
 
@@ -44,7 +45,8 @@ struct TtqMultiLayer {
   // ---- forward ----
   const float* w = nullptr;    // latent weights W~, n elements
   int64_t n = 0;
-  float* w_t = nullptr;        // out: quantized weights, n elements
+  float* w_t = nullptr;        // out: quantized weights, n elements, in f32 ...
+  bf16* w_t_bf16 = nullptr;    // ... or in bf16 (precision "bf16"): exactly one of the two is set
   int8_t* codes = nullptr;     // out: ternary codes (+1, 0, -1), n elements; read by backward
   const float* wp = nullptr;   // device scalar Wp (Max, Sparsity; unused and may be null for Twn)
   const float* wn = nullptr;   // device scalar Wn (same)
