@@ -9,8 +9,12 @@
 // there, and a second event marks the end. wait() polls that event and ncclCommGetAsyncError until
 // done, an NCCL error, or timeout_s; an error or a timeout calls ncclCommAbort (so no kernel is
 // left waiting for a dead peer) and throws; on success the calling thread's stream waits on the
-// event, so the optimizer reads the averaged gradients. Host counters, broadcasts and barriers go
-// through the host communicator.
+// event, so the optimizer reads the averaged gradients. The gradient reducer uses wait_on_device()
+// instead: the calling thread's stream waits on the event and the host goes on (no host wait per
+// step); step_fence() at the end of each step then polls the previous step's end mark (normally
+// long done), and sync_device() everything so far before the trainer reads device results, both
+// with the same error checks, abort and timeout. Host counters, broadcasts and barriers go through
+// the host communicator.
 #include "engine/dist/backends.h"
 
 #if defined(TTQ_HAVE_NCCL) && defined(TTQ_HAVE_CUDA)
@@ -84,6 +88,7 @@ class NcclCommunicator : public Communicator {
       }
       comm_ = nullptr;
     }
+    if (fence_) CUDA_CHECK_NOTHROW(cudaEventDestroy(fence_));
     if (stream_) CUDA_CHECK_NOTHROW(cudaStreamDestroy(stream_));
   }
 
@@ -119,8 +124,42 @@ class NcclCommunicator : public Communicator {
     }
   }
 
-  // Waits for `done` (recorded on the communication stream after the collective).
+  // Waits on the host for `done` (recorded on the communication stream after the collective),
+  // then orders the calling thread's stream after it.
   void wait_event(cudaEvent_t done, const std::string& what) {
+    poll_event(done, what);
+    CUDA_CHECK(cudaStreamWaitEvent(cudaStreamPerThread, done, 0));
+  }
+
+  void step_fence() override {
+    cudaEvent_t mark = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&mark, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(mark, cudaStreamPerThread));
+    cudaEvent_t previous = fence_;
+    fence_ = mark;
+    if (previous) {
+      struct Release {
+        cudaEvent_t e;
+        ~Release() { CUDA_CHECK_NOTHROW(cudaEventDestroy(e)); }
+      } release{previous};
+      poll_event(previous, "the previous step (its gradient all-reduces)");
+    }
+  }
+
+  void sync_device(const std::string& what) override {
+    cudaEvent_t mark = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&mark, cudaEventDisableTiming));
+    struct Release {
+      cudaEvent_t e;
+      ~Release() { CUDA_CHECK_NOTHROW(cudaEventDestroy(e)); }
+    } release{mark};
+    CUDA_CHECK(cudaEventRecord(mark, cudaStreamPerThread));
+    poll_event(mark, what);
+  }
+
+  // Polls `done` until it completed, checking NCCL's asynchronous error state; an error or
+  // timeout_s passing aborts the communicator and throws.
+  void poll_event(cudaEvent_t done, const std::string& what) {
     const auto deadline = deadline_from_now();
     for (int spins = 0;; ++spins) {
       const cudaError_t e = cudaEventQuery(done);
@@ -139,7 +178,6 @@ class NcclCommunicator : public Communicator {
       else
         std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
-    CUDA_CHECK(cudaStreamWaitEvent(cudaStreamPerThread, done, 0));
   }
 
  private:
@@ -187,6 +225,7 @@ class NcclCommunicator : public Communicator {
   std::shared_ptr<Communicator> host_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  cudaEvent_t fence_ = nullptr;  // the last step_fence() mark
   int device_ = 0;
   std::atomic<bool> broken_{false};
   std::mutex abort_mu_;
@@ -199,6 +238,11 @@ class NcclCommunicator::Work : public CommWork {
   void wait() override {
     if (waited_) return;
     c_->wait_event(done_, what_);
+    waited_ = true;
+  }
+  void wait_on_device() override {
+    if (waited_) return;
+    CUDA_CHECK(cudaStreamWaitEvent(cudaStreamPerThread, done_, 0));
     waited_ = true;
   }
 

@@ -47,6 +47,10 @@ class CommWork {
  public:
   virtual ~CommWork() = default;
   virtual void wait() = 0;
+  // Orders the calling thread's later device work after the collective without a host wait (the
+  // nccl backend: the stream waits on the collective's event). Failures and timeouts then surface
+  // at the next Communicator::step_fence() or sync_device(). Host backends wait, as wait().
+  virtual void wait_on_device() { wait(); }
 };
 
 class Communicator {
@@ -85,6 +89,15 @@ class Communicator {
   virtual void abort(const std::string& reason) noexcept = 0;
   // True once a collective failed (the communicator cannot be used any more).
   virtual bool broken() const { return false; }
+
+  // Device-side waits (nccl; nothing to do for the host backends). step_fence() marks the end of a
+  // step's device work on the calling thread's stream and waits, with timeout_s and the backend's
+  // error checks, for the previous step's mark: the host runs at most one step ahead of the
+  // device's collectives, and a dead or stalled peer is an error, not a hang (the next step's
+  // work being enqueued while this one runs, no device time is lost). sync_device(what) waits the
+  // same way for everything enqueued so far, before the host reads device results.
+  virtual void step_fence() {}
+  virtual void sync_device(const std::string& what) { (void)what; }
 
  protected:
   Communicator() = default;

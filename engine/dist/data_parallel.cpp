@@ -73,6 +73,10 @@ void DataParallel::average_buffers(Module& net) {
   });
 }
 
+void DataParallel::sync_device(const std::string& what) {
+  if (active()) guarded([&] { comm_->sync_device(what); });
+}
+
 void DataParallel::sum(double* v, int64_t n) {
   if (active()) guarded([&] { comm_->all_reduce_sum(v, n); });
 }

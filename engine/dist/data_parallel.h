@@ -42,6 +42,9 @@ class DataParallel {
   // different on every rank), so all ranks evaluate and rank 0 saves the same model. Collective.
   void average_buffers(Module& net);
   // Sums over all ranks, in place. Collective.
+  // Waits (with the timeout and the backend's error checks) for the device work enqueued so far,
+  // collectives included, before the host reads results (nccl; nothing to do otherwise).
+  void sync_device(const std::string& what);
   void sum(double* v, int64_t n);
   void sum(int64_t* v, int64_t n);
   // Mean of one value over the ranks. Collective.

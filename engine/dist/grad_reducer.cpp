@@ -244,9 +244,15 @@ void GradientReducer::finish() {
     }
   while (next_launch_ < plan_.buckets.size()) launch(next_launch_++);
   const auto t0 = std::chrono::steady_clock::now();
+  // GPU buffers (nccl): the stream waits for the buckets and the host goes on; the step fence
+  // below bounds how far it runs ahead and turns a dead peer into an error.
+  const bool on_device = comm_->buffer_device() == Device::CUDA;
   for (size_t b = 0; b < works_.size(); ++b) {
     try {
-      works_[b]->wait();
+      if (on_device)
+        works_[b]->wait_on_device();
+      else
+        works_[b]->wait();
     } catch (const Error& e) {
       TTQ_FAIL("gradient bucket " << b + 1 << " of " << plan_.buckets.size() << ": " << e.what());
     }
@@ -254,6 +260,7 @@ void GradientReducer::finish() {
   last_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (size_t i = 0; i < items_.size(); ++i) unpack(i);
   reset_step();
+  if (on_device) comm_->step_fence();
 }
 
 std::string GradientReducer::describe() const {

@@ -92,6 +92,7 @@ class GradientReducer {
   // Seconds finish() spent waiting for communication in the last step (what was not overlapped,
   // plus any wait for a slower rank), and when that step's finish() began (steady clock seconds:
   // the end of this rank's backward pass; comparable between the processes of one machine).
+  // Host backends only: with nccl the device waits, and this is the host's enqueue time.
   double last_wait_seconds() const { return last_wait_s_; }
   double last_finish_start() const { return last_finish_start_; }
   // "3 buckets (1.00, 25.00, 20.73 MiB), 46.73 MiB of gradients"

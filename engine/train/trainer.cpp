@@ -319,6 +319,9 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       };
       std::vector<Pending> pending;
       auto drain = [&] {
+        // nccl: the steps' all-reduces are waited for on the device; a dead peer surfaces here
+        // (or at the next step's fence) as an error within the timeout, never as a hung read.
+        dp.sync_device("reading the training log");
         const std::vector<LoggedStep> done = step_log.read();
         TTQ_CHECK(done.size() == pending.size(), "internal: " << done.size() << " logged steps for " << pending.size());
         // What is shown and logged per step is the mean over all ranks (one small all-reduce per
