@@ -21,7 +21,7 @@ __device__ __forceinline__ float load(const bf16* p, int64_t i) {
 
 __device__ __forceinline__ void store(float* p, int64_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void store(bf16* p, int64_t i, float v) {
-  reinterpret_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  p[i].bits = __bfloat16_as_ushort(__float2bfloat16_rn(v));
 }
 
 }  // namespace ttq::cuda

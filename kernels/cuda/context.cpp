@@ -80,7 +80,10 @@ cublasHandle_t DeviceContext::cublas() {
       CUBLAS_CHECK(cublasSetStream(h, cudaStreamPerThread));
       // CUBLAS_DEFAULT_MATH: no TF32 tensor-core down-conversion (and no BF16x9 emulation) for
       // single precision, so fp32 GEMMs match the CPU kernels within tight tolerances.
-      CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+      // DISALLOW_REDUCED_PRECISION_REDUCTION: a bf16-output GEMM (precision "bf16") reduces in
+      // its f32 compute type, split-K partial sums included, and rounds once at the end.
+      CUBLAS_CHECK(cublasSetMathMode(
+          h, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
       // No atomics: the same call gives bitwise-identical results run after run.
       CUBLAS_CHECK(cublasSetAtomicsMode(h, CUBLAS_ATOMICS_NOT_ALLOWED));
       CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));

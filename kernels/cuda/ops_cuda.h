@@ -71,7 +71,8 @@ void count_topk_correct(int64_t n, int64_t classes, const float* logits, const i
 // (ttq::bf16 is bit-compatible with __nv_bfloat16). Biases, bias gradients, BatchNorm parameters
 // and statistics, probabilities and the loss stay f32. Every kernel computes in f32 (tensor-core
 // accumulation in f32 for convolutions and GEMMs) and rounds each output element to bf16 once, on
-// store, so the CPU emulation (f32 op on the widened inputs, rounded) is the reference.
+// store, so the CPU emulation (f32 op on the widened inputs, rounded) is the reference. One
+// exception: a convolution with a bias rounds twice (cuDNN's bf16 output, then + bias).
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const float* bias, bf16* y);
 void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx);
 void conv2d_backward_weights(const Conv2dShape& s, const bf16* x, const bf16* dy, bf16* dw, float* dbias);
