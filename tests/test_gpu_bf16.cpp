@@ -22,9 +22,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <ostream>
-#include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -35,24 +32,14 @@
 #include "kernels/device.h"
 #include "kernels/ops.h"
 #include "kernels/ttq_math.h"
+#include "tests/gpu_test_util.h"
 #include "tests/test_util.h"
 
 namespace ttq {
 namespace {
 
+using namespace gpu_test;
 using math::ThresholdMode;
-
-// A CUDA build without cuDNN or cuBLAS keeps refusing stubs for these ops.
-#ifdef TTQ_HAVE_CUDNN
-#define TTQ_REQUIRE_CUDNN() (void)0
-#else
-#define TTQ_REQUIRE_CUDNN() GTEST_SKIP() << "built without cuDNN"
-#endif
-#ifdef TTQ_HAVE_CUBLAS
-#define TTQ_REQUIRE_CUBLAS() (void)0
-#else
-#define TTQ_REQUIRE_CUBLAS() GTEST_SKIP() << "built without cuBLAS"
-#endif
 
 // The CPU emulation runs the reference kernels while one of these lives.
 class ReferenceKernels {
@@ -66,10 +53,14 @@ class ReferenceKernels {
   cpu::Kernels saved_;
 };
 
-// ---- tensors ----------------------------------------------------------------------------------
+// A case test of this file: skips where no GPU is found; the CPU emulation runs the reference
+// kernels.
+template <class Case>
+class Bf16CaseTest : public GpuCaseTest<Case> {
+  const ReferenceKernels reference_;
+};
 
-Tensor gpu(const Tensor& t) { return t.to(Device::CUDA); }
-Tensor host(const Tensor& t) { return t.to(Device::CPU); }
+// ---- tensors ----------------------------------------------------------------------------------
 
 // A bf16 CPU copy of an f32 CPU tensor (round to nearest even).
 Tensor to_bf16_host(const Tensor& f) {
@@ -98,54 +89,10 @@ Tensor random_bf16(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi
 
 Tensor cpu_empty(const Shape& s, DType dt = DType::BF16) { return Tensor::empty(s, dt); }
 Tensor gpu_empty(const Shape& s, DType dt = DType::BF16) { return Tensor::empty(s, dt, Device::CUDA); }
-// A device tensor filled with a value no op produces by accident: outputs must overwrite it.
-Tensor gpu_garbage(const Shape& s, DType dt = DType::BF16) {
-  const Tensor f = Tensor::full(s, 7.25f);
-  return gpu(dt == DType::BF16 ? to_bf16_host(f) : f);
-}
-
-Tensor scalar(float v) { return Tensor::from_vector({1}, {v}); }
-
-Tensor int_labels(int64_t n, int64_t classes, uint64_t seed) {
-  Tensor t = Tensor::empty({n}, DType::I32);
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(classes - 1));
-  for (int64_t i = 0; i < n; ++i) t.data<int32_t>()[i] = dist(gen);
-  return t;
-}
+// A garbage-filled device tensor (gpu_test::gpu_garbage), bf16 unless told.
+Tensor gpu_garbage(const Shape& s, DType dt = DType::BF16) { return gpu_test::gpu_garbage(s, dt); }
 
 // ---- comparisons ------------------------------------------------------------------------------
-
-std::string value_str(const Tensor& t, int64_t i) {
-  std::ostringstream os;
-  switch (t.dtype()) {
-    case DType::F32: os << t.data<float>()[i]; break;
-    case DType::BF16: {
-      const bf16 b = t.data<bf16>()[i];
-      os << to_float(b) << " (0x" << std::hex << b.bits << ")";
-      break;
-    }
-    case DType::I8: os << +t.data<int8_t>()[i]; break;
-    case DType::I64: os << t.data<int64_t>()[i]; break;
-    default: os << "?";
-  }
-  return os.str();
-}
-
-// Bitwise equality of two tensors of one dtype (any devices), naming the first difference.
-::testing::AssertionResult bitwise_equal(const Tensor& got_any, const Tensor& want_any) {
-  const Tensor got = host(got_any), want = host(want_any);
-  if (got.shape() != want.shape() || got.dtype() != want.dtype())
-    return ::testing::AssertionFailure() << got.str() << " vs " << want.str();
-  const size_t es = dtype_size(got.dtype());
-  const auto* a = static_cast<const unsigned char*>(got.raw());
-  const auto* b = static_cast<const unsigned char*>(want.raw());
-  for (int64_t i = 0; i < got.numel(); ++i)
-    if (std::memcmp(a + i * es, b + i * es, es) != 0)
-      return ::testing::AssertionFailure() << "first difference at [" << i << "] of " << got.numel() << ": "
-                                           << value_str(got, i) << " vs " << value_str(want, i);
-  return ::testing::AssertionSuccess();
-}
 
 // bf16 outputs against the emulation: |got - want| <= atol_frac * max|want| + 2^-6 * |want| (two
 // bf16 ulps relative, plus an absolute term for values that cancel).
@@ -161,7 +108,6 @@ constexpr double kBf16Rtol = 1.0 / 64.0;
 ::testing::AssertionResult close_f32(const Tensor& got, const Tensor& want, double atol, double rtol) {
   return testing::all_close(host(got), host(want), atol, rtol);
 }
-double tol(int64_t reduction) { return 1e-4 * std::sqrt(static_cast<double>(std::max<int64_t>(reduction, 1))); }
 
 // ---- casts and elementwise ops ------------------------------------------------------------------
 
@@ -263,20 +209,12 @@ TEST(GpuBf16, AddAndAccumulateBitwise) {
   }
 }
 
-struct ShortcutCase {
-  int64_t n, c_in, h, w, c_out, stride;
-};
-
 TEST(GpuBf16, ShortcutABitwise) {
   if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
   uint64_t seed = 300;
-  for (const ShortcutCase& c : {ShortcutCase{2, 4, 8, 8, 8, 2}, ShortcutCase{3, 5, 7, 9, 11, 2},
-                                ShortcutCase{2, 3, 10, 7, 6, 3}, ShortcutCase{1, 4, 5, 6, 4, 1},
-                                ShortcutCase{64, 16, 32, 32, 32, 2}}) {
-    SCOPED_TRACE("c_in=" + std::to_string(c.c_in) + " h=" + std::to_string(c.h) + " w=" + std::to_string(c.w) +
-                 " c_out=" + std::to_string(c.c_out) + " stride=" + std::to_string(c.stride));
-    const int64_t oh = (c.h + c.stride - 1) / c.stride, ow = (c.w + c.stride - 1) / c.stride;
-    const Shape xs{c.n, c.c_in, c.h, c.w}, ys{c.n, c.c_out, oh, ow};
+  for (const ShortcutCase& c : kShortcutCases) {
+    SCOPED_TRACE(c.str());
+    const Shape xs = c.x_shape(), ys = c.y_shape();
     const Tensor x = random_bf16(xs, ++seed);
     Tensor y = cpu_empty(ys);
     ops::shortcut_a_forward(c.stride, x, y);
@@ -379,52 +317,20 @@ TEST(GpuBf16, SoftmaxCrossEntropyAndTopk) {
 
 // ---- convolution ----------------------------------------------------------------------------
 
-struct ConvCase {
-  const char* name;
-  Conv2dShape s;
-  bool bias;
-};
-
-Conv2dShape conv(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t kh, int64_t kw, int64_t sh,
-                 int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr, int64_t groups) {
-  Conv2dShape s;
-  s.n = n, s.c_in = c_in, s.h = h, s.w = w, s.c_out = c_out, s.kh = kh, s.kw = kw;
-  s.stride_h = sh, s.stride_w = sw, s.pad_t = pt, s.pad_l = pl, s.pad_b = pb, s.pad_r = pr, s.groups = groups;
-  return s;
-}
-
-Conv2dShape conv_same(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out, int64_t k, int64_t stride,
-                      int64_t groups) {
-  Conv2dShape s = conv(n, c_in, h, w, c_out, k, k, stride, stride, 0, 0, 0, 0, groups);
-  set_padding(s, true, 0);
-  return s;
-}
-
-const ConvCase kConvCases[] = {
-    {"k3_s1_pad1_bias", conv(2, 3, 7, 9, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), true},
-    {"k3_s2_same_asym_groups2", conv_same(2, 4, 8, 8, 6, 3, 2, 2), false},
-    {"k5x3_s2x1_asym_both_groups3_bias", conv(1, 6, 10, 7, 6, 5, 3, 2, 1, 2, 1, 1, 0, 3), true},
-    {"depthwise_k3_asym", conv(2, 8, 9, 6, 8, 3, 3, 1, 1, 1, 0, 2, 1, 8), true},
-    {"k1_s2_nopad", conv(3, 5, 9, 9, 7, 1, 1, 2, 2, 0, 0, 0, 0, 1), true},
-    {"k4_s2_same_even", conv_same(2, 3, 10, 11, 5, 4, 2, 1), true},
-    {"k3_s1_pad1_wide", conv(4, 16, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), false},
+const std::vector<ConvCase> kConvCases = conv_cases({
     {"k3_s1_pad1_resnet_block", conv(8, 64, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1), true},
-    {"k7_s2_pad3_stem", conv(2, 3, 32, 32, 16, 7, 7, 2, 2, 3, 3, 3, 3, 1), true},
-};
+    // n * out_h * out_w > 16384: the bias gradient's chunked channel sums (groups of 4, and of 1)
+    {"k3_s1_pad1_bias_batch32", conv(32, 3, 24, 24, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), true},
+    {"k3_s1_pad1_bias_batch40_odd", conv(40, 2, 21, 21, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), true},
+});
 
-void PrintTo(const ConvCase& c, std::ostream* os) { *os << c.name << " " << c.s.str() << (c.bias ? " bias" : ""); }
-
-class GpuBf16Conv : public ::testing::TestWithParam<ConvCase> {};
+class GpuBf16Conv : public Bf16CaseTest<ConvCase> {};
 
 TEST_P(GpuBf16Conv, MatchesEmulationAndRepeats) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
   TTQ_REQUIRE_CUDNN();
-  const ReferenceKernels reference;
   const ConvCase& c = GetParam();
   const Conv2dShape& s = c.s;
-  s.validate("test");
-  const Shape xs{s.n, s.c_in, s.h, s.w}, ws{s.c_out, s.c_in_per_group(), s.kh, s.kw}, ys{s.n, s.c_out, s.out_h(), s.out_w()};
-  const Shape bs{s.c_out};
+  const auto [xs, ws, ys, bs] = c.shapes();
   const Tensor x = random_bf16(xs, 11), w = random_bf16(ws, 12), dy = random_bf16(ys, 14);
   const Tensor b = testing::random_tensor(bs, 13);  // biases stay f32
 
@@ -434,12 +340,8 @@ TEST_P(GpuBf16Conv, MatchesEmulationAndRepeats) {
   ops::conv2d_backward_weights(s, x, dy, dw_ref, c.bias ? &db_ref : nullptr);
 
   const Tensor xg = gpu(x), wg = gpu(w), bg = gpu(b), dyg = gpu(dy);
-  Tensor y[2], dx[2], dw[2], db[2];
+  Runs y(ys, DType::BF16), dx(xs, DType::BF16), dw(ws, DType::BF16), db(bs, DType::F32);
   for (int run = 0; run < 2; ++run) {
-    y[run] = gpu_garbage(ys);
-    dx[run] = gpu_garbage(xs);
-    dw[run] = gpu_garbage(ws);
-    db[run] = gpu_garbage(bs, DType::F32);
     ops::conv2d_forward(s, xg, wg, c.bias ? &bg : nullptr, y[run]);
     ops::conv2d_backward_data(s, dyg, wg, dx[run]);
     ops::conv2d_backward_weights(s, xg, dyg, dw[run], c.bias ? &db[run] : nullptr);
@@ -452,70 +354,27 @@ TEST_P(GpuBf16Conv, MatchesEmulationAndRepeats) {
   if (c.bias) {
     EXPECT_TRUE(close_f32(db[0], db_ref, tol(k_bias), tol(k_bias))) << "bias gradient " << s.str();
   }
-  EXPECT_TRUE(bitwise_equal(y[1], y[0])) << "forward repeat";
-  EXPECT_TRUE(bitwise_equal(dx[1], dx[0])) << "backward data repeat";
-  EXPECT_TRUE(bitwise_equal(dw[1], dw[0])) << "backward weights repeat";
+  EXPECT_TRUE(y.repeats()) << "forward repeat";
+  EXPECT_TRUE(dx.repeats()) << "backward data repeat";
+  EXPECT_TRUE(dw.repeats()) << "backward weights repeat";
   if (c.bias) {
-    EXPECT_TRUE(bitwise_equal(db[1], db[0])) << "bias gradient repeat";
+    EXPECT_TRUE(db.repeats()) << "bias gradient repeat";
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Conv, ::testing::ValuesIn(kConvCases),
-                         [](const ::testing::TestParamInfo<ConvCase>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Conv, ::testing::ValuesIn(kConvCases), CaseName{});
 
 // ---- pooling --------------------------------------------------------------------------------
 
-struct PoolCase {
-  const char* name;
-  PoolKind kind;
-  Pool2dShape s;
-};
+const std::vector<PoolCase> kPoolCases =
+    pool_cases({{"max_k3_s2_pad1_stem", PoolKind::Max, pool(8, 64, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, true)}});
 
-Pool2dShape pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                 int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool include_pad) {
-  Pool2dShape s;
-  s.n = n, s.c = c, s.h = h, s.w = w, s.kh = kh, s.kw = kw, s.stride_h = sh, s.stride_w = sw;
-  s.pad_t = pt, s.pad_l = pl, s.pad_b = pb, s.pad_r = pr, s.count_include_pad = include_pad;
-  return s;
-}
-
-Pool2dShape pool_same(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t stride, bool include_pad) {
-  Pool2dShape s = pool(n, c, h, w, k, k, stride, stride, 0, 0, 0, 0, include_pad);
-  set_padding(s, true, 0);
-  return s;
-}
-
-const PoolCase kPoolCases[] = {
-    {"max_k2_s2", PoolKind::Max, pool(2, 3, 8, 8, 2, 2, 2, 2, 0, 0, 0, 0, true)},
-    {"max_k3_s2_pad1", PoolKind::Max, pool(2, 3, 9, 9, 3, 3, 2, 2, 1, 1, 1, 1, true)},
-    {"max_k3_s2_same_asym", PoolKind::Max, pool_same(2, 4, 8, 8, 3, 2, true)},
-    {"max_k3_s1_asym_both", PoolKind::Max, pool(1, 2, 7, 6, 3, 3, 1, 1, 2, 0, 1, 2, true)},
-    {"max_k2x3_s1x2_asym", PoolKind::Max, pool(2, 2, 6, 9, 2, 3, 1, 2, 1, 0, 0, 2, true)},
-    {"max_k3_s2_pad1_stem", PoolKind::Max, pool(8, 64, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, true)},
-    {"avg_k2_s2", PoolKind::Avg, pool(2, 3, 8, 8, 2, 2, 2, 2, 0, 0, 0, 0, true)},
-    {"avg_k3_s2_pad1_include", PoolKind::Avg, pool(2, 3, 9, 9, 3, 3, 2, 2, 1, 1, 1, 1, true)},
-    {"avg_k3_s2_pad1_exclude", PoolKind::Avg, pool(2, 3, 9, 9, 3, 3, 2, 2, 1, 1, 1, 1, false)},
-    {"avg_k3_s2_same_asym_include", PoolKind::Avg, pool_same(2, 4, 8, 8, 3, 2, true)},
-    {"avg_k3_s2_same_asym_exclude", PoolKind::Avg, pool_same(2, 4, 8, 8, 3, 2, false)},
-    {"avg_k3_s1_asym_both_include", PoolKind::Avg, pool(1, 2, 7, 6, 3, 3, 1, 1, 2, 0, 1, 2, true)},
-    {"avg_k3_s1_asym_both_exclude", PoolKind::Avg, pool(1, 2, 7, 6, 3, 3, 1, 1, 2, 0, 1, 2, false)},
-    {"avg_k2x3_s1x2_asym_exclude", PoolKind::Avg, pool(2, 2, 6, 9, 2, 3, 1, 2, 1, 0, 0, 2, false)},
-};
-
-void PrintTo(const PoolCase& c, std::ostream* os) {
-  *os << c.name << (c.kind == PoolKind::Max ? " max " : " avg ") << c.s.str()
-      << (c.s.count_include_pad ? " count_include_pad" : "");
-}
-
-class GpuBf16Pool : public ::testing::TestWithParam<PoolCase> {};
+class GpuBf16Pool : public Bf16CaseTest<PoolCase> {};
 
 TEST_P(GpuBf16Pool, MatchesEmulationAndRepeats) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
-  const ReferenceKernels reference;
   const PoolCase& c = GetParam();
   const Pool2dShape& s = c.s;
-  s.validate("test");
-  const Shape xs{s.n, s.c, s.h, s.w}, ys{s.n, s.c, s.out_h(), s.out_w()};
+  const auto [xs, ys] = c.shapes();
   Tensor xf = testing::random_tensor(xs, 31);
   if (c.kind == PoolKind::Max) {  // a few levels only: equal maxima check first-maximum routing
     float* p = xf.data<float>();
@@ -527,10 +386,8 @@ TEST_P(GpuBf16Pool, MatchesEmulationAndRepeats) {
   ops::pool2d_backward(c.kind, s, x, dy, dx_ref);
 
   const Tensor xg = gpu(x), dyg = gpu(dy);
-  Tensor y[2], dx[2];
+  Runs y(ys, DType::BF16), dx(xs, DType::BF16);
   for (int run = 0; run < 2; ++run) {
-    y[run] = gpu_garbage(ys);
-    dx[run] = gpu_garbage(xs);
     ops::pool2d_forward(c.kind, s, xg, y[run]);
     ops::pool2d_backward(c.kind, s, xg, dyg, dx[run]);
   }
@@ -541,36 +398,25 @@ TEST_P(GpuBf16Pool, MatchesEmulationAndRepeats) {
     EXPECT_TRUE(close_bf16(y[0], y_ref)) << "forward " << s.str();
     EXPECT_TRUE(close_bf16(dx[0], dx_ref)) << "backward " << s.str();
   }
-  EXPECT_TRUE(bitwise_equal(y[1], y[0])) << "forward repeat";
-  EXPECT_TRUE(bitwise_equal(dx[1], dx[0])) << "backward repeat";
+  EXPECT_TRUE(y.repeats()) << "forward repeat";
+  EXPECT_TRUE(dx.repeats()) << "backward repeat";
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Pool, ::testing::ValuesIn(kPoolCases),
-                         [](const ::testing::TestParamInfo<PoolCase>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Pool, ::testing::ValuesIn(kPoolCases), CaseName{});
 
 // ---- batch norm -----------------------------------------------------------------------------
 
-struct BnCase {
-  const char* name;
-  BatchNormShape s;
-};
-
-const BnCase kBnCases[] = {
-    {"bn2d_small", {4, 5, 6 * 7}},
-    {"bn2d_wide", {8, 3, 32 * 32}},
-    {"bn2d_many_channels", {2, 64, 4 * 4}},
+const std::vector<BnCase> kBnCases = bn_cases({
     {"bn2d_resnet", {16, 32, 16 * 16}},
-    {"bn1d", {16, 10, 1}},
-    {"bn1d_batch2", {2, 7, 1}},
-};
+    // N * S > 16384: the chunked reductions (kernels/cuda/channel_reduce.cuh) and grid-stride passes
+    {"bn2d_chunked", {32, 3, 56 * 56}},
+    {"bn2d_chunked_odd", {40, 2, 25 * 25}},
+    {"bn1d_chunked", {20000, 3, 1}},
+});
 
-void PrintTo(const BnCase& c, std::ostream* os) { *os << c.name << " " << c.s.n << "x" << c.s.c << "x" << c.s.s; }
-
-class GpuBf16BatchNorm : public ::testing::TestWithParam<BnCase> {};
+class GpuBf16BatchNorm : public Bf16CaseTest<BnCase> {};
 
 TEST_P(GpuBf16BatchNorm, TrainingForwardMatchesEmulationAndRepeats) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
-  const ReferenceKernels reference;
   const BatchNormShape& s = GetParam().s;
   const float eps = 1e-5f, momentum = 0.1f;
   const Shape xs{s.n, s.c, s.s}, cs{s.c};
@@ -584,14 +430,8 @@ TEST_P(GpuBf16BatchNorm, TrainingForwardMatchesEmulationAndRepeats) {
   ops::batchnorm_forward_train(s, x, gamma, beta, eps, momentum, rm_ref, rv_ref, y_ref, mean_ref, var_ref, is_ref);
 
   const Tensor xg = gpu(x), gg = gpu(gamma), bg = gpu(beta);
-  Tensor y[2], mean[2], var[2], is[2], rm[2], rv[2];
+  Runs y(xs, DType::BF16), mean(cs, DType::F32), var(cs, DType::F32), is(cs, DType::F32), rm(rm0), rv(rv0);
   for (int run = 0; run < 2; ++run) {
-    y[run] = gpu_garbage(xs);
-    mean[run] = gpu_garbage(cs, DType::F32);
-    var[run] = gpu_garbage(cs, DType::F32);
-    is[run] = gpu_garbage(cs, DType::F32);
-    rm[run] = gpu(rm0);
-    rv[run] = gpu(rv0);
     ops::batchnorm_forward_train(s, xg, gg, bg, eps, momentum, rm[run], rv[run], y[run], mean[run], var[run], is[run]);
   }
   // Statistics: double sums of the same values in another order, rounded to f32.
@@ -601,12 +441,10 @@ TEST_P(GpuBf16BatchNorm, TrainingForwardMatchesEmulationAndRepeats) {
   EXPECT_TRUE(close_f32(is[0], is_ref, 1e-6, 1e-5)) << "inverse std";
   EXPECT_TRUE(close_f32(rm[0], rm_ref, 1e-6, 1e-5)) << "running mean";
   EXPECT_TRUE(close_f32(rv[0], rv_ref, 1e-6, 1e-5)) << "running variance (unbiased)";
-  for (Tensor* t : {y, mean, var, is, rm, rv}) EXPECT_TRUE(bitwise_equal(t[1], t[0]));
+  for (const Runs* t : {&y, &mean, &var, &is, &rm, &rv}) EXPECT_TRUE(t->repeats());
 }
 
 TEST_P(GpuBf16BatchNorm, InferenceMatchesEmulation) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
-  const ReferenceKernels reference;
   const BatchNormShape& s = GetParam().s;
   const float eps = 1e-3f;
   const Shape xs{s.n, s.c, s.s}, cs{s.c};
@@ -621,8 +459,6 @@ TEST_P(GpuBf16BatchNorm, InferenceMatchesEmulation) {
 }
 
 TEST_P(GpuBf16BatchNorm, BackwardMatchesEmulationAndRepeats) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
-  const ReferenceKernels reference;
   const BatchNormShape& s = GetParam().s;
   const float eps = 1e-5f, momentum = 0.1f;
   const Shape xs{s.n, s.c, s.s}, cs{s.c};
@@ -636,53 +472,29 @@ TEST_P(GpuBf16BatchNorm, BackwardMatchesEmulationAndRepeats) {
   ops::batchnorm_backward(s, x, dy, gamma, mean, inv_std, eps, dx_ref, dg_ref, db_ref);
 
   const Tensor xg = gpu(x), dyg = gpu(dy), gg = gpu(gamma), mg = gpu(mean), isg = gpu(inv_std);
-  Tensor dx[2], dg[2], db[2];
+  Runs dx(xs, DType::BF16), dg(cs, DType::F32), db(cs, DType::F32);
   for (int run = 0; run < 2; ++run) {
-    dx[run] = gpu_garbage(xs);
-    dg[run] = gpu_garbage(cs, DType::F32);
-    db[run] = gpu_garbage(cs, DType::F32);
     ops::batchnorm_backward(s, xg, dyg, gg, mg, isg, eps, dx[run], dg[run], db[run]);
   }
   const int64_t k = s.n * s.s;
   EXPECT_TRUE(close_bf16(dx[0], dx_ref)) << "dx";
   EXPECT_TRUE(close_f32(dg[0], dg_ref, tol(k), tol(k))) << "dgamma";
   EXPECT_TRUE(close_f32(db[0], db_ref, tol(k), tol(k))) << "dbeta";
-  for (Tensor* t : {dx, dg, db}) EXPECT_TRUE(bitwise_equal(t[1], t[0]));
+  for (const Runs* t : {&dx, &dg, &db}) EXPECT_TRUE(t->repeats());
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16BatchNorm, ::testing::ValuesIn(kBnCases),
-                         [](const ::testing::TestParamInfo<BnCase>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16BatchNorm, ::testing::ValuesIn(kBnCases), CaseName{});
 
 // ---- linear ---------------------------------------------------------------------------------
 
-struct LinearCase {
-  const char* name;
-  int64_t n, in, out;
-  bool bias, want_dx;
-};
+const std::vector<LinearCase> kLinearCases = linear_cases({{"resnet_fc", 128, 512, 1000, true, true}});
 
-const LinearCase kLinearCases[] = {
-    {"one_by_one", 1, 1, 1, true, true},
-    {"small_bias", 5, 7, 3, true, true},
-    {"small_nobias", 5, 7, 3, false, true},
-    {"classifier", 64, 300, 10, true, true},
-    {"resnet_fc", 128, 512, 1000, true, true},
-    {"odd_sizes_no_dx", 3, 17, 129, true, false},
-    {"wide_nobias_no_dx", 33, 257, 65, false, false},
-};
-
-void PrintTo(const LinearCase& c, std::ostream* os) {
-  *os << c.name << " n=" << c.n << " in=" << c.in << " out=" << c.out << (c.bias ? " bias" : "") << (c.want_dx ? " dx" : "");
-}
-
-class GpuBf16Linear : public ::testing::TestWithParam<LinearCase> {};
+class GpuBf16Linear : public Bf16CaseTest<LinearCase> {};
 
 TEST_P(GpuBf16Linear, MatchesEmulationAndRepeats) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
   TTQ_REQUIRE_CUBLAS();
-  const ReferenceKernels reference;
   const LinearCase& c = GetParam();
-  const Shape xs{c.n, c.in}, ws{c.out, c.in}, ys{c.n, c.out}, bs{c.out};
+  const auto [xs, ws, ys, bs] = c.shapes();
   const Tensor x = random_bf16(xs, 71), w = random_bf16(ws, 72), dy = random_bf16(ys, 74);
   const Tensor b = testing::random_tensor(bs, 73);
   Tensor y_ref = cpu_empty(ys), dx_ref = cpu_empty(xs), dw_ref = cpu_empty(ws), db_ref = cpu_empty(bs, DType::F32);
@@ -690,44 +502,30 @@ TEST_P(GpuBf16Linear, MatchesEmulationAndRepeats) {
   ops::linear_backward(x, w, dy, c.want_dx ? &dx_ref : nullptr, dw_ref, c.bias ? &db_ref : nullptr);
 
   const Tensor xg = gpu(x), wg = gpu(w), bg = gpu(b), dyg = gpu(dy);
-  Tensor y[2], dx[2], dw[2], db[2];
+  Runs y(ys, DType::BF16), dx(xs, DType::BF16), dw(ws, DType::BF16), db(bs, DType::F32);
   for (int run = 0; run < 2; ++run) {
-    y[run] = gpu_garbage(ys);
-    dx[run] = gpu_garbage(xs);
-    dw[run] = gpu_garbage(ws);
-    db[run] = gpu_garbage(bs, DType::F32);
     ops::linear_forward(xg, wg, c.bias ? &bg : nullptr, y[run]);
     ops::linear_backward(xg, wg, dyg, c.want_dx ? &dx[run] : nullptr, dw[run], c.bias ? &db[run] : nullptr);
   }
   EXPECT_TRUE(close_bf16(y[0], y_ref)) << "forward";
   EXPECT_TRUE(close_bf16(dw[0], dw_ref)) << "weight gradient";
-  EXPECT_TRUE(bitwise_equal(y[1], y[0])) << "forward repeat";
-  EXPECT_TRUE(bitwise_equal(dw[1], dw[0])) << "weight gradient repeat";
+  EXPECT_TRUE(y.repeats()) << "forward repeat";
+  EXPECT_TRUE(dw.repeats()) << "weight gradient repeat";
   if (c.want_dx) {
     EXPECT_TRUE(close_bf16(dx[0], dx_ref)) << "input gradient";
-    EXPECT_TRUE(bitwise_equal(dx[1], dx[0])) << "input gradient repeat";
+    EXPECT_TRUE(dx.repeats()) << "input gradient repeat";
   } else {
     EXPECT_TRUE(bitwise_equal(dx[0], to_bf16_host(Tensor::full(xs, 7.25f)))) << "dx == null must leave the buffer alone";
   }
   if (c.bias) {
     EXPECT_TRUE(close_f32(db[0], db_ref, tol(c.n), tol(c.n))) << "bias gradient";
-    EXPECT_TRUE(bitwise_equal(db[1], db[0])) << "bias gradient repeat";
+    EXPECT_TRUE(db.repeats()) << "bias gradient repeat";
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Linear, ::testing::ValuesIn(kLinearCases),
-                         [](const ::testing::TestParamInfo<LinearCase>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Shapes, GpuBf16Linear, ::testing::ValuesIn(kLinearCases), CaseName{});
 
 // ---- TTQ ----------------------------------------------------------------------------------------
-
-const char* mode_name(ThresholdMode m) {
-  switch (m) {
-    case ThresholdMode::Max: return "Max";
-    case ThresholdMode::Sparsity: return "Sparsity";
-    case ThresholdMode::Twn: return "Twn";
-  }
-  return "?";
-}
 
 // Per tensor: bf16 w_t is the f32 w_t rounded, codes and D are those of the f32 op; outside TWN
 // (whose D sums in another order on the CPU) also bitwise the CPU emulation.

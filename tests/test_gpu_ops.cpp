@@ -14,7 +14,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -25,56 +24,23 @@
 #include "kernels/device.h"
 #include "kernels/ops.h"
 #include "kernels/ttq_math.h"
+#include "tests/gpu_test_util.h"
 #include "tests/test_util.h"
 
 namespace ttq {
 namespace {
 
+using namespace gpu_test;
 using math::ThresholdMode;
-
-Tensor gpu(const Tensor& t) { return t.to(Device::CUDA); }
-Tensor cpu(const Tensor& t) { return t.to(Device::CPU); }
 
 Tensor random(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   return testing::random_tensor(shape, seed, lo, hi);
 }
 
-Tensor scalar(float v) { return Tensor::from_vector({1}, {v}); }
-float value(const Tensor& t) { return cpu(t).data<float>()[0]; }
-
-Tensor int_labels(int64_t n, int64_t classes, uint64_t seed) {
-  Tensor t = Tensor::empty({n}, DType::I32);
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(classes - 1));
-  for (int64_t i = 0; i < n; ++i) t.data<int32_t>()[i] = dist(gen);
-  return t;
-}
-
-// Bitwise equality of two tensors' bytes (moved to the CPU), naming the first differing element.
-::testing::AssertionResult bitwise_equal(const Tensor& got_any, const Tensor& want_any) {
-  const Tensor got = cpu(got_any), want = cpu(want_any);
-  if (got.shape() != want.shape() || got.dtype() != want.dtype())
-    return ::testing::AssertionFailure() << got.str() << " vs " << want.str();
-  const size_t es = dtype_size(got.dtype());
-  const auto* a = static_cast<const unsigned char*>(got.raw());
-  const auto* b = static_cast<const unsigned char*>(want.raw());
-  for (int64_t i = 0; i < got.numel(); ++i) {
-    if (std::memcmp(a + i * es, b + i * es, es) == 0) continue;
-    ::testing::AssertionResult r = ::testing::AssertionFailure();
-    r << "first difference at [" << i << "] of " << got.numel() << ": ";
-    if (got.dtype() == DType::F32)
-      r << got.data<float>()[i] << " vs " << want.data<float>()[i];
-    else if (got.dtype() == DType::I8)
-      r << +got.data<int8_t>()[i] << " vs " << +want.data<int8_t>()[i];
-    else
-      r << "bytes differ";
-    return r;
-  }
-  return ::testing::AssertionSuccess();
-}
+float value(const Tensor& t) { return host(t).data<float>()[0]; }
 
 ::testing::AssertionResult close(const Tensor& got, const Tensor& want, double atol, double rtol) {
-  return testing::all_close(cpu(got), cpu(want), atol, rtol);
+  return testing::all_close(host(got), host(want), atol, rtol);
 }
 
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
@@ -111,7 +77,7 @@ TEST(GpuOps, GlobalAvgPool) {
     Tensor y_dev = Tensor::empty({shape[0], shape[1]}, DType::F32, Device::CUDA);
     ops::global_avgpool_forward(x_dev, y_dev);
     EXPECT_TRUE(close(y_dev, y, 1e-12, 1e-6));
-    const Tensor first = cpu(y_dev);
+    const Tensor first = host(y_dev);
     ops::global_avgpool_forward(x_dev, y_dev);
     EXPECT_TRUE(bitwise_equal(y_dev, first));
 
@@ -151,31 +117,24 @@ TEST(GpuOps, Relu) {
   }
 }
 
-struct ShortcutCase {
-  int64_t n, c_in, h, w, c_out, stride;
-};
-
 TEST(GpuOps, ShortcutA) {
   if (ttq::cuda_device_count() == 0) GTEST_SKIP() << ttq::cuda_device_summary();
   uint64_t seed = 300;
-  for (const ShortcutCase& c : {ShortcutCase{2, 4, 8, 8, 8, 2}, ShortcutCase{3, 5, 7, 9, 11, 2},
-                                ShortcutCase{2, 3, 10, 7, 6, 3}, ShortcutCase{1, 4, 5, 6, 4, 1},
-                                ShortcutCase{64, 16, 32, 32, 32, 2}}) {
-    SCOPED_TRACE("c_in=" + std::to_string(c.c_in) + " h=" + std::to_string(c.h) + " w=" + std::to_string(c.w) +
-                 " c_out=" + std::to_string(c.c_out) + " stride=" + std::to_string(c.stride));
-    const int64_t oh = (c.h + c.stride - 1) / c.stride, ow = (c.w + c.stride - 1) / c.stride;
-    const Tensor x = random({c.n, c.c_in, c.h, c.w}, ++seed);
-    Tensor y = Tensor::empty({c.n, c.c_out, oh, ow});
+  for (const ShortcutCase& c : kShortcutCases) {
+    SCOPED_TRACE(c.str());
+    const Shape xs = c.x_shape(), ys = c.y_shape();
+    const Tensor x = random(xs, ++seed);
+    Tensor y = Tensor::empty(ys);
     ops::shortcut_a_forward(c.stride, x, y);
     // Uninitialised output on the GPU: the padded channels must be written as zeros.
-    Tensor y_dev = gpu(random({c.n, c.c_out, oh, ow}, ++seed, 5.0f, 6.0f));
+    Tensor y_dev = gpu(random(ys, ++seed, 5.0f, 6.0f));
     ops::shortcut_a_forward(c.stride, gpu(x), y_dev);
     EXPECT_TRUE(bitwise_equal(y_dev, y));
 
-    const Tensor dy = random({c.n, c.c_out, oh, ow}, ++seed);
-    Tensor dx = Tensor::empty({c.n, c.c_in, c.h, c.w});
+    const Tensor dy = random(ys, ++seed);
+    Tensor dx = Tensor::empty(xs);
     ops::shortcut_a_backward(c.stride, dy, dx);
-    Tensor dx_dev = Tensor::empty({c.n, c.c_in, c.h, c.w}, DType::F32, Device::CUDA);
+    Tensor dx_dev = Tensor::empty(xs, DType::F32, Device::CUDA);
     ops::shortcut_a_backward(c.stride, gpu(dy), dx_dev);
     EXPECT_TRUE(bitwise_equal(dx_dev, dx));
   }
@@ -222,15 +181,6 @@ TEST(GpuOps, AddAccumulateClamp) {
 
 // ---- TTQ ---------------------------------------------------------------------------------------
 
-const char* mode_name(ThresholdMode m) {
-  switch (m) {
-    case ThresholdMode::Max: return "Max";
-    case ThresholdMode::Sparsity: return "Sparsity";
-    case ThresholdMode::Twn: return "Twn";
-  }
-  return "?";
-}
-
 TEST(GpuOps, TtqForwardAllModes) {
   if (ttq::cuda_device_count() == 0) GTEST_SKIP() << ttq::cuda_device_summary();
   for (ThresholdMode mode : {ThresholdMode::Max, ThresholdMode::Sparsity, ThresholdMode::Twn}) {
@@ -271,7 +221,7 @@ TEST(GpuOps, TtqForwardAllModes) {
       }
 
       // Run again: bitwise the same.
-      const Tensor codes_first = cpu(codes_dev), w_t_first = cpu(w_t_dev);
+      const Tensor codes_first = host(codes_dev), w_t_first = host(w_t_dev);
       ops::ttq_forward(mode, 0.05f, 0.4, latent_dev, wp_dev, wn_dev, th_dev, scale_dev, w_t_dev, codes_dev);
       EXPECT_TRUE(same_bits(value(th_dev), d_got));
       EXPECT_TRUE(same_bits(value(scale_dev), s_got));
@@ -312,9 +262,9 @@ TEST(GpuOps, TtqBackwardAccumulate) {
             EXPECT_TRUE(same_bits(value(dwp), 0.25f));
             EXPECT_TRUE(same_bits(value(dwn), -0.5f));
           }
-          first_latent = cpu(latent_dev);
-          first_dwp = cpu(dwp_dev);
-          first_dwn = cpu(dwn_dev);
+          first_latent = host(latent_dev);
+          first_dwp = host(dwp_dev);
+          first_dwn = host(dwn_dev);
         } else {
           EXPECT_TRUE(bitwise_equal(latent_dev, first_latent));
           EXPECT_TRUE(bitwise_equal(dwp_dev, first_dwp));
@@ -358,8 +308,8 @@ TEST(GpuOps, Sgd) {
         if (run == 0) {
           EXPECT_TRUE(close(p_dev, p_cpu, kOptAtol, kOptRtol));
           EXPECT_TRUE(close(buf_dev, buf_cpu, kOptAtol, kOptRtol));
-          first_p = cpu(p_dev);
-          first_buf = cpu(buf_dev);
+          first_p = host(p_dev);
+          first_buf = host(buf_dev);
         } else {
           EXPECT_TRUE(bitwise_equal(p_dev, first_p));
           EXPECT_TRUE(bitwise_equal(buf_dev, first_buf));
@@ -391,9 +341,9 @@ TEST(GpuOps, Adam) {
           EXPECT_TRUE(close(p_dev, p, kOptAtol, kOptRtol));
           EXPECT_TRUE(close(m_dev, m, kOptAtol, kOptRtol));
           EXPECT_TRUE(close(v_dev, v, kOptAtol, kOptRtol));
-          first_p = cpu(p_dev);
-          first_m = cpu(m_dev);
-          first_v = cpu(v_dev);
+          first_p = host(p_dev);
+          first_m = host(m_dev);
+          first_v = host(v_dev);
         } else {
           EXPECT_TRUE(bitwise_equal(p_dev, first_p));
           EXPECT_TRUE(bitwise_equal(m_dev, first_m));
@@ -432,7 +382,7 @@ TEST(GpuOps, SoftmaxCrossEntropy) {
     const float loss = value(loss_dev);
     EXPECT_NEAR(loss, want, 1e-6 * std::fabs(want) + 1e-7);
     EXPECT_TRUE(close(probs_dev, probs, 1e-12, 1e-6));
-    const Tensor first_probs = cpu(probs_dev);
+    const Tensor first_probs = host(probs_dev);
     cuda::softmax_xent_forward(c.n, c.classes, logits_dev.data<float>(), labels_dev.data<int32_t>(), c.smoothing,
                                probs_dev.data<float>(), loss_dev.data<float>());
     EXPECT_TRUE(same_bits(value(loss_dev), loss));

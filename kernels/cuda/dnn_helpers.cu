@@ -4,11 +4,11 @@
 
 #include <cuda_runtime.h>
 
-#include <cub/block/block_reduce.cuh>
-
 #include <algorithm>
 
 #include "kernels/cuda/bf16_device.cuh"
+#include "kernels/cuda/channel_reduce.cuh"
+#include "kernels/cuda/context.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace ttq::cuda::helpers {
@@ -133,26 +133,26 @@ __global__ void add_bias_rows_kernel(int64_t total, int64_t out, const float* ac
   TTQ_HELPER_LOOP(i, total) store(y, i, bias ? acc[i] + bias[i % out] : acc[i]);
 }
 
-__global__ void add_channel_bias_kernel(int64_t total, int64_t c, int64_t spatial, const float* bias, bf16* y) {
-  TTQ_HELPER_LOOP(i, total) store(y, i, load(y, i) + bias[(i / spatial) % c]);
+// y += bias[channel] over the whole tensor, grid-stride (kernels/cuda/channel_reduce.cuh walk).
+template <int V>
+__global__ void __launch_bounds__(chan::kThreads)
+    add_channel_bias_kernel(chan::Flat w, const float* __restrict__ bias, bf16* y, bool vec) {
+  chan::for_flat<V>(w, [&](int64_t e, int64_t ch) {
+    const float b = bias[ch];
+    float v[V];
+    chan::load_group<V>(y, e, vec, v);
+#pragma unroll
+    for (int i = 0; i < V; ++i) v[i] = v[i] + b;
+    chan::store_group<V>(y, e, vec, v);
+  });
 }
 
-// One block per channel (blockIdx.x); the block's threads fold the channel's n * spatial elements
-// (element j = b * spatial + i, thread t takes j = t, t + kThreads, ... in order) in double, then
-// cub::BlockReduce combines them in a fixed tree.
-template <class T>
-__global__ void __launch_bounds__(kThreads)
-    channel_sums_kernel(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums) {
+// One block per channel: sums[ch] = the channel's partials folded in chunk order.
+__global__ void __launch_bounds__(chan::kThreads)
+    channel_sums_finish_kernel(chan::Plan p, const double* partials, float* sums) {
+  __shared__ chan::ReduceStorage<double> tmp;
   const int64_t ch = blockIdx.x;
-  const int64_t count = n * spatial;
-  double acc = 0.0;
-  for (int64_t j = threadIdx.x; j < count; j += kThreads) {
-    const int64_t b = j / spatial, i = j - b * spatial;
-    acc += load(m, (b * c + ch) * spatial + i);
-  }
-  using Reduce = cub::BlockReduce<double, kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  const double total = Reduce(tmp).Sum(acc);
+  const double total = chan::fold_partials(partials + ch * p.chunks, p.chunks, tmp);
   if (threadIdx.x == 0) sums[ch] = static_cast<float>(total);
 }
 
@@ -197,14 +197,33 @@ void add_bias_rows(int64_t n, int64_t out, const float* acc, const float* bias, 
 }
 
 void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, bf16* y) {
-  launch(n * c * spatial, add_channel_bias_kernel, c, spatial, bias, y);
+  if (n <= 0 || c <= 0 || spatial <= 0) return;
+  const chan::Flat f = chan::make_flat(n, c, spatial);
+  const bool vec = chan::vec_aligned(f.v, y);
+  chan::with_width(f.v, [&](auto w) {
+    add_channel_bias_kernel<decltype(w)::value><<<f.blocks, chan::kThreads, 0, cudaStreamPerThread>>>(f, bias, y, vec);
+  });
+  CUDA_CHECK(cudaGetLastError());
 }
 
 template <class T>
 void channel_sums(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums) {
   if (c <= 0) return;
-  TTQ_CHECK(c <= 0x7fffffff, "channel_sums: " << c << " channels exceed the grid");
-  channel_sums_kernel<T><<<static_cast<unsigned>(c), kThreads, 0, cudaStreamPerThread>>>(n, c, spatial, m, sums);
+  TTQ_CHECK(n >= 0 && spatial >= 0, "channel_sums: negative size " << n << "x" << c << "x" << spatial);
+  if (n == 0 || spatial == 0) {  // empty sums
+    CUDA_CHECK(cudaMemsetAsync(sums, 0, static_cast<size_t>(c) * sizeof(float), cudaStreamPerThread));
+    return;
+  }
+  const chan::Plan p = chan::make_plan("channel_sums", n, c, spatial);
+  const chan::SumTerm<T> term{m, chan::vec_aligned(p.v, m)};
+  if (p.single_chunk()) {  // the block's sum is the channel's
+    chan::launch_partials(p, term, sums);
+    return;
+  }
+  DeviceBuffer partials(sizeof(double) * static_cast<size_t>(p.c * p.chunks));
+  chan::launch_partials(p, term, static_cast<double*>(partials.get()));
+  channel_sums_finish_kernel<<<static_cast<unsigned>(p.c), chan::kThreads, 0, cudaStreamPerThread>>>(
+      p, static_cast<const double*>(partials.get()), sums);
   CUDA_CHECK(cudaGetLastError());
 }
 

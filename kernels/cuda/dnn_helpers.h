@@ -3,8 +3,9 @@
 // pads cuDNN cannot express, the first-maximum max-pool gradient, the average-pool divisor fix,
 // batch-norm variance, the Linear bias, and the bias handling of the bf16 convolution and Linear.
 // All take device pointers and run on cudaStreamPerThread. None uses atomics: every output element
-// is written by one thread that sums in a fixed order (or by one block folding its threads in a
-// fixed tree), so results are bitwise-repeatable. Plain C++ header.
+// is written by one thread that sums in a fixed order, or comes from block reductions in fixed
+// trees over a fixed partition (the per-channel helpers, kernels/cuda/channel_reduce.cuh), so
+// results are bitwise-repeatable. Plain C++ header.
 //
 // Templates on the element type T are instantiated for float and ttq::bf16 (kernels/cuda/
 // dnn_helpers.cu); bf16 values are widened to f32 on load and rounded to nearest even once on
@@ -57,10 +58,15 @@ void column_sums(int64_t n, int64_t out, const T* m, float* sums);
 // y[b, o] = round_bf16(acc[b, o] + bias[o]) (acc alone when bias is null): the bf16 Linear output
 // from its f32 GEMM result, rounded once.
 void add_bias_rows(int64_t n, int64_t out, const float* acc, const float* bias, bf16* y);
-// y[b, c, i] = round_bf16(y[b, c, i] + bias[c]) over n x c x spatial (NCHW, spatial = H*W).
+// y[b, c, i] = round_bf16(y[b, c, i] + bias[c]) over n x c x spatial (NCHW, spatial = H*W): one
+// grid-stride pass that carries each element's channel (no division per element).
 void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, bf16* y);
-// sums[c] = sum over b, i of m[b, c, i] (n x c x spatial), one block per channel: each thread
-// folds its elements in order in double, the block combines the threads in a fixed tree.
+// sums[c] = sum over b, i of m[b, c, i] (n x c x spatial) in double, rounded to f32 (0 when
+// n * spatial == 0). The chunked scheme of kernels/cuda/channel_reduce.cuh: each channel's
+// n * spatial elements are cut into chunks of 16384, one block a (channel, chunk) folds its chunk
+// (each thread in order, then a fixed tree) into its own partial, and one block a channel folds
+// the partials in chunk order (a second launch, and a stream-ordered temporary for the partials,
+// only when a channel has more than one chunk). Partition and order depend on the shape only.
 template <class T>
 void channel_sums(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums);
 

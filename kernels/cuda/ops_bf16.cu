@@ -15,16 +15,29 @@
 //     count_include_pad is set, asymmetric padding included); the gradient of an input element
 //     sums dy / count in float over the windows containing it, in increasing output order. The
 //     reference's float operations in the reference's order: bitwise equal to the emulation.
-//   * Batch norm (spatial, N x C x S): training forward and backward run one thread block per
-//     channel. Each thread folds its elements (j = t, t + kBnThreads, ... of the channel's
-//     m = N * S, in order) in double and cub::BlockReduce combines the threads in a fixed tree, so
-//     results are bitwise repeatable. Forward: mean, then the biased variance as the mean of
-//     (x - mean)^2 (two passes, as the reference), inv_std = 1 / sqrt(var + eps), y in double
+//   * Batch norm (spatial, N x C x S). Per-channel sums use the deterministic chunked scheme of
+//     kernels/cuda/channel_reduce.cuh: each channel's m = N * S elements are cut into chunks of
+//     16384 (kChunk); a grid of C * chunks blocks of 256 threads folds one chunk per block (per
+//     thread in order in double, then cub::BlockReduce in a fixed tree) into its own partial slot,
+//     and a finishing kernel (one block per channel) folds the channel's partials in chunk order.
+//     Chunking and grids depend on the shape only, so results are bitwise repeatable on any GPU.
+//     No division per element: threads advance their indices by precomputed steps. Partials and
+//     per-channel double statistics live in a stream-ordered temporary (DeviceBuffer,
+//     cudaStreamPerThread).
+//     Training forward, m > kChunk: sum partials, mean kernel, partials of (x - mean)^2, variance
+//     kernel (statistics, running statistics), then y over the whole tensor, grid-stride (five
+//     launches; ResNet-18's first BN, 256 x 64 x 112 x 112: 196 chunks a channel, 12544 blocks).
+//     Backward, m > kChunk: partials of (sum dy, sum dy * xhat), a finishing kernel (dgamma,
+//     dbeta, the per-channel dx constants), then dx grid-stride (three launches). m <= kChunk (a
+//     channel is one chunk): one fused kernel, one block per channel, for either (one launch).
+//     Forward: mean, then the biased variance as the mean of (x - mean)^2 (two passes, as the
+//     reference), inv_std = 1 / sqrt(var + eps), y = (x - mean) * inv_std * gamma + beta in double
 //     rounded to f32 then bf16; the running statistics are updated as the CPU path does
 //     (kernels/ops.cpp): running = (1 - momentum) * running + momentum * batch with the unbiased
 //     variance var * m / (m - 1) (m = 1: the biased one, instead of the reference's NaN).
-//     Inference: scale = gamma / sqrt(running_var + eps), shift = beta - running_mean * scale,
-//     y = x * scale + shift in f32 without fused multiply-adds (the reference's operations).
+//     Inference (grid-stride): scale = gamma / sqrt(running_var + eps), shift = beta -
+//     running_mean * scale, y = x * scale + shift in f32 without fused multiply-adds (the
+//     reference's operations).
 //     Backward: the reference's formula, xhat = (x - mean) * inv_std, dgamma = sum dy * xhat,
 //     dbeta = sum dy, dx = gamma * inv_std / m * (m * dy - dbeta - xhat * dgamma) in double (m * dy
 //     in f32, as the reference's int64 * float product).
@@ -32,13 +45,13 @@
 //     to rounding, not bitwise.
 #include <cuda_runtime_api.h>
 
-#include <cub/block/block_reduce.cuh>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 
 #include "kernels/cuda/bf16_device.cuh"
+#include "kernels/cuda/channel_reduce.cuh"
+#include "kernels/cuda/context.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dnn_helpers.h"
 #include "kernels/cuda/ops_cuda.h"
@@ -47,7 +60,6 @@ namespace ttq::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kBnThreads = 512;
 constexpr int64_t kMaxBlocks = 65535;
 
 inline cudaStream_t stream() { return cudaStreamPerThread; }
@@ -129,111 +141,248 @@ __global__ void avgpool_backward_kernel(int64_t total, Pool2dShape s, int64_t oh
 
 // ---- batch norm ---------------------------------------------------------------------------------
 
-using BnReduce = cub::BlockReduce<double, kBnThreads>;
+using chan::Flat;
+using chan::Pair;
+using chan::Plan;
 
-// Element j of channel ch (j < n * spatial): sample j / spatial, position j % spatial.
-__device__ __forceinline__ int64_t bn_index(int64_t j, int64_t c, int64_t spatial, int64_t ch) {
-  const int64_t b = j / spatial;
-  return (b * c + ch) * spatial + (j - b * spatial);
+// y of the group at idx: (x - mean) * inv_std * gamma + beta in double, rounded to f32, then to
+// bf16 on store.
+template <int V>
+__device__ __forceinline__ void bn_y_group(const bf16* __restrict__ x, bf16* __restrict__ y, int64_t idx, bool vec,
+                                           double mu, double is, double g, double b) {
+  float v[V];
+  chan::load_group<V>(x, idx, vec, v);
+#pragma unroll
+  for (int e = 0; e < V; ++e) v[e] = static_cast<float>((v[e] - mu) * is * g + b);
+  chan::store_group<V>(y, idx, vec, v);
 }
 
-// Block sum of v (every thread gets the result). tmp is reused: the barrier before the write of
-// the broadcast slot also orders the next reduction after every thread has read this one.
-__device__ double bn_block_sum(double v, typename BnReduce::TempStorage& tmp, double* shared_result) {
-  const double r = BnReduce(tmp).Sum(v);
-  if (threadIdx.x == 0) *shared_result = r;
-  __syncthreads();
-  const double out = *shared_result;
-  __syncthreads();  // everyone has read it (and tmp is free again) before the next reduction
-  return out;
+// The saved statistics and running statistics of channel ch (thread 0 of one block).
+__device__ void bn_store_stats(int64_t ch, int64_t m, double mu, double v, double is, float momentum,
+                               float* running_mean, float* running_var, float* mean, float* var, float* inv_std) {
+  const float mean_f = static_cast<float>(mu), var_f = static_cast<float>(v);
+  mean[ch] = mean_f;
+  var[ch] = var_f;
+  inv_std[ch] = static_cast<float>(is);
+  // As kernels/ops.cpp updates them on the CPU (f32 arithmetic), unbiased running variance.
+  const double md = static_cast<double>(m);
+  const float unbias = m > 1 ? static_cast<float>(md / (md - 1.0)) : 1.0f;
+  running_mean[ch] = __fadd_rn(__fmul_rn(1.0f - momentum, running_mean[ch]), __fmul_rn(momentum, mean_f));
+  running_var[ch] =
+      __fadd_rn(__fmul_rn(1.0f - momentum, running_var[ch]), __fmul_rn(__fmul_rn(momentum, var_f), unbias));
 }
 
-// One block per channel (blockIdx.x).
-__global__ void __launch_bounds__(kBnThreads)
-    bn_train_kernel(BatchNormShape s, const bf16* __restrict__ x, const float* __restrict__ gamma,
-                    const float* __restrict__ beta, float eps, float momentum, float* running_mean,
-                    float* running_var, bf16* __restrict__ y, float* mean, float* var, float* inv_std) {
-  __shared__ typename BnReduce::TempStorage tmp;
-  __shared__ double result;
-  const int64_t ch = blockIdx.x;
-  const int64_t m = s.n * s.s;
-  double sum = 0.0;
-  for (int64_t j = threadIdx.x; j < m; j += kBnThreads) sum += load(x, bn_index(j, s.c, s.s, ch));
-  const double mu = bn_block_sum(sum, tmp, &result) / static_cast<double>(m);
-  double sq = 0.0;
-  for (int64_t j = threadIdx.x; j < m; j += kBnThreads) {
-    const double d = load(x, bn_index(j, s.c, s.s, ch)) - mu;
-    sq += d * d;
+// This thread's share of chunk k of channel ch: sum of (x - mu)^2 in double.
+template <int V>
+__device__ double fold_sq_dev(const Plan& p, int64_t ch, int64_t k, const bf16* x, bool vec, double mu) {
+  double acc = 0.0;
+  chan::for_chunk<V>(p, ch, k, [&](int64_t idx) {
+    float v[V];
+    chan::load_group<V>(x, idx, vec, v);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const double d = v[e] - mu;
+      acc += d * d;
+    }
+  });
+  return acc;
+}
+
+struct SqDevTerm {  // partials of sum (x - mean)^2, the channel's mean in double from bn_mean_kernel
+  using Acc = double;
+  const bf16* x;
+  const double* mu;
+  bool vec;
+  template <int V>
+  __device__ double fold(const Plan& p, int64_t ch, int64_t k) const {
+    return fold_sq_dev<V>(p, ch, k, x, vec, mu[ch]);
   }
-  const double v = bn_block_sum(sq, tmp, &result) / static_cast<double>(m);
+};
+
+// x and dy of the group at idx.
+template <int V>
+__device__ __forceinline__ void bn_load_pair(const bf16* __restrict__ x, const bf16* __restrict__ dy, int64_t idx,
+                                             bool vec, float (&xv)[V], float (&g)[V]) {
+  chan::load_group<V>(x, idx, vec, xv);
+  chan::load_group<V>(dy, idx, vec, g);
+}
+
+// xhat = (x - mean) * inv_std in double, of the reference's f32 difference.
+__device__ __forceinline__ double bn_xhat(float x, float mean_c, double is) {
+  return static_cast<double>(x - mean_c) * is;
+}
+
+// This thread's share of chunk k of channel ch: (sum dy, sum dy * xhat) in double.
+template <int V>
+__device__ Pair fold_backward(const Plan& p, int64_t ch, int64_t k, const bf16* x, const bf16* dy, bool vec,
+                              float mean_c, double is) {
+  Pair acc{0.0, 0.0};
+  chan::for_chunk<V>(p, ch, k, [&](int64_t idx) {
+    float xv[V], g[V];
+    bn_load_pair<V>(x, dy, idx, vec, xv, g);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      acc.a += g[e];
+      acc.b += static_cast<double>(g[e]) * bn_xhat(xv[e], mean_c, is);
+    }
+  });
+  return acc;
+}
+
+struct BackwardTerm {  // partials of (sum dy, sum dy * xhat)
+  using Acc = Pair;
+  const bf16* x;
+  const bf16* dy;
+  const float* mean;
+  const float* inv_std;
+  bool vec;
+  template <int V>
+  __device__ Pair fold(const Plan& p, int64_t ch, int64_t k) const {
+    return fold_backward<V>(p, ch, k, x, dy, vec, mean[ch], inv_std[ch]);
+  }
+};
+
+// Per-channel constants of dx: k = gamma * inv_std / m and the two sums, all double.
+struct BackwardCoef {
+  double k, sum_dy, sum_dy_xhat;
+};
+
+__device__ __forceinline__ BackwardCoef bn_backward_coef(float gamma, float inv_std, int64_t m, const Pair& sums) {
+  return {static_cast<double>(gamma) * static_cast<double>(inv_std) / static_cast<double>(m), sums.a, sums.b};
+}
+
+// dx of the group at idx: k * (m * dy - sum dy - xhat * sum dy xhat) in double, m * dy in f32 (the
+// reference's int64 * float product), rounded to f32, then to bf16 on store.
+template <int V>
+__device__ __forceinline__ void bn_dx_group(const bf16* __restrict__ x, const bf16* __restrict__ dy,
+                                            bf16* __restrict__ dx, int64_t idx, bool vec, float mean_c, double is,
+                                            float mf, const BackwardCoef& c) {
+  float xv[V], g[V];
+  bn_load_pair<V>(x, dy, idx, vec, xv, g);
+#pragma unroll
+  for (int e = 0; e < V; ++e) {
+    const double mdy = __fmul_rn(mf, g[e]);
+    xv[e] = static_cast<float>(c.k * (mdy - c.sum_dy - bn_xhat(xv[e], mean_c, is) * c.sum_dy_xhat));
+  }
+  chan::store_group<V>(dx, idx, vec, xv);
+}
+
+// Training forward of a one-chunk channel (m <= kChunk), everything in one block per channel.
+template <int V>
+__global__ void __launch_bounds__(chan::kThreads)
+    bn_train_single_kernel(Plan p, const bf16* __restrict__ x, const float* __restrict__ gamma,
+                           const float* __restrict__ beta, float eps, float momentum, float* running_mean,
+                           float* running_var, bf16* __restrict__ y, float* mean, float* var, float* inv_std,
+                           bool vec) {
+  __shared__ chan::ReduceStorage<double> tmp;
+  __shared__ double slot;
+  const int64_t ch = blockIdx.x;
+  const double md = static_cast<double>(p.m);
+  const double mu = chan::block_sum_all(chan::fold_sum<V>(p, ch, 0, x, vec), tmp, slot) / md;
+  const double v = chan::block_sum_all(fold_sq_dev<V>(p, ch, 0, x, vec, mu), tmp, slot) / md;
   const double is = 1.0 / sqrt(v + static_cast<double>(eps));
   const double g = gamma[ch], b = beta[ch];
-  for (int64_t j = threadIdx.x; j < m; j += kBnThreads) {
-    const int64_t idx = bn_index(j, s.c, s.s, ch);
-    store(y, idx, static_cast<float>((load(x, idx) - mu) * is * g + b));
-  }
+  chan::for_chunk<V>(p, ch, 0, [&](int64_t idx) { bn_y_group<V>(x, y, idx, vec, mu, is, g, b); });
+  if (threadIdx.x == 0) bn_store_stats(ch, p.m, mu, v, is, momentum, running_mean, running_var, mean, var, inv_std);
+}
+
+// Finishing kernels, one block per channel: fold the channel's partials in chunk order.
+__global__ void __launch_bounds__(chan::kThreads) bn_mean_kernel(Plan p, const double* partials, double* mu) {
+  __shared__ chan::ReduceStorage<double> tmp;
+  const int64_t ch = blockIdx.x;
+  const double sum = chan::fold_partials(partials + ch * p.chunks, p.chunks, tmp);
+  if (threadIdx.x == 0) mu[ch] = sum / static_cast<double>(p.m);
+}
+
+__global__ void __launch_bounds__(chan::kThreads)
+    bn_variance_kernel(Plan p, const double* partials, const double* mu, float eps, float momentum,
+                       float* running_mean, float* running_var, float* mean, float* var, float* inv_std,
+                       double* is_out) {
+  __shared__ chan::ReduceStorage<double> tmp;
+  const int64_t ch = blockIdx.x;
+  const double sq = chan::fold_partials(partials + ch * p.chunks, p.chunks, tmp);
   if (threadIdx.x == 0) {
-    const float mean_f = static_cast<float>(mu), var_f = static_cast<float>(v);
-    mean[ch] = mean_f;
-    var[ch] = var_f;
-    inv_std[ch] = static_cast<float>(is);
-    // As kernels/ops.cpp updates them on the CPU (f32 arithmetic), unbiased running variance.
-    const double md = static_cast<double>(m);
-    const float unbias = m > 1 ? static_cast<float>(md / (md - 1.0)) : 1.0f;
-    running_mean[ch] = __fadd_rn(__fmul_rn(1.0f - momentum, running_mean[ch]), __fmul_rn(momentum, mean_f));
-    running_var[ch] =
-        __fadd_rn(__fmul_rn(1.0f - momentum, running_var[ch]), __fmul_rn(__fmul_rn(momentum, var_f), unbias));
+    const double v = sq / static_cast<double>(p.m);
+    const double is = 1.0 / sqrt(v + static_cast<double>(eps));
+    is_out[ch] = is;
+    bn_store_stats(ch, p.m, mu[ch], v, is, momentum, running_mean, running_var, mean, var, inv_std);
   }
 }
 
-// Elementwise: y = x * scale[c] + shift[c] with the reference's f32 operations (no FMA).
-__global__ void bn_infer_kernel(int64_t total, BatchNormShape s, const bf16* __restrict__ x,
-                                const float* __restrict__ gamma, const float* __restrict__ beta,
-                                const float* __restrict__ running_mean, const float* __restrict__ running_var,
-                                float eps, bf16* __restrict__ y) {
-  TTQ_BF16_LOOP(i, total) {
-    const int64_t ch = (i / s.s) % s.c;
+// y over the whole tensor, grid-stride, from the channel's double mean and inverse std.
+template <int V>
+__global__ void __launch_bounds__(chan::kThreads)
+    bn_normalise_kernel(Flat w, const bf16* __restrict__ x, const float* __restrict__ gamma,
+                        const float* __restrict__ beta, const double* __restrict__ mu,
+                        const double* __restrict__ inv_std, bf16* __restrict__ y, bool vec) {
+  chan::for_flat<V>(w, [&](int64_t e, int64_t ch) {
+    bn_y_group<V>(x, y, e, vec, mu[ch], inv_std[ch], gamma[ch], beta[ch]);
+  });
+}
+
+// Inference, grid-stride: y = x * scale[c] + shift[c] with the reference's f32 operations (no FMA).
+template <int V>
+__global__ void __launch_bounds__(chan::kThreads)
+    bn_infer_kernel(Flat w, const bf16* __restrict__ x, const float* __restrict__ gamma,
+                    const float* __restrict__ beta, const float* __restrict__ running_mean,
+                    const float* __restrict__ running_var, float eps, bf16* __restrict__ y, bool vec) {
+  chan::for_flat<V>(w, [&](int64_t e, int64_t ch) {
     const float is = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(running_var[ch], eps)));
     const float scale = __fmul_rn(gamma[ch], is);
     const float shift = __fsub_rn(beta[ch], __fmul_rn(running_mean[ch], scale));
-    store(y, i, __fadd_rn(__fmul_rn(load(x, i), scale), shift));
+    float val[V];
+    chan::load_group<V>(x, e, vec, val);
+#pragma unroll
+    for (int i = 0; i < V; ++i) val[i] = __fadd_rn(__fmul_rn(val[i], scale), shift);
+    chan::store_group<V>(y, e, vec, val);
+  });
+}
+
+// Backward of a one-chunk channel (m <= kChunk), one block per channel.
+template <int V>
+__global__ void __launch_bounds__(chan::kThreads)
+    bn_backward_single_kernel(Plan p, const bf16* __restrict__ x, const bf16* __restrict__ dy,
+                              const float* __restrict__ gamma, const float* __restrict__ mean,
+                              const float* __restrict__ inv_std, bf16* __restrict__ dx, float* dgamma, float* dbeta,
+                              bool vec) {
+  __shared__ chan::ReduceStorage<Pair> tmp;
+  __shared__ Pair slot;
+  const int64_t ch = blockIdx.x;
+  const float mean_c = mean[ch];
+  const double is = inv_std[ch];
+  const Pair sums = chan::block_sum_all(fold_backward<V>(p, ch, 0, x, dy, vec, mean_c, is), tmp, slot);
+  if (threadIdx.x == 0) {
+    dgamma[ch] = static_cast<float>(sums.b);
+    dbeta[ch] = static_cast<float>(sums.a);
+  }
+  const BackwardCoef c = bn_backward_coef(gamma[ch], inv_std[ch], p.m, sums);
+  const float mf = static_cast<float>(p.m);
+  chan::for_chunk<V>(p, ch, 0, [&](int64_t idx) { bn_dx_group<V>(x, dy, dx, idx, vec, mean_c, is, mf, c); });
+}
+
+__global__ void __launch_bounds__(chan::kThreads)
+    bn_backward_finish_kernel(Plan p, const Pair* partials, const float* gamma, const float* inv_std,
+                              float* dgamma, float* dbeta, BackwardCoef* coef) {
+  __shared__ chan::ReduceStorage<Pair> tmp;
+  const int64_t ch = blockIdx.x;
+  const Pair sums = chan::fold_partials(partials + ch * p.chunks, p.chunks, tmp);
+  if (threadIdx.x == 0) {
+    dgamma[ch] = static_cast<float>(sums.b);
+    dbeta[ch] = static_cast<float>(sums.a);
+    coef[ch] = bn_backward_coef(gamma[ch], inv_std[ch], p.m, sums);
   }
 }
 
-// One block per channel (blockIdx.x).
-__global__ void __launch_bounds__(kBnThreads)
-    bn_backward_kernel(BatchNormShape s, const bf16* __restrict__ x, const bf16* __restrict__ dy,
-                       const float* __restrict__ gamma, const float* __restrict__ mean,
-                       const float* __restrict__ inv_std, bf16* __restrict__ dx, float* dgamma, float* dbeta) {
-  __shared__ typename BnReduce::TempStorage tmp;
-  __shared__ double result;
-  const int64_t ch = blockIdx.x;
-  const int64_t m = s.n * s.s;
-  const float mean_c = mean[ch];
-  const double is = inv_std[ch];
-  double sum_dy = 0.0, sum_dy_xhat = 0.0;
-  for (int64_t j = threadIdx.x; j < m; j += kBnThreads) {
-    const int64_t idx = bn_index(j, s.c, s.s, ch);
-    const double xhat = static_cast<double>(load(x, idx) - mean_c) * is;  // f32 difference, as the reference
-    const double g = load(dy, idx);
-    sum_dy += g;
-    sum_dy_xhat += g * xhat;
-  }
-  sum_dy = bn_block_sum(sum_dy, tmp, &result);
-  sum_dy_xhat = bn_block_sum(sum_dy_xhat, tmp, &result);
-  if (threadIdx.x == 0) {
-    dgamma[ch] = static_cast<float>(sum_dy_xhat);
-    dbeta[ch] = static_cast<float>(sum_dy);
-  }
-  const double k = static_cast<double>(gamma[ch]) * is / static_cast<double>(m);
+// dx over the whole tensor, grid-stride.
+template <int V>
+__global__ void __launch_bounds__(chan::kThreads)
+    bn_dx_kernel(Flat w, int64_t m, const bf16* __restrict__ x, const bf16* __restrict__ dy,
+                 const float* __restrict__ mean, const float* __restrict__ inv_std,
+                 const BackwardCoef* __restrict__ coef, bf16* __restrict__ dx, bool vec) {
   const float mf = static_cast<float>(m);
-  for (int64_t j = threadIdx.x; j < m; j += kBnThreads) {
-    const int64_t idx = bn_index(j, s.c, s.s, ch);
-    const double xhat = static_cast<double>(load(x, idx) - mean_c) * is;
-    // m * dy in f32, as the reference's int64 * float product.
-    const double mdy = __fmul_rn(mf, load(dy, idx));
-    store(dx, idx, static_cast<float>(k * (mdy - sum_dy - xhat * sum_dy_xhat)));
-  }
+  chan::for_flat<V>(w, [&](int64_t e, int64_t ch) {
+    bn_dx_group<V>(x, dy, dx, e, vec, mean[ch], static_cast<double>(inv_std[ch]), mf, coef[ch]);
+  });
 }
 
 void check_bn(const char* op, const BatchNormShape& s) {
@@ -273,30 +422,84 @@ void pool2d_backward(PoolKind kind, const Pool2dShape& s, const bf16* x, const b
 void batchnorm_forward_train(const BatchNormShape& s, const bf16* x, const float* gamma, const float* beta,
                              float eps, float momentum, float* running_mean, float* running_var, bf16* y,
                              float* mean, float* var, float* inv_std) {
-  check_bn("batchnorm_forward_train (CUDA, bf16)", s);
+  const char* op = "batchnorm_forward_train (CUDA, bf16)";
+  check_bn(op, s);
   if (s.numel() == 0) return;
-  bn_train_kernel<<<static_cast<unsigned>(s.c), kBnThreads, 0, stream()>>>(
-      s, x, gamma, beta, eps, momentum, running_mean, running_var, y, mean, var, inv_std);
+  const Plan p = chan::make_plan(op, s.n, s.c, s.s);
+  const bool vec = chan::vec_aligned(p.v, x) && chan::vec_aligned(p.v, y);
+  if (p.single_chunk()) {
+    chan::with_width(p.v, [&](auto w) {
+      bn_train_single_kernel<decltype(w)::value><<<p.blocks(), chan::kThreads, 0, stream()>>>(
+          p, x, gamma, beta, eps, momentum, running_mean, running_var, y, mean, var, inv_std, vec);
+    });
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  // Scratch: the partials (reused by both reductions), then the channels' double mean and inv_std.
+  const int64_t slots = p.c * p.chunks;
+  DeviceBuffer scratch(sizeof(double) * static_cast<size_t>(slots + 2 * p.c));
+  double* partials = static_cast<double*>(scratch.get());
+  double* mu = partials + slots;
+  double* is = mu + p.c;
+  const unsigned channels = static_cast<unsigned>(p.c);
+  chan::launch_partials(p, chan::SumTerm<bf16>{x, vec}, partials);
+  bn_mean_kernel<<<channels, chan::kThreads, 0, stream()>>>(p, partials, mu);
+  CUDA_CHECK(cudaGetLastError());
+  chan::launch_partials(p, SqDevTerm{x, mu, vec}, partials);
+  bn_variance_kernel<<<channels, chan::kThreads, 0, stream()>>>(p, partials, mu, eps, momentum, running_mean,
+                                                                running_var, mean, var, inv_std, is);
+  CUDA_CHECK(cudaGetLastError());
+  const Flat f = chan::make_flat(s.n, s.c, s.s);
+  chan::with_width(f.v, [&](auto w) {
+    bn_normalise_kernel<decltype(w)::value><<<f.blocks, chan::kThreads, 0, stream()>>>(f, x, gamma, beta, mu, is, y,
+                                                                                      vec);
+  });
   CUDA_CHECK(cudaGetLastError());
 }
 
 void batchnorm_forward_infer(const BatchNormShape& s, const bf16* x, const float* gamma, const float* beta,
                              const float* running_mean, const float* running_var, float eps, bf16* y) {
   check_bn("batchnorm_forward_infer (CUDA, bf16)", s);
-  const int64_t total = s.numel();
-  if (total == 0) return;
-  bn_infer_kernel<<<blocks_for(total), kThreads, 0, stream()>>>(total, s, x, gamma, beta, running_mean, running_var,
-                                                                eps, y);
+  if (s.numel() == 0) return;
+  const Flat f = chan::make_flat(s.n, s.c, s.s);
+  const bool vec = chan::vec_aligned(f.v, x) && chan::vec_aligned(f.v, y);
+  chan::with_width(f.v, [&](auto w) {
+    bn_infer_kernel<decltype(w)::value><<<f.blocks, chan::kThreads, 0, stream()>>>(f, x, gamma, beta, running_mean,
+                                                                                  running_var, eps, y, vec);
+  });
   CUDA_CHECK(cudaGetLastError());
 }
 
 void batchnorm_backward(const BatchNormShape& s, const bf16* x, const bf16* dy, const float* gamma,
                         const float* mean, const float* inv_std, float eps, bf16* dx, float* dgamma, float* dbeta) {
   (void)eps;  // the saved inv_std already includes it (the reference's formula)
-  check_bn("batchnorm_backward (CUDA, bf16)", s);
+  const char* op = "batchnorm_backward (CUDA, bf16)";
+  check_bn(op, s);
   if (s.numel() == 0) return;
-  bn_backward_kernel<<<static_cast<unsigned>(s.c), kBnThreads, 0, stream()>>>(s, x, dy, gamma, mean, inv_std, dx,
-                                                                              dgamma, dbeta);
+  const Plan p = chan::make_plan(op, s.n, s.c, s.s);
+  const bool vec = chan::vec_aligned(p.v, x) && chan::vec_aligned(p.v, dy) && chan::vec_aligned(p.v, dx);
+  if (p.single_chunk()) {
+    chan::with_width(p.v, [&](auto w) {
+      bn_backward_single_kernel<decltype(w)::value><<<p.blocks(), chan::kThreads, 0, stream()>>>(
+          p, x, dy, gamma, mean, inv_std, dx, dgamma, dbeta, vec);
+    });
+    CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  // Scratch: the partials, then the channels' dx constants.
+  const int64_t slots = p.c * p.chunks;
+  DeviceBuffer scratch(sizeof(Pair) * static_cast<size_t>(slots) + sizeof(BackwardCoef) * static_cast<size_t>(p.c));
+  Pair* partials = static_cast<Pair*>(scratch.get());
+  BackwardCoef* coef = reinterpret_cast<BackwardCoef*>(partials + slots);
+  chan::launch_partials(p, BackwardTerm{x, dy, mean, inv_std, vec}, partials);
+  bn_backward_finish_kernel<<<static_cast<unsigned>(p.c), chan::kThreads, 0, stream()>>>(p, partials, gamma, inv_std,
+                                                                                         dgamma, dbeta, coef);
+  CUDA_CHECK(cudaGetLastError());
+  const Flat f = chan::make_flat(s.n, s.c, s.s);
+  chan::with_width(f.v, [&](auto w) {
+    bn_dx_kernel<decltype(w)::value><<<f.blocks, chan::kThreads, 0, stream()>>>(f, p.m, x, dy, mean, inv_std, coef,
+                                                                               dx, vec);
+  });
   CUDA_CHECK(cudaGetLastError());
 }
 

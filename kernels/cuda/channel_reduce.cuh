@@ -1,0 +1,315 @@
+// Per-channel reductions and channel-aware elementwise walks over N x C x S tensors (NCHW,
+// S = H * W): channel ch's m = N * S elements are N segments of S contiguous elements, C * S
+// apart. Used by the bf16 batch norm (kernels/cuda/ops_bf16.cu) and the bf16 convolution bias
+// helpers (kernels/cuda/dnn_helpers.cu). nvcc only; everything runs on cudaStreamPerThread.
+//
+// Deterministic reductions. A channel's elements j = b * S + i (j < m) are cut into chunks of
+// kChunk elements, chunks = ceil(m / kChunk) per channel. A 1-D grid of C * chunks blocks of
+// kThreads threads runs over (channel, chunk): block ch * chunks + k folds chunk k of channel ch.
+// Thread t takes the groups of V consecutive elements starting at
+// j = k * kChunk + (t + r * kThreads) * V, r = 0, 1, ..., in that order, folding them in double;
+// cub::BlockReduce combines the threads in a fixed tree and the block writes its partial to its
+// own slot ch * chunks + k. A finishing kernel (one block per channel, fold_partials) folds the
+// channel's partials: thread t takes partials t, t + kThreads, ... in chunk order, then the same
+// fixed tree. kChunk, the grid and V depend on the shape alone (never on the GPU or on pointer
+// alignment), so sums are bitwise repeatable. A channel of one chunk (m <= kChunk) needs no
+// finishing step: callers then run one block per channel and fuse their passes into one kernel.
+//
+// Index arithmetic: no division per element. A thread divides once, for its first element
+// (b, i) = (j / S, j % S); each later element of the thread is a fixed step further (kThreads * V
+// elements in a chunk, the grid's width in a flat walk) and the host precomputes the step's
+// quotient and remainder, so a thread advances its 64-bit flat index, its in-segment position
+// and (flat walks) its channel by additions, with one carry when the position passes S. Flat
+// indices stay int64: a tensor may exceed 2^31 elements.
+//
+// Elementwise passes walk the whole tensor grid-stride in flat order (coalesced for any S) with
+// a fixed grid (make_flat) and get each group's channel from the walk.
+//
+// Groups: V = 4 when S % 4 == 0 (a group then never straddles a segment: chunks and walks start
+// at multiples of 4), else V = 1. A group is read and written with one vector access when every
+// pointer involved is aligned for it (vec), else element by element: the same values in the same
+// order, so alignment never changes a result.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "engine/core/bf16.h"
+#include "engine/core/error.h"
+#include "kernels/cuda/bf16_device.cuh"
+#include "kernels/cuda/cuda_check.h"
+
+namespace ttq::cuda::chan {
+
+constexpr int kThreads = 256;            // threads per block of every kernel built on this header
+constexpr int kVec = 4;                  // group width when S % 4 == 0
+constexpr int64_t kChunk = 16384;        // elements of one channel folded by one block
+constexpr int64_t kMaxFlatBlocks = 4096; // grid of the elementwise walks (then grid-stride)
+static_assert(kChunk % (int64_t{kThreads} * kVec) == 0, "a chunk holds whole block steps");
+
+inline int group_width(int64_t s) { return s % kVec == 0 ? kVec : 1; }
+
+// The reduction geometry of an n x c x s tensor (n, c, s > 0).
+struct Plan {
+  int64_t c = 0, s = 1, cs = 0, m = 0;  // channels, segment length, C * S, elements per channel
+  int64_t chunks = 0;                   // chunks per channel: ceil(m / kChunk)
+  int64_t step_i = 0, step_idx = 0;     // a thread's step of kThreads * V elements: % S, flat
+  int v = 1;                            // group width
+  unsigned blocks() const { return static_cast<unsigned>(c * chunks); }
+  bool single_chunk() const { return chunks == 1; }
+};
+
+inline Plan make_plan(const char* op, int64_t n, int64_t c, int64_t s) {
+  TTQ_CHECK(n > 0 && c > 0 && s > 0, op << ": empty or negative shape " << n << "x" << c << "x" << s);
+  Plan p;
+  p.c = c;
+  p.s = s;
+  p.cs = c * s;
+  p.m = n * s;
+  p.chunks = (p.m + kChunk - 1) / kChunk;
+  p.v = group_width(s);
+  const int64_t step = int64_t{kThreads} * p.v;
+  p.step_i = step % s;
+  p.step_idx = step / s * p.cs + p.step_i;
+  TTQ_CHECK(p.chunks <= int64_t{0x7fffffff} / c,
+            op << ": " << c << " channels of " << p.chunks << " chunks exceed the grid");
+  return p;
+}
+
+// A fixed-grid flat walk over an n x c x s tensor (n, c, s > 0), groups of V elements.
+struct Flat {
+  int64_t total = 0, s = 1, c = 1;
+  int64_t stride = 0;          // elements between a thread's groups: blocks * kThreads * V
+  int64_t st_i = 0, st_c = 0;  // stride % S, (stride / S) % C
+  unsigned blocks = 1;
+  int v = 1;
+};
+
+inline Flat make_flat(int64_t n, int64_t c, int64_t s) {
+  TTQ_CHECK(n > 0 && c > 0 && s > 0, "channel walk: empty or negative shape " << n << "x" << c << "x" << s);
+  Flat f;
+  f.total = n * c * s;
+  f.s = s;
+  f.c = c;
+  f.v = group_width(s);
+  const int64_t groups = f.total / f.v;
+  f.blocks = static_cast<unsigned>(std::clamp<int64_t>((groups + kThreads - 1) / kThreads, 1, kMaxFlatBlocks));
+  f.stride = int64_t{f.blocks} * kThreads * f.v;
+  f.st_i = f.stride % s;
+  f.st_c = f.stride / s % c;
+  return f;
+}
+
+// Whether groups of v elements at p can be moved with one vector access (v == kVec).
+template <class T>
+bool vec_aligned(int v, const T* p) {
+  return v == kVec && reinterpret_cast<uintptr_t>(p) % (kVec * sizeof(T)) == 0;
+}
+
+// Calls f(std::integral_constant<int, V>) with V = v (kVec or 1): a kernel template per width.
+template <class F>
+void with_width(int v, F&& f) {
+  if (v == kVec)
+    f(std::integral_constant<int, kVec>{});
+  else
+    f(std::integral_constant<int, 1>{});
+}
+
+// ---- device: walks ------------------------------------------------------------------------------
+
+// f(idx) for each group of this thread in chunk k of channel ch, in order; idx is the flat index
+// of the group's first element. blockDim.x must be kThreads.
+template <int V, class F>
+__device__ __forceinline__ void for_chunk(const Plan& p, int64_t ch, int64_t k, F&& f) {
+  const int64_t start = k * kChunk;
+  const int64_t end = start + kChunk < p.m ? start + kChunk : p.m;
+  int64_t j = start + static_cast<int64_t>(threadIdx.x) * V;
+  if (j >= end) return;
+  const int64_t b = j / p.s;  // the thread's one division
+  int64_t i = j - b * p.s;
+  int64_t idx = b * p.cs + ch * p.s + i;
+  for (;;) {
+    f(idx);
+    j += int64_t{kThreads} * V;
+    if (j >= end) return;
+    i += p.step_i;
+    idx += p.step_idx;
+    if (i >= p.s) {  // into the next segment of the channel
+      i -= p.s;
+      idx += p.cs - p.s;
+    }
+  }
+}
+
+// f(e, ch) for each group of this thread in a flat grid-stride walk (grid f.blocks x kThreads):
+// e the flat index of the group's first element, ch its channel.
+template <int V, class F>
+__device__ __forceinline__ void for_flat(const Flat& w, F&& f) {
+  int64_t e = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (e >= w.total) return;
+  const int64_t plane = e / w.s;  // the thread's divisions
+  int64_t i = e - plane * w.s;
+  int64_t ch = plane % w.c;
+  for (;;) {
+    f(e, ch);
+    e += w.stride;
+    if (e >= w.total) return;
+    i += w.st_i;
+    ch += w.st_c;
+    if (i >= w.s) {
+      i -= w.s;
+      ++ch;
+    }
+    if (ch >= w.c) ch -= w.c;
+  }
+}
+
+// ---- device: groups -----------------------------------------------------------------------------
+
+// out[e] = p[idx + e] widened to float, e < V.
+template <int V, class T>
+__device__ __forceinline__ void load_group(const T* p, int64_t idx, bool vec, float (&out)[V]) {
+  if constexpr (V == kVec) {
+    if (vec) {
+      if constexpr (std::is_same_v<T, float>) {
+        const float4 q = *reinterpret_cast<const float4*>(p + idx);
+        out[0] = q.x;
+        out[1] = q.y;
+        out[2] = q.z;
+        out[3] = q.w;
+      } else {
+        static_assert(std::is_same_v<T, bf16>);
+        const uint2 q = *reinterpret_cast<const uint2*>(p + idx);  // element 0 in the low half
+        out[0] = __uint_as_float(q.x << 16);
+        out[1] = __uint_as_float(q.x & 0xffff0000u);
+        out[2] = __uint_as_float(q.y << 16);
+        out[3] = __uint_as_float(q.y & 0xffff0000u);
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < V; ++e) out[e] = load(p, idx + e);
+}
+
+// p[idx + e] = v[e] (rounded to nearest even for bf16, as store()), e < V.
+template <int V, class T>
+__device__ __forceinline__ void store_group(T* p, int64_t idx, bool vec, const float (&v)[V]) {
+  if constexpr (V == kVec) {
+    if (vec) {
+      if constexpr (std::is_same_v<T, float>) {
+        *reinterpret_cast<float4*>(p + idx) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+        static_assert(std::is_same_v<T, bf16>);
+        unsigned b[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) b[e] = __bfloat16_as_ushort(__float2bfloat16_rn(v[e]));
+        *reinterpret_cast<uint2*>(p + idx) = make_uint2(b[0] | (b[1] << 16), b[2] | (b[3] << 16));
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < V; ++e) store(p, idx + e, v[e]);
+}
+
+// ---- device: block sums -------------------------------------------------------------------------
+
+struct Pair {
+  double a, b;
+};
+__device__ __forceinline__ Pair operator+(const Pair& x, const Pair& y) { return {x.a + y.a, x.b + y.b}; }
+
+struct Plus {
+  template <class A>
+  __device__ __forceinline__ A operator()(const A& x, const A& y) const {
+    return x + y;
+  }
+};
+
+template <class Acc>
+using BlockReduce = cub::BlockReduce<Acc, kThreads>;
+template <class Acc>
+using ReduceStorage = typename BlockReduce<Acc>::TempStorage;
+
+// The block's sum of v in a fixed tree, valid in thread 0.
+template <class Acc>
+__device__ __forceinline__ Acc block_sum(const Acc& v, ReduceStorage<Acc>& tmp) {
+  return BlockReduce<Acc>(tmp).Reduce(v, Plus{});
+}
+
+// The block's sum of v, in every thread. tmp and slot may be reused right away: the second
+// barrier orders the next reduction after every thread has read this one.
+template <class Acc>
+__device__ Acc block_sum_all(const Acc& v, ReduceStorage<Acc>& tmp, Acc& slot) {
+  const Acc r = block_sum(v, tmp);
+  if (threadIdx.x == 0) slot = r;
+  __syncthreads();
+  const Acc out = slot;
+  __syncthreads();
+  return out;
+}
+
+// The sum of partials[0 .. count): thread t folds t, t + kThreads, ... in order, then the block's
+// fixed tree. Valid in thread 0.
+template <class Acc>
+__device__ Acc fold_partials(const Acc* partials, int64_t count, ReduceStorage<Acc>& tmp) {
+  Acc acc{};
+  for (int64_t k = threadIdx.x; k < count; k += kThreads) acc = acc + partials[k];
+  return block_sum(acc, tmp);
+}
+
+// Sum of the chunk's elements of x (this thread's share), in double.
+template <int V, class T>
+__device__ __forceinline__ double fold_sum(const Plan& p, int64_t ch, int64_t k, const T* x, bool vec) {
+  double acc = 0.0;
+  for_chunk<V>(p, ch, k, [&](int64_t idx) {
+    float v[V];
+    load_group<V>(x, idx, vec, v);
+#pragma unroll
+    for (int e = 0; e < V; ++e) acc += v[e];
+  });
+  return acc;
+}
+
+// Term for partials_kernel: the chunk sums of x.
+template <class T>
+struct SumTerm {
+  using Acc = double;
+  const T* x;
+  bool vec;
+  template <int V>
+  __device__ double fold(const Plan& p, int64_t ch, int64_t k) const {
+    return fold_sum<V>(p, ch, k, x, vec);
+  }
+};
+
+// Block ch * chunks + k writes out[blockIdx.x] = the chunk's sum of term (Term::fold<V> gives a
+// thread's share), converted to Out. With one chunk per channel, out[ch] is the channel's sum.
+// static, as launch_partials: each translation unit has its own kernels (no instantiation of one
+// kernel registered from two fat binaries).
+template <int V, class Term, class Out>
+static __global__ void __launch_bounds__(kThreads) partials_kernel(Plan p, Term term, Out* out) {
+  using Acc = typename Term::Acc;
+  __shared__ ReduceStorage<Acc> tmp;
+  const unsigned chunks = static_cast<unsigned>(p.chunks);
+  const unsigned ch = blockIdx.x / chunks, k = blockIdx.x - ch * chunks;
+  const Acc r = block_sum(term.template fold<V>(p, ch, k), tmp);
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<Out>(r);
+}
+
+// Runs partials_kernel over p's grid on cudaStreamPerThread.
+template <class Term, class Out>
+static void launch_partials(const Plan& p, const Term& term, Out* out) {
+  with_width(p.v, [&](auto w) {
+    partials_kernel<decltype(w)::value, Term, Out><<<p.blocks(), kThreads, 0, cudaStreamPerThread>>>(p, term, out);
+  });
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace ttq::cuda::chan
