@@ -36,7 +36,7 @@ inline std::vector<float> values_of(const Tensor& t) {
 // shuffled epoch order; each rank takes its share. Tiny buckets (the model has 5.4 KB of
 // gradients): 3 of them, [fc], [bn2, conv2], [bn1, conv1].
 inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int64_t per_rank_batch, bool sync_bn,
-                                 int fp_steps, int ttq_steps) {
+                                 int fp_steps, int ttq_steps, DType compute = DType::F32) {
   const InputSpec spec{1, 8, 8, 4};
   auto data = std::make_shared<SyntheticDataset>(spec, 2048, 1.0f, 11);
   Model m = build_model(json{{"name", "small_convnet"}, {"width", 8}}, spec, 5);
@@ -66,7 +66,7 @@ inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int6
     Batch b;
     for (int s = 0; s < steps; ++s) {
       if (!loader.next(b)) TTQ_FAIL("test: the epoch is too short");
-      out.losses.push_back(train_step(net, loss, opt, b, oc.lr, pass).loss);
+      out.losses.push_back(train_step(net, loss, opt, b, oc.lr, pass, compute).loss);
     }
   };
   {
@@ -78,7 +78,7 @@ inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int6
   quantize_model(net, q);
   {
     auto opt = make_optimizer(net.named_parameters(), oc);
-    TernaryPass pass(net);
+    TernaryPass pass(net, compute);
     run(ttq_steps, &pass, *opt);
   }
   if (dp.reducer()) out.buckets = dp.reducer()->plan().buckets.size();
