@@ -4,6 +4,7 @@
 // evaluation, and N ranks with per-rank batch B against one rank with batch N*B.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
