@@ -282,6 +282,191 @@ void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& 
                                         dbeta.data<float>()));
 }
 
+// ---- synchronised batch norm pieces ------------------------------------------------------------
+namespace {
+
+// The loops of synchronised batch norm on the CPU: one channel per OpenMP iteration, its values
+// in order (n, then i), so the sums are deterministic whatever the thread count.
+void bn_channel_sums_cpu(const BatchNormShape& s, const float* x, const double* mean, double* sums) {
+  const int64_t C = s.c;
+  if (mean) {
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      double a = 0.0;
+      const double m = mean[c];
+      for (int64_t n = 0; n < s.n; ++n) {
+        const float* p = x + (n * C + c) * s.s;
+        for (int64_t i = 0; i < s.s; ++i) a += (p[i] - m) * (p[i] - m);
+      }
+      sums[c] = a;
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0.0;
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* p = x + (n * C + c) * s.s;
+      for (int64_t i = 0; i < s.s; ++i) a += p[i];
+    }
+    sums[c] = a;
+  }
+}
+
+void bn_backward_sums_cpu(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                          const float* inv_std, double* sums) {
+  const int64_t C = s.c;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    double sdy = 0.0, sdyx = 0.0;
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* p = x + (n * C + c) * s.s;
+      const float* d = dy + (n * C + c) * s.s;
+      for (int64_t i = 0; i < s.s; ++i) {
+        const double xhat = (p[i] - mean[c]) * static_cast<double>(inv_std[c]);
+        sdy += d[i];
+        sdyx += d[i] * xhat;
+      }
+    }
+    sums[c] = sdy;
+    sums[C + c] = sdyx;
+  }
+}
+
+void bn_normalize_cpu(const BatchNormShape& s, const float* x, const double* mean, const double* inv_std,
+                      const float* gamma, const float* beta, float* y) {
+  const int64_t C = s.c;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    const double m = mean[c], is = inv_std[c];
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* p = x + (n * C + c) * s.s;
+      float* q = y + (n * C + c) * s.s;
+      for (int64_t i = 0; i < s.s; ++i) q[i] = static_cast<float>((p[i] - m) * is * gamma[c] + beta[c]);
+    }
+  }
+}
+
+void bn_backward_dx_cpu(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                        const float* inv_std, const float* gamma, const double* sums, double count, float* dx) {
+  const int64_t C = s.c;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    const double k = gamma[c] * static_cast<double>(inv_std[c]) / count;
+    const double sdy = sums[c], sdyx = sums[C + c];
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* p = x + (n * C + c) * s.s;
+      const float* d = dy + (n * C + c) * s.s;
+      float* q = dx + (n * C + c) * s.s;
+      for (int64_t i = 0; i < s.s; ++i) {
+        const double xhat = (p[i] - mean[c]) * static_cast<double>(inv_std[c]);
+        q[i] = static_cast<float>(k * (count * d[i] - sdy - xhat * sdyx));
+      }
+    }
+  }
+}
+
+// f64 tensors (the sums and the double statistics of synchronised batch norm) of n elements.
+void expect_f64(const char* op, const Tensor& t, int64_t n, const char* what) {
+  TTQ_CHECK(t.dtype() == DType::F64, op << ": " << what << " must be f64, got " << t.str());
+  expect(op, t, n, what);
+}
+
+const double* cdptr(const Tensor* t) { return t ? t->data<double>() : nullptr; }
+
+}  // namespace
+
+void bn_channel_sums(const BatchNormShape& s, const Tensor& x, const Tensor* mean, Tensor& sums) {
+  const char* op = "bn_channel_sums";
+  const Device dev = common_device(op, {&x, mean, &sums});
+  expect(op, x, s.numel(), "input");
+  if (mean) expect_f64(op, *mean, s.c, "mean");
+  expect_f64(op, sums, s.c, "sums");
+  if (act_dtype(op, {&x}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, bn_channel_sums(s, widen(x), mean, sums),
+                      cuda::bn_channel_sums(s, cbptr(x), cdptr(mean), sums.data<double>()));
+    return;
+  }
+  TTQ_DISPATCH(dev, bn_channel_sums_cpu(s, x.data<float>(), cdptr(mean), sums.data<double>()),
+               cuda::bn_channel_sums(s, x.data<float>(), cdptr(mean), sums.data<double>()));
+}
+
+void bn_backward_sums(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& mean,
+                      const Tensor& inv_std, Tensor& sums) {
+  const char* op = "bn_backward_sums";
+  const Device dev = common_device(op, {&x, &dy, &mean, &inv_std, &sums});
+  expect(op, x, s.numel(), "input");
+  expect(op, dy, s.numel(), "output gradient");
+  expect_f32(op, {&mean, &inv_std});
+  expect(op, mean, s.c, "mean");
+  expect(op, inv_std, s.c, "inverse standard deviation");
+  expect_f64(op, sums, 2 * s.c, "sums");
+  if (act_dtype(op, {&x, &dy}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, bn_backward_sums(s, widen(x), widen(dy), mean, inv_std, sums),
+                      cuda::bn_backward_sums(s, cbptr(x), cbptr(dy), mean.data<float>(), inv_std.data<float>(),
+                                             sums.data<double>()));
+    return;
+  }
+  TTQ_DISPATCH(dev,
+               bn_backward_sums_cpu(s, x.data<float>(), dy.data<float>(), mean.data<float>(), inv_std.data<float>(),
+                                    sums.data<double>()),
+               cuda::bn_backward_sums(s, x.data<float>(), dy.data<float>(), mean.data<float>(),
+                                      inv_std.data<float>(), sums.data<double>()));
+}
+
+void bn_normalize(const BatchNormShape& s, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
+                  const Tensor& gamma, const Tensor& beta, Tensor& y) {
+  const char* op = "bn_normalize";
+  const Device dev = common_device(op, {&x, &mean, &inv_std, &gamma, &beta, &y});
+  expect(op, x, s.numel(), "input");
+  expect(op, y, s.numel(), "output");
+  expect_f64(op, mean, s.c, "mean");
+  expect_f64(op, inv_std, s.c, "inverse standard deviation");
+  expect_f32(op, {&gamma, &beta});
+  expect(op, gamma, s.c, "gamma");
+  expect(op, beta, s.c, "beta");
+  if (act_dtype(op, {&x, &y}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); bn_normalize(s, widen(x), mean, inv_std, gamma, beta, yf);
+                      narrow_into(yf, y),
+                      cuda::bn_normalize(s, cbptr(x), mean.data<double>(), inv_std.data<double>(),
+                                         gamma.data<float>(), beta.data<float>(), mbptr(y)));
+    return;
+  }
+  TTQ_DISPATCH(dev,
+               bn_normalize_cpu(s, x.data<float>(), mean.data<double>(), inv_std.data<double>(), gamma.data<float>(),
+                                beta.data<float>(), y.data<float>()),
+               cuda::bn_normalize(s, x.data<float>(), mean.data<double>(), inv_std.data<double>(),
+                                  gamma.data<float>(), beta.data<float>(), y.data<float>()));
+}
+
+void bn_backward_dx(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& mean,
+                    const Tensor& inv_std, const Tensor& gamma, const Tensor& sums, double count, Tensor& dx) {
+  const char* op = "bn_backward_dx";
+  const Device dev = common_device(op, {&x, &dy, &mean, &inv_std, &gamma, &sums, &dx});
+  expect(op, x, s.numel(), "input");
+  expect(op, dy, s.numel(), "output gradient");
+  expect(op, dx, s.numel(), "input gradient");
+  expect_f32(op, {&mean, &inv_std, &gamma});
+  expect(op, mean, s.c, "mean");
+  expect(op, inv_std, s.c, "inverse standard deviation");
+  expect(op, gamma, s.c, "gamma");
+  expect_f64(op, sums, 2 * s.c, "sums");
+  TTQ_CHECK(count > 0, op << ": the global count must be positive, got " << count);
+  if (act_dtype(op, {&x, &dy, &dx}) == DType::BF16) {
+    TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx);
+                      bn_backward_dx(s, widen(x), widen(dy), mean, inv_std, gamma, sums, count, dxf);
+                      narrow_into(dxf, dx),
+                      cuda::bn_backward_dx(s, cbptr(x), cbptr(dy), mean.data<float>(), inv_std.data<float>(),
+                                           gamma.data<float>(), sums.data<double>(), count, mbptr(dx)));
+    return;
+  }
+  TTQ_DISPATCH(dev,
+               bn_backward_dx_cpu(s, x.data<float>(), dy.data<float>(), mean.data<float>(), inv_std.data<float>(),
+                                  gamma.data<float>(), sums.data<double>(), count, dx.data<float>()),
+               cuda::bn_backward_dx(s, x.data<float>(), dy.data<float>(), mean.data<float>(), inv_std.data<float>(),
+                                    gamma.data<float>(), sums.data<double>(), count, dx.data<float>()));
+}
+
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   const Device dev = common_device("linear_forward", {&x, &w, bias, &y});
   const int64_t n = x.dim(0), in = w.dim(1), out = w.dim(0);

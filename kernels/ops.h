@@ -39,6 +39,31 @@ void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& 
                         const Tensor& mean, const Tensor& inv_std, float eps, Tensor& dx, Tensor& dgamma,
                         Tensor& dbeta);
 
+// The pieces of synchronised batch norm (engine/dist/sync_batchnorm.cpp), which all-reduces the
+// per-channel sums between them on the host. x, dy, y, dx: the activations, f32 or bf16 (one
+// dtype); sums, f64 "mean" and "inv_std": f64 [C] or [2C]; gamma, beta and f32 statistics: f32
+// [C]. Sums are formed in double in a fixed order (bitwise repeatable on one device; the CPU and
+// the GPU add in different orders, so they agree to rounding). Per element, the CPU and the GPU
+// evaluate the same double expressions without fused multiply-adds.
+//   bn_channel_sums   sums[c] = sum of x over channel c (mean null), or of (x - mean[c])^2 with
+//                     mean f64 [C]: sums f64 [C]
+//   bn_backward_sums  sums = [sum dy (C) | sum dy * xhat (C)], f64 [2C], with
+//                     xhat = (x - mean[c]) * (double)inv_std[c] (the difference in f32); mean,
+//                     inv_std: f32 [C] (the forward pass's saved statistics)
+//   bn_normalize      y = (x - mean[c]) * inv_std[c] * gamma[c] + beta[c] in double, mean and
+//                     inv_std f64 [C]; converted to f32 (and bf16 y from that f32, as every bf16
+//                     batch-norm kernel)
+//   bn_backward_dx    dx = k * (count * dy - sdy - xhat * sdyx), k = gamma[c] * inv_std[c] /
+//                     count, in double, xhat as above; sums: the global [sum dy | sum dy * xhat],
+//                     f64 [2C]; count: the global number of values per channel
+void bn_channel_sums(const BatchNormShape& s, const Tensor& x, const Tensor* mean, Tensor& sums);
+void bn_backward_sums(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& mean,
+                      const Tensor& inv_std, Tensor& sums);
+void bn_normalize(const BatchNormShape& s, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
+                  const Tensor& gamma, const Tensor& beta, Tensor& y);
+void bn_backward_dx(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& mean,
+                    const Tensor& inv_std, const Tensor& gamma, const Tensor& sums, double count, Tensor& dx);
+
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y);
 // dx may be null.
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw, Tensor* dbias);

@@ -73,6 +73,7 @@ inline std::string value_str(const Tensor& t, int64_t i) {
     }
     case DType::I8: os << +t.data<int8_t>()[i]; break;
     case DType::I64: os << t.data<int64_t>()[i]; break;
+    case DType::F64: os << t.data<double>()[i]; break;
     default: os << "?";
   }
   return os.str();

@@ -16,6 +16,7 @@ size_t dtype_size(DType dt) {
     case DType::U8: return 1;
     case DType::I32: return 4;
     case DType::I64: return 8;
+    case DType::F64: return 8;
   }
   return 0;
 }
@@ -28,6 +29,7 @@ const char* dtype_name(DType dt) {
     case DType::U8: return "u8";
     case DType::I32: return "i32";
     case DType::I64: return "i64";
+    case DType::F64: return "f64";
   }
   return "?";
 }

@@ -12,7 +12,7 @@
 
 namespace ttq {
 
-enum class DType : uint8_t { F32, BF16, I8, U8, I32, I64 };
+enum class DType : uint8_t { F32, BF16, I8, U8, I32, I64, F64 };
 enum class Device : uint8_t { CPU, CUDA };
 
 size_t dtype_size(DType dt);
@@ -50,6 +50,7 @@ template <> constexpr DType dtype_of<int8_t>() { return DType::I8; }
 template <> constexpr DType dtype_of<uint8_t>() { return DType::U8; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::I32; }
 template <> constexpr DType dtype_of<int64_t>() { return DType::I64; }
+template <> constexpr DType dtype_of<double>() { return DType::F64; }
 
 class Tensor {
  public:

@@ -29,7 +29,7 @@ struct DistConfig {
   double bucket_mb = 25.0;       // gradient all-reduce bucket size (MiB) ...
   double first_bucket_mb = 1.0;  // ... except the first one, launched early in the backward pass
   double timeout_s = 300.0;      // longest wait in any collective before the run stops with an error
-  bool sync_bn = false;          // BatchNorm statistics over the global batch (CPU backends)
+  bool sync_bn = false;          // BatchNorm statistics over the global batch (any device and backend)
 };
 
 // How this process was started, from its environment.

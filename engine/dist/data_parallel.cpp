@@ -23,10 +23,8 @@ DataParallel::DataParallel(std::shared_ptr<Communicator> comm, const DistConfig&
   if (active() && device_ == Device::CPU && comm_->local_world() > 1 && !std::getenv("OMP_NUM_THREADS"))
     omp_set_num_threads(std::max(1, omp_get_num_procs() / comm_->local_world()));
 #endif
-  if (active() && cfg_.sync_bn)
-    TTQ_CHECK(device_ == Device::CPU && comm_->buffer_device() == Device::CPU,
-              "config: 'distributed.sync_bn' is implemented for CPU training (backends mpi and tcp); this run trains on "
-                  << device_name(device_) << " with backend " << comm_->backend());
+  // sync_bn works on every device and backend: its per-channel sums cross the ranks through the
+  // host all_reduce_sum (engine/dist/sync_batchnorm.h).
 }
 
 DataParallel::~DataParallel() {

@@ -20,13 +20,15 @@ const char* st_dtype(DType d) {
     case DType::U8: return "U8";
     case DType::I32: return "I32";
     case DType::I64: return "I64";
+    case DType::F64: return "F64";
   }
   return "?";
 }
 
 bool parse_st_dtype(const std::string& s, DType& out) {
   const std::pair<const char*, DType> table[] = {
-      {"F32", DType::F32}, {"BF16", DType::BF16}, {"I8", DType::I8}, {"U8", DType::U8}, {"I32", DType::I32}, {"I64", DType::I64}};
+      {"F32", DType::F32}, {"BF16", DType::BF16}, {"I8", DType::I8}, {"U8", DType::U8}, {"I32", DType::I32}, {"I64", DType::I64},
+      {"F64", DType::F64}};
   for (const auto& [name, dt] : table)
     if (s == name) {
       out = dt;

@@ -53,13 +53,10 @@ Tensor BatchNorm::forward_impl(const Tensor& x) {
     var_ = Tensor::empty({c_}, DType::F32, x.device());
     inv_std_ = Tensor::empty({c_}, DType::F32, x.device());
   }
-  if (sync_ && sync_->world() > 1) {
-    // The synchronised kernels are f32 (CPU): a bf16 activation is widened and the output rounded.
-    Tensor yf = x.dtype() == DType::F32 ? y : Tensor::empty(x.shape(), DType::F32, x.device());
-    sync_count_ = sync_batchnorm_forward_train(*sync_, s, ops::cast_to(x, DType::F32), gamma_.value, beta_.value, eps_,
-                                               momentum_, running_mean_, running_var_, yf, mean_, var_, inv_std_);
-    ops::cast(yf, y);
-  } else
+  if (sync_ && sync_->world() > 1)
+    sync_count_ = sync_batchnorm_forward_train(*sync_, s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_,
+                                               running_var_, y, mean_, var_, inv_std_);
+  else
     ops::batchnorm_forward_train(s, x, gamma_.value, beta_.value, eps_, momentum_, running_mean_, running_var_, y,
                                  mean_, var_, inv_std_);
   x_ = x;
@@ -73,12 +70,9 @@ Tensor BatchNorm::backward_impl(const Tensor& dy) {
   const BatchNormShape s = shape_of(x_);
   Tensor dx = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
   Tensor dgamma = Tensor::empty({c_}, DType::F32, x_.device()), dbeta = Tensor::empty({c_}, DType::F32, x_.device());
-  if (sync_ && sync_->world() > 1) {
-    Tensor dxf = dx.dtype() == DType::F32 ? dx : Tensor::empty(dx.shape(), DType::F32, dx.device());
-    sync_batchnorm_backward(*sync_, s, sync_count_, ops::cast_to(x_, DType::F32), ops::cast_to(dy, DType::F32),
-                            gamma_.value, mean_, inv_std_, dxf, dgamma, dbeta);
-    ops::cast(dxf, dx);
-  } else
+  if (sync_ && sync_->world() > 1)
+    sync_batchnorm_backward(*sync_, s, sync_count_, x_, dy, gamma_.value, mean_, inv_std_, dx, dgamma, dbeta);
+  else
     ops::batchnorm_backward(s, x_, dy, gamma_.value, mean_, inv_std_, eps_, dx, dgamma, dbeta);
   ops::add_accumulate(gamma_.grad, dgamma);
   ops::add_accumulate(beta_.grad, dbeta);

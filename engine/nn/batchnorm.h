@@ -26,8 +26,8 @@ class BatchNorm : public Module {
   Parameter& bias() { return beta_; }
   Tensor& running_mean() { return running_mean_; }
   Tensor& running_var() { return running_var_; }
-  // Training-mode statistics over all ranks of comm (synchronised batch norm, CPU tensors); null:
-  // this rank's batch only.
+  // Training-mode statistics over all ranks of comm (synchronised batch norm, CPU or GPU tensors,
+  // any backend); null: this rank's batch only.
   void set_sync(std::shared_ptr<Communicator> comm) { sync_ = std::move(comm); }
 
  protected:

@@ -1,7 +1,8 @@
 // Per-channel reductions and channel-aware elementwise walks over N x C x S tensors (NCHW,
 // S = H * W): channel ch's m = N * S elements are N segments of S contiguous elements, C * S
-// apart. Used by the bf16 batch norm (kernels/cuda/ops_bf16.cu) and the bf16 convolution bias
-// helpers (kernels/cuda/dnn_helpers.cu). nvcc only; everything runs on cudaStreamPerThread.
+// apart. Used by the bf16 batch norm (kernels/cuda/ops_bf16.cu), the synchronised batch norm
+// pieces (kernels/cuda/sync_bn.cu) and the bf16 convolution bias helpers
+// (kernels/cuda/dnn_helpers.cu). nvcc only; everything runs on cudaStreamPerThread.
 //
 // Deterministic reductions. A channel's elements j = b * S + i (j < m) are cut into chunks of
 // kChunk elements, chunks = ceil(m / kChunk) per channel. A 1-D grid of C * chunks blocks of

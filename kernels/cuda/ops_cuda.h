@@ -113,4 +113,24 @@ void count_topk_correct(int64_t n, int64_t classes, const bf16* logits, const in
 void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
                  const float* wn, float* threshold, float* twn_scale, bf16* w_t, int8_t* codes);
 
+// ---- synchronised batch norm pieces (kernels/cuda/sync_bn.cu) ---------------------------------
+// kernels/ops.h bn_channel_sums, bn_backward_sums, bn_normalize, bn_backward_dx, for f32 and
+// bf16 activations: per-channel sums in double with the deterministic chunked reductions of
+// kernels/cuda/channel_reduce.cuh; mean (null: plain sums), sums, f64 "mean" and "inv_std" are
+// device doubles. Only the CUDA toolkit is needed (no cuDNN or cuBLAS).
+void bn_channel_sums(const BatchNormShape& s, const float* x, const double* mean, double* sums);
+void bn_channel_sums(const BatchNormShape& s, const bf16* x, const double* mean, double* sums);
+void bn_backward_sums(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                      const float* inv_std, double* sums);
+void bn_backward_sums(const BatchNormShape& s, const bf16* x, const bf16* dy, const float* mean,
+                      const float* inv_std, double* sums);
+void bn_normalize(const BatchNormShape& s, const float* x, const double* mean, const double* inv_std,
+                  const float* gamma, const float* beta, float* y);
+void bn_normalize(const BatchNormShape& s, const bf16* x, const double* mean, const double* inv_std,
+                  const float* gamma, const float* beta, bf16* y);
+void bn_backward_dx(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                    const float* inv_std, const float* gamma, const double* sums, double count, float* dx);
+void bn_backward_dx(const BatchNormShape& s, const bf16* x, const bf16* dy, const float* mean,
+                    const float* inv_std, const float* gamma, const double* sums, double count, bf16* dx);
+
 }  // namespace ttq::cuda
