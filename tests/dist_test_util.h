@@ -4,13 +4,18 @@
 // share of every global batch.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
+#include <thread>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "engine/data/loader.h"
 #include "engine/data/synthetic.h"
+#include "engine/dist/comm_tcp.h"
 #include "engine/dist/data_parallel.h"
 #include "engine/nn/loss.h"
 #include "engine/quant/quantize_model.h"
@@ -29,6 +34,29 @@ struct DpRun {
 inline std::vector<float> values_of(const Tensor& t) {
   Tensor h = t.to(Device::CPU);
   return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
+}
+
+// Runs fn(rank, comm) for `world` ranks, each a thread with its own tcp communicator over the
+// rendezvous file; a rank's exception fails the test naming the rank.
+inline void run_ranks(int world, const std::string& rendezvous, double timeout_s,
+                      const std::function<void(int, std::shared_ptr<Communicator>)>& fn) {
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(static_cast<size_t>(world));
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        TcpOptions o;
+        o.rank = r;
+        o.world = world;
+        o.rendezvous = rendezvous;
+        o.timeout_s = timeout_s;
+        fn(r, std::make_shared<TcpCommunicator>(o));
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[static_cast<size_t>(r)], "") << "rank " << r;
 }
 
 // fp_steps full-precision SGD-momentum steps, then the model is made ternary (TTQ, first conv kept

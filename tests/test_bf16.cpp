@@ -72,6 +72,18 @@ Model make_ternary(math::ThresholdMode mode = math::ThresholdMode::Max) {
   return m;
 }
 
+// A 3x3 convolution, stride 1, padding 1: n x c_in x hw x hw -> n x c_out x hw x hw.
+Conv2dShape conv3x3(int64_t n, int64_t c_in, int64_t hw, int64_t c_out) {
+  Conv2dShape s;
+  s.n = n;
+  s.c_in = c_in;
+  s.h = s.w = hw;
+  s.c_out = c_out;
+  s.kh = s.kw = 3;
+  set_padding(s, false, 1);
+  return s;
+}
+
 }  // namespace
 
 TEST(Bf16, RoundsToNearestEvenLikeTheGpu) {
@@ -116,13 +128,7 @@ TEST(Bf16, CastRoundsAndWidens) {
 }
 
 TEST(Bf16, OpsRefuseMixedActivationDtypes) {
-  Conv2dShape s;
-  s.n = 1;
-  s.c_in = 2;
-  s.h = s.w = 4;
-  s.c_out = 3;
-  s.kh = s.kw = 3;
-  set_padding(s, false, 1);
+  const Conv2dShape s = conv3x3(1, 2, 4, 3);
   Tensor x = Tensor::zeros({1, 2, 4, 4}, DType::BF16), w = Tensor::zeros({3, 2, 3, 3});
   Tensor y = Tensor::empty({1, 3, 4, 4}, DType::BF16);
   const std::string e = error_of([&] { ops::conv2d_forward(s, x, w, nullptr, y); });
@@ -141,13 +147,7 @@ TEST(Bf16, EmulatedOpsRoundTheF32Result) {
   const Tensor xf = ttq::testing::random_tensor({2, 3, 5, 5}, 1), wf = ttq::testing::random_tensor({4, 3, 3, 3}, 2);
   const Tensor bias = ttq::testing::random_tensor({4}, 3);
   const Tensor xb = ops::cast_to(xf, DType::BF16), wb = ops::cast_to(wf, DType::BF16);
-  Conv2dShape s;
-  s.n = 2;
-  s.c_in = 3;
-  s.h = s.w = 5;
-  s.c_out = 4;
-  s.kh = s.kw = 3;
-  set_padding(s, false, 1);
+  const Conv2dShape s = conv3x3(2, 3, 5, 4);
   Tensor yb = Tensor::empty({2, 4, 5, 5}, DType::BF16), yf = Tensor::empty({2, 4, 5, 5});
   ops::conv2d_forward(s, xb, wb, &bias, yb);
   ops::conv2d_forward(s, ops::cast_to(xb, DType::F32), ops::cast_to(wb, DType::F32), &bias, yf);

@@ -31,27 +31,7 @@ using tt::TempDir;
 
 namespace {
 
-// Runs fn(rank, comm) for `world` ranks, each a thread with its own tcp communicator.
-void run_ranks(int world, const std::string& rendezvous, double timeout_s,
-               const std::function<void(int, std::shared_ptr<Communicator>)>& fn) {
-  std::vector<std::thread> threads;
-  std::vector<std::string> errors(static_cast<size_t>(world));
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        TcpOptions o;
-        o.rank = r;
-        o.world = world;
-        o.rendezvous = rendezvous;
-        o.timeout_s = timeout_s;
-        fn(r, std::make_shared<TcpCommunicator>(o));
-      } catch (const std::exception& e) {
-        errors[static_cast<size_t>(r)] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[static_cast<size_t>(r)], "") << "rank " << r;
-}
+using ttq::testing::run_ranks;
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();

@@ -35,6 +35,7 @@
 #include "engine/nn/batchnorm.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
+#include "tests/dist_test_util.h"
 #include "tests/gpu_test_util.h"
 #include "tests/test_util.h"
 
@@ -252,28 +253,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuSyncBnOps, ::testing::ValuesIn(op_cases()), 
 
 // ---- the layer over two ranks ------------------------------------------------------------------
 
-// Runs fn(rank, comm) for `world` ranks, each a thread with its own tcp communicator (as
-// tests/test_dist.cpp).
-void run_ranks(int world, const std::string& rendezvous, double timeout_s,
-               const std::function<void(int, std::shared_ptr<Communicator>)>& fn) {
-  std::vector<std::thread> threads;
-  std::vector<std::string> errors(static_cast<size_t>(world));
-  for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        TcpOptions o;
-        o.rank = r;
-        o.world = world;
-        o.rendezvous = rendezvous;
-        o.timeout_s = timeout_s;
-        fn(r, std::make_shared<TcpCommunicator>(o));
-      } catch (const std::exception& e) {
-        errors[static_cast<size_t>(r)] = e.what();
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (int r = 0; r < world; ++r) EXPECT_EQ(errors[static_cast<size_t>(r)], "") << "rank " << r;
-}
+using ttq::testing::run_ranks;
 
 // Elementwise outputs of the two computations: f32 to f32 rounding, bf16 within two bf16 ulps
 // (the statistics differ in their last bits, so a bf16 rounding may land one ulp away) plus an
