@@ -313,4 +313,46 @@ static void launch_partials(const Plan& p, const Term& term, Out* out) {
   CUDA_CHECK(cudaGetLastError());
 }
 
+// ---- batch-norm backward sums (bf16 batch norm and synchronised batch norm) ---------------------
+
+// xhat of the CPU reference: the f32 difference x - mean, widened, times the f32 inverse std
+// widened; no fused operations.
+__device__ __forceinline__ double xhat_of(float x, float mean_c, double is) {
+  return __dmul_rn(static_cast<double>(__fsub_rn(x, mean_c)), is);
+}
+
+// This thread's share of chunk k of channel ch: (sum dy, sum dy * xhat) in double.
+template <int V, class T>
+__device__ Pair fold_dy_xhat(const Plan& p, int64_t ch, int64_t k, const T* x, const T* dy, bool vec, float mean_c,
+                             double is) {
+  Pair acc{0.0, 0.0};
+  for_chunk<V>(p, ch, k, [&](int64_t idx) {
+    float xv[V], g[V];
+    load_group<V>(x, idx, vec, xv);
+    load_group<V>(dy, idx, vec, g);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const double gd = static_cast<double>(g[e]);
+      acc.a = __dadd_rn(acc.a, gd);
+      acc.b = __dadd_rn(acc.b, __dmul_rn(gd, xhat_of(xv[e], mean_c, is)));
+    }
+  });
+  return acc;
+}
+
+// A partials_kernel term: per (channel, chunk), (sum dy, sum dy * xhat).
+template <class T>
+struct BackwardSumTerm {
+  using Acc = Pair;
+  const T* x;
+  const T* dy;
+  const float* mean;
+  const float* inv_std;
+  bool vec;
+  template <int V>
+  __device__ Pair fold(const Plan& p, int64_t ch, int64_t k) const {
+    return fold_dy_xhat<V>(p, ch, k, x, dy, vec, mean[ch], static_cast<double>(inv_std[ch]));
+  }
+};
+
 }  // namespace ttq::cuda::chan

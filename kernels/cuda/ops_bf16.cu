@@ -207,40 +207,8 @@ __device__ __forceinline__ void bn_load_pair(const bf16* __restrict__ x, const b
   chan::load_group<V>(dy, idx, vec, g);
 }
 
-// xhat = (x - mean) * inv_std in double, of the reference's f32 difference.
-__device__ __forceinline__ double bn_xhat(float x, float mean_c, double is) {
-  return static_cast<double>(x - mean_c) * is;
-}
-
-// This thread's share of chunk k of channel ch: (sum dy, sum dy * xhat) in double.
-template <int V>
-__device__ Pair fold_backward(const Plan& p, int64_t ch, int64_t k, const bf16* x, const bf16* dy, bool vec,
-                              float mean_c, double is) {
-  Pair acc{0.0, 0.0};
-  chan::for_chunk<V>(p, ch, k, [&](int64_t idx) {
-    float xv[V], g[V];
-    bn_load_pair<V>(x, dy, idx, vec, xv, g);
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      acc.a += g[e];
-      acc.b += static_cast<double>(g[e]) * bn_xhat(xv[e], mean_c, is);
-    }
-  });
-  return acc;
-}
-
-struct BackwardTerm {  // partials of (sum dy, sum dy * xhat)
-  using Acc = Pair;
-  const bf16* x;
-  const bf16* dy;
-  const float* mean;
-  const float* inv_std;
-  bool vec;
-  template <int V>
-  __device__ Pair fold(const Plan& p, int64_t ch, int64_t k) const {
-    return fold_backward<V>(p, ch, k, x, dy, vec, mean[ch], inv_std[ch]);
-  }
-};
+// (sum dy, sum dy * xhat) per chunk, and xhat itself: chan::fold_dy_xhat, chan::BackwardSumTerm and
+// chan::xhat_of (kernels/cuda/channel_reduce.cuh), shared with the synchronised batch norm.
 
 // Per-channel constants of dx: k = gamma * inv_std / m and the two sums, all double.
 struct BackwardCoef {
@@ -262,7 +230,7 @@ __device__ __forceinline__ void bn_dx_group(const bf16* __restrict__ x, const bf
 #pragma unroll
   for (int e = 0; e < V; ++e) {
     const double mdy = __fmul_rn(mf, g[e]);
-    xv[e] = static_cast<float>(c.k * (mdy - c.sum_dy - bn_xhat(xv[e], mean_c, is) * c.sum_dy_xhat));
+    xv[e] = static_cast<float>(c.k * (mdy - c.sum_dy - chan::xhat_of(xv[e], mean_c, is) * c.sum_dy_xhat));
   }
   chan::store_group<V>(dx, idx, vec, xv);
 }
@@ -350,7 +318,7 @@ __global__ void __launch_bounds__(chan::kThreads)
   const int64_t ch = blockIdx.x;
   const float mean_c = mean[ch];
   const double is = inv_std[ch];
-  const Pair sums = chan::block_sum_all(fold_backward<V>(p, ch, 0, x, dy, vec, mean_c, is), tmp, slot);
+  const Pair sums = chan::block_sum_all(chan::fold_dy_xhat<V>(p, ch, 0, x, dy, vec, mean_c, is), tmp, slot);
   if (threadIdx.x == 0) {
     dgamma[ch] = static_cast<float>(sums.b);
     dbeta[ch] = static_cast<float>(sums.a);
@@ -491,7 +459,7 @@ void batchnorm_backward(const BatchNormShape& s, const bf16* x, const bf16* dy, 
   DeviceBuffer scratch(sizeof(Pair) * static_cast<size_t>(slots) + sizeof(BackwardCoef) * static_cast<size_t>(p.c));
   Pair* partials = static_cast<Pair*>(scratch.get());
   BackwardCoef* coef = reinterpret_cast<BackwardCoef*>(partials + slots);
-  chan::launch_partials(p, BackwardTerm{x, dy, mean, inv_std, vec}, partials);
+  chan::launch_partials(p, chan::BackwardSumTerm<bf16>{x, dy, mean, inv_std, vec}, partials);
   bn_backward_finish_kernel<<<static_cast<unsigned>(p.c), chan::kThreads, 0, stream()>>>(p, partials, gamma, inv_std,
                                                                                          dgamma, dbeta, coef);
   CUDA_CHECK(cudaGetLastError());

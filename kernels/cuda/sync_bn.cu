@@ -64,39 +64,8 @@ struct SqDevTerm {
   }
 };
 
-// xhat of the CPU loops: the f32 difference, widened, times the f32 inverse std widened.
-__device__ __forceinline__ double xhat_of(float x, float mean_c, double is) {
-  return __dmul_rn(static_cast<double>(__fsub_rn(x, mean_c)), is);
-}
-
-// Partials of (sum dy, sum dy * xhat).
-template <class T>
-struct BackwardSumTerm {
-  using Acc = Pair;
-  const T* x;
-  const T* dy;
-  const float* mean;
-  const float* inv_std;
-  bool vec;
-  template <int V>
-  __device__ Pair fold(const Plan& p, int64_t ch, int64_t k) const {
-    const float mean_c = mean[ch];
-    const double is = static_cast<double>(inv_std[ch]);
-    Pair acc{0.0, 0.0};
-    chan::for_chunk<V>(p, ch, k, [&](int64_t idx) {
-      float xv[V], g[V];
-      chan::load_group<V>(x, idx, vec, xv);
-      chan::load_group<V>(dy, idx, vec, g);
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        const double gd = static_cast<double>(g[e]);
-        acc.a = __dadd_rn(acc.a, gd);
-        acc.b = __dadd_rn(acc.b, __dmul_rn(gd, xhat_of(xv[e], mean_c, is)));
-      }
-    });
-    return acc;
-  }
-};
+using chan::BackwardSumTerm;
+using chan::xhat_of;
 
 // One block per channel: sums[ch] = the channel's partials folded in chunk order.
 __global__ void __launch_bounds__(chan::kThreads) finish_sums_kernel(Plan p, const double* partials, double* sums) {
