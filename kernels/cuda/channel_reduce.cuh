@@ -313,7 +313,36 @@ static void launch_partials(const Plan& p, const Term& term, Out* out) {
   CUDA_CHECK(cudaGetLastError());
 }
 
-// ---- batch-norm backward sums (bf16 batch norm and synchronised batch norm) ---------------------
+// ---- batch-norm sums (bf16 batch norm and synchronised batch norm) ------------------------------
+
+// This thread's share of chunk k of channel ch: sum of ((double)x - mu)^2, no fused operations.
+template <int V, class T>
+__device__ double fold_sq_dev(const Plan& p, int64_t ch, int64_t k, const T* x, bool vec, double mu) {
+  double acc = 0.0;
+  for_chunk<V>(p, ch, k, [&](int64_t idx) {
+    float v[V];
+    load_group<V>(x, idx, vec, v);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      const double d = __dsub_rn(static_cast<double>(v[e]), mu);
+      acc = __dadd_rn(acc, __dmul_rn(d, d));
+    }
+  });
+  return acc;
+}
+
+// A partials_kernel term: per (channel, chunk), the sum of squared deviations from mean[ch].
+template <class T>
+struct SqDevTerm {
+  using Acc = double;
+  const T* x;
+  const double* mean;
+  bool vec;
+  template <int V>
+  __device__ double fold(const Plan& p, int64_t ch, int64_t k) const {
+    return fold_sq_dev<V>(p, ch, k, x, vec, mean[ch]);
+  }
+};
 
 // xhat of the CPU reference: the f32 difference x - mean, widened, times the f32 inverse std
 // widened; no fused operations.

@@ -172,32 +172,8 @@ __device__ void bn_store_stats(int64_t ch, int64_t m, double mu, double v, doubl
       __fadd_rn(__fmul_rn(1.0f - momentum, running_var[ch]), __fmul_rn(__fmul_rn(momentum, var_f), unbias));
 }
 
-// This thread's share of chunk k of channel ch: sum of (x - mu)^2 in double.
-template <int V>
-__device__ double fold_sq_dev(const Plan& p, int64_t ch, int64_t k, const bf16* x, bool vec, double mu) {
-  double acc = 0.0;
-  chan::for_chunk<V>(p, ch, k, [&](int64_t idx) {
-    float v[V];
-    chan::load_group<V>(x, idx, vec, v);
-#pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const double d = v[e] - mu;
-      acc += d * d;
-    }
-  });
-  return acc;
-}
-
-struct SqDevTerm {  // partials of sum (x - mean)^2, the channel's mean in double from bn_mean_kernel
-  using Acc = double;
-  const bf16* x;
-  const double* mu;
-  bool vec;
-  template <int V>
-  __device__ double fold(const Plan& p, int64_t ch, int64_t k) const {
-    return fold_sq_dev<V>(p, ch, k, x, vec, mu[ch]);
-  }
-};
+// Sums of squared deviations from the channel's mean (in double, from bn_mean_kernel):
+// chan::fold_sq_dev and chan::SqDevTerm (kernels/cuda/channel_reduce.cuh).
 
 // x and dy of the group at idx.
 template <int V>
@@ -247,7 +223,7 @@ __global__ void __launch_bounds__(chan::kThreads)
   const int64_t ch = blockIdx.x;
   const double md = static_cast<double>(p.m);
   const double mu = chan::block_sum_all(chan::fold_sum<V>(p, ch, 0, x, vec), tmp, slot) / md;
-  const double v = chan::block_sum_all(fold_sq_dev<V>(p, ch, 0, x, vec, mu), tmp, slot) / md;
+  const double v = chan::block_sum_all(chan::fold_sq_dev<V>(p, ch, 0, x, vec, mu), tmp, slot) / md;
   const double is = 1.0 / sqrt(v + static_cast<double>(eps));
   const double g = gamma[ch], b = beta[ch];
   chan::for_chunk<V>(p, ch, 0, [&](int64_t idx) { bn_y_group<V>(x, y, idx, vec, mu, is, g, b); });
@@ -413,7 +389,7 @@ void batchnorm_forward_train(const BatchNormShape& s, const bf16* x, const float
   chan::launch_partials(p, chan::SumTerm<bf16>{x, vec}, partials);
   bn_mean_kernel<<<channels, chan::kThreads, 0, stream()>>>(p, partials, mu);
   CUDA_CHECK(cudaGetLastError());
-  chan::launch_partials(p, SqDevTerm{x, mu, vec}, partials);
+  chan::launch_partials(p, chan::SqDevTerm<bf16>{x, mu, vec}, partials);
   bn_variance_kernel<<<channels, chan::kThreads, 0, stream()>>>(p, partials, mu, eps, momentum, running_mean,
                                                                 running_var, mean, var, inv_std, is);
   CUDA_CHECK(cudaGetLastError());

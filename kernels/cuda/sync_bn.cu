@@ -40,31 +40,8 @@ inline cudaStream_t stream() { return cudaStreamPerThread; }
 
 // ---- sums ---------------------------------------------------------------------------------------
 
-// Partials of sum ((double)x - mean[c])^2.
-template <class T>
-struct SqDevTerm {
-  using Acc = double;
-  const T* x;
-  const double* mean;
-  bool vec;
-  template <int V>
-  __device__ double fold(const Plan& p, int64_t ch, int64_t k) const {
-    const double mu = mean[ch];
-    double acc = 0.0;
-    chan::for_chunk<V>(p, ch, k, [&](int64_t idx) {
-      float v[V];
-      chan::load_group<V>(x, idx, vec, v);
-#pragma unroll
-      for (int e = 0; e < V; ++e) {
-        const double d = __dsub_rn(static_cast<double>(v[e]), mu);
-        acc = __dadd_rn(acc, __dmul_rn(d, d));
-      }
-    });
-    return acc;
-  }
-};
-
 using chan::BackwardSumTerm;
+using chan::SqDevTerm;
 using chan::xhat_of;
 
 // One block per channel: sums[ch] = the channel's partials folded in chunk order.
