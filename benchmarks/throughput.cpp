@@ -3,6 +3,7 @@
 // data are generated once on the device, so the numbers measure the engine, not the input
 // pipeline. Prints a per-phase table and one line in the format scripts/pytorch_peer.py prints:
 //   THROUGHPUT impl=ttq-engine model=resnet18 precision=fp32 ttq=1 batch=256 images_per_s=... step_ms=...
+//       memory_format=contiguous
 //
 //   build/ttq_throughput --model resnet18 --image-size 224 --batch 256 --ttq 1 --device cuda
 #include <algorithm>
@@ -39,6 +40,9 @@ int run(const cli::Args& a) {
   TTQ_CHECK(a.get("precision") == "fp32" || a.get("precision") == "bf16",
             "--precision must be fp32 or bf16, got '" << a.get("precision") << "'");
   const DType compute = a.get("precision") == "bf16" ? DType::BF16 : DType::F32;
+  TTQ_CHECK(a.get("memory-format") == "contiguous" || a.get("memory-format") == "channels_last",
+            "--memory-format must be contiguous or channels_last, got '" << a.get("memory-format") << "'");
+  const Layout layout = a.get("memory-format") == "channels_last" ? Layout::ChannelsLast : Layout::Contiguous;
   TTQ_CHECK(size > 0 && batch > 0 && classes > 1 && steps > 0 && warmup >= 0, "invalid sizes or step counts");
   Device device = Device::CPU;
   const std::string dev = a.get("device");
@@ -72,7 +76,7 @@ int run(const cli::Args& a) {
   Rng rng(7);
   for (int64_t i = 0; i < images.numel(); ++i) images.data<float>()[i] = static_cast<float>(rng.normal());
   for (int64_t i = 0; i < batch; ++i) labels.data<int32_t>()[i] = static_cast<int32_t>(rng.next_u64() % classes);
-  images = ops::cast_to(images.to(device), compute);
+  images = ops::to_compute_format(images.to(device), {compute, layout});
   labels = labels.to(device);
 
   CrossEntropyLoss loss;
@@ -108,9 +112,10 @@ int run(const cli::Args& a) {
   const auto logged = log.read();
   for (const auto& l : logged) TTQ_CHECK(std::isfinite(l.loss), "the loss became non-finite during the benchmark");
 
-  std::printf("%s %lldx%lldx%lld, batch %lld, %s, %s, %s; %d timed steps after %d warm-up\n", model_name.c_str(),
-              static_cast<long long>(channels), static_cast<long long>(size), static_cast<long long>(size),
-              static_cast<long long>(batch), ttq_on ? "TTQ" : "full precision", a.get("precision").c_str(),
+  std::printf("%s %lldx%lldx%lld, batch %lld, %s, %s, %s, %s; %d timed steps after %d warm-up\n",
+              model_name.c_str(), static_cast<long long>(channels), static_cast<long long>(size),
+              static_cast<long long>(size), static_cast<long long>(batch), ttq_on ? "TTQ" : "full precision",
+              a.get("precision").c_str(), a.get("memory-format").c_str(),
               device == Device::CUDA ? cuda_device_summary().c_str() : "CPU", steps, warmup);
   if (pass) std::printf("ternary layers: %zu (GPU launches: forward %d, backward %d)\n", pass->layers().size(),
                         pass->forward_launches(), pass->backward_launches());
@@ -120,9 +125,11 @@ int run(const cli::Args& a) {
   const double step_ms = total / steps;
   std::printf("%-14s %10.3f\n", "step", step_ms);
   std::printf("loss first %.4f, last %.4f\n", logged.front().loss, logged.back().loss);
-  std::printf("THROUGHPUT impl=ttq-engine model=%s precision=%s ttq=%d batch=%lld images_per_s=%.1f step_ms=%.3f\n",
-              model_name.c_str(), a.get("precision").c_str(), ttq_on ? 1 : 0, static_cast<long long>(batch),
-              1000.0 * batch / step_ms, step_ms);
+  std::printf(
+      "THROUGHPUT impl=ttq-engine model=%s precision=%s ttq=%d batch=%lld images_per_s=%.1f step_ms=%.3f "
+      "memory_format=%s\n",
+      model_name.c_str(), a.get("precision").c_str(), ttq_on ? 1 : 0, static_cast<long long>(batch),
+      1000.0 * batch / step_ms, step_ms, a.get("memory-format").c_str());
   return 0;
 }
 
@@ -137,6 +144,7 @@ int main(int argc, char** argv) {
       .option("batch", "128", "batch size")
       .option("ttq", "1", "1: ternary layers (the model's default full-precision layers stay fp32); 0: full precision")
       .option("precision", "fp32", "fp32, or bf16 (activations and the weights computed with in bf16, f32 master weights)")
+      .option("memory-format", "contiguous", "contiguous (NCHW activations) or channels_last (NHWC)")
       .option("steps", "20", "timed steps")
       .option("warmup", "5", "untimed steps first")
       .option("device", "auto", "cuda, cpu or auto");

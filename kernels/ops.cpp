@@ -93,11 +93,11 @@ void f32_to_bf16_cpu(int64_t n, const float* src, bf16* dst) {
 // rounded into the bf16 ones.
 Tensor widen(const Tensor& t) {
   if (t.dtype() == DType::F32) return t;
-  Tensor f = Tensor::empty(t.shape(), DType::F32, Device::CPU);
+  Tensor f = Tensor::empty(t.shape(), DType::F32, Device::CPU, t.layout());
   bf16_to_f32_cpu(t.numel(), t.data<bf16>(), f.data<float>());
   return f;
 }
-Tensor f32_like(const Tensor& t) { return Tensor::empty(t.shape(), DType::F32, Device::CPU); }
+Tensor f32_like(const Tensor& t) { return Tensor::empty(t.shape(), DType::F32, Device::CPU, t.layout()); }
 void narrow_into(const Tensor& f, Tensor& dst) {
   if (dst.dtype() == DType::F32) return;  // the op wrote dst itself
   f32_to_bf16_cpu(dst.numel(), f.data<float>(), dst.data<bf16>());
@@ -123,14 +123,115 @@ void narrow_into(const Tensor& f, Tensor& dst) {
 const bf16* cbptr(const Tensor& t) { return t.data<bf16>(); }
 bf16* mbptr(const Tensor& t) { return t.data<bf16>(); }
 
+// ---- channels-last -------------------------------------------------------------------------
+// The layout of an op's activations: the listed tensors (nulls skipped) share one.
+Layout act_layout(const char* op, std::initializer_list<const Tensor*> ts) {
+  Layout l = Layout::Contiguous;
+  bool first = true;
+  for (const Tensor* t : ts) {
+    if (!t) continue;
+    if (first) {
+      l = t->layout();
+      first = false;
+    }
+    TTQ_CHECK(t->layout() == l, op << ": mixes " << layout_name(l) << " and " << t->str()
+                                   << " (an op's activations and their gradients share one layout)");
+  }
+  return l;
+}
+
+// Weights are OIHW whatever the activations' layout.
+void expect_contiguous(const char* op, const Tensor& t, const char* what) {
+  TTQ_CHECK(t.layout() == Layout::Contiguous, op << ": " << what << " must be contiguous, got " << t.str());
+}
+
+// Channels-last ops that a device has no kernel for run on contiguous copies: the activation
+// inputs are permuted to NCHW, the op runs, and its outputs are permuted back. On the CPU this is
+// every channels-last op (the reference: bitwise the contiguous op's result); on the GPU, the
+// geometries the NHWC kernels do not take.
+Tensor contig(const Tensor& t) { return to_layout(t, Layout::Contiguous); }
+Tensor contig_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
+
+// cuDNN runs a channels-last convolution natively when the padding is symmetric (the explicit
+// padding helpers are NCHW) and there is no bias (cuDNN's bias broadcasting is not used on NHWC).
+bool native_channels_last_conv(Device dev, const Conv2dShape& s, bool has_bias) {
+  return dev == Device::CUDA && !has_bias && s.pad_t == s.pad_b && s.pad_l == s.pad_r;
+}
+
 }  // namespace
 
-void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
+// ---- layouts ---------------------------------------------------------------------------------
+namespace {
+template <class T>
+void permute_cpu(int64_t n, int64_t c, int64_t hw, bool to_channels_last, const T* src, T* dst) {
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < n; ++b) {
+    const T* s = src + b * c * hw;
+    T* d = dst + b * c * hw;
+    if (to_channels_last) {
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t i = 0; i < hw; ++i) d[i * c + ch] = s[ch * hw + i];
+    } else {
+      for (int64_t ch = 0; ch < c; ++ch)
+        for (int64_t i = 0; i < hw; ++i) d[ch * hw + i] = s[i * c + ch];
+    }
+  }
+}
+}  // namespace
+
+void to_layout(const Tensor& src, Tensor& dst) {
+  const Device dev = common_device("to_layout", {&src, &dst});
+  TTQ_CHECK(src.shape() == dst.shape() && src.dtype() == dst.dtype(),
+            "to_layout: " << src.str() << " into " << dst.str() << " (shape and dtype must agree)");
+  if (src.layout() == dst.layout()) {
+    if (src.raw() != dst.raw()) dst.copy_from(src);
+    return;
+  }
+  TTQ_CHECK(src.raw() != dst.raw(), "to_layout: " << src.str() << " into itself");
+  const int64_t n = src.dim(0), c = src.dim(1), hw = src.dim(2) * src.dim(3);
+  const bool to_cl = dst.channels_last();
+  if (dev == Device::CPU) {
+    switch (dtype_size(src.dtype())) {
+      case 2:
+        permute_cpu(n, c, hw, to_cl, static_cast<const uint16_t*>(src.raw()), static_cast<uint16_t*>(dst.raw()));
+        break;
+      case 4:
+        permute_cpu(n, c, hw, to_cl, static_cast<const uint32_t*>(src.raw()), static_cast<uint32_t*>(dst.raw()));
+        break;
+      default: TTQ_FAIL("to_layout: " << src.str() << " (2- or 4-byte elements only)");
+    }
+    return;
+  }
+  TTQ_CUDA_CALL(cuda::permute_layout(n, c, hw, to_cl, dtype_size(src.dtype()), src.raw(), dst.raw()));
+}
+
+Tensor to_layout(const Tensor& src, Layout layout) {
+  if (src.layout() == layout) return src;
+  Tensor dst = Tensor::empty(src.shape(), src.dtype(), src.device(), layout);
+  to_layout(src, dst);
+  return dst;
+}
+
+Tensor to_compute_format(const Tensor& x, ComputeFormat f) {
+  const Tensor c = cast_to(x, f.dtype);
+  return c.ndim() == 4 ? to_layout(c, f.layout) : c;
+}
+
+void conv2d_forward(const Conv2dShape& shape, const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
   const Device dev = common_device("conv2d_forward", {&x, &w, bias, &y});
+  Conv2dShape s = shape;
   expect("conv2d_forward", x, s.in_numel(), "input");
   expect("conv2d_forward", w, s.weight_numel(), "weight");
   expect("conv2d_forward", y, s.out_numel(), "output");
   expect_f32("conv2d_forward", {bias});
+  expect_contiguous("conv2d_forward", w, "weight");
+  s.channels_last = act_layout("conv2d_forward", {&x, &y}) == Layout::ChannelsLast;
+  if (s.channels_last && !native_channels_last_conv(dev, s, bias != nullptr)) {
+    Tensor yc = contig_like(y);
+    conv2d_forward(shape, contig(x), w, bias, yc);
+    to_layout(yc, y);
+    return;
+  }
   if (act_dtype("conv2d_forward", {&x, &w, &y}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); conv2d_forward(s, widen(x), widen(w), bias, yf); narrow_into(yf, y),
                       cuda::conv2d_forward(s, cbptr(x), cbptr(w), cptr(bias), mbptr(y)));
@@ -140,10 +241,19 @@ void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& w, cons
                cuda::conv2d_forward(s, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()));
 }
 
-void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& w, Tensor& dx) {
+void conv2d_backward_data(const Conv2dShape& shape, const Tensor& dy, const Tensor& w, Tensor& dx) {
   const Device dev = common_device("conv2d_backward_data", {&dy, &w, &dx});
+  Conv2dShape s = shape;
   expect("conv2d_backward_data", dy, s.out_numel(), "output gradient");
   expect("conv2d_backward_data", dx, s.in_numel(), "input gradient");
+  expect_contiguous("conv2d_backward_data", w, "weight");
+  s.channels_last = act_layout("conv2d_backward_data", {&dy, &dx}) == Layout::ChannelsLast;
+  if (s.channels_last && !native_channels_last_conv(dev, s, false)) {
+    Tensor dxc = contig_like(dx);
+    conv2d_backward_data(shape, contig(dy), w, dxc);
+    to_layout(dxc, dx);
+    return;
+  }
   if (act_dtype("conv2d_backward_data", {&dy, &w, &dx}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); conv2d_backward_data(s, widen(dy), widen(w), dxf); narrow_into(dxf, dx),
                       cuda::conv2d_backward_data(s, cbptr(dy), cbptr(w), mbptr(dx)));
@@ -153,10 +263,18 @@ void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& 
                cuda::conv2d_backward_data(s, dy.data<float>(), w.data<float>(), dx.data<float>()));
 }
 
-void conv2d_backward_weights(const Conv2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dw, Tensor* dbias) {
+void conv2d_backward_weights(const Conv2dShape& shape, const Tensor& x, const Tensor& dy, Tensor& dw,
+                             Tensor* dbias) {
   const Device dev = common_device("conv2d_backward_weights", {&x, &dy, &dw, dbias});
+  Conv2dShape s = shape;
   expect("conv2d_backward_weights", dw, s.weight_numel(), "weight gradient");
   expect_f32("conv2d_backward_weights", {dbias});
+  expect_contiguous("conv2d_backward_weights", dw, "weight gradient");
+  s.channels_last = act_layout("conv2d_backward_weights", {&x, &dy}) == Layout::ChannelsLast;
+  if (s.channels_last && !native_channels_last_conv(dev, s, dbias != nullptr)) {
+    conv2d_backward_weights(shape, contig(x), contig(dy), dw, dbias);
+    return;
+  }
   if (act_dtype("conv2d_backward_weights", {&x, &dy, &dw}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor dwf = f32_like(dw);
                       conv2d_backward_weights(s, widen(x), widen(dy), dwf, dbias); narrow_into(dwf, dw),
@@ -170,6 +288,12 @@ void conv2d_backward_weights(const Conv2dShape& s, const Tensor& x, const Tensor
 void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor& y) {
   const Device dev = common_device("pool2d_forward", {&x, &y});
   expect("pool2d_forward", y, s.out_numel(), "output");
+  if (act_layout("pool2d_forward", {&x, &y}) == Layout::ChannelsLast) {  // no NHWC pooling kernels
+    Tensor yc = contig_like(y);
+    pool2d_forward(kind, s, contig(x), yc);
+    to_layout(yc, y);
+    return;
+  }
   if (act_dtype("pool2d_forward", {&x, &y}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); pool2d_forward(kind, s, widen(x), yf); narrow_into(yf, y),
                       cuda::pool2d_forward(kind, s, cbptr(x), mbptr(y)));
@@ -182,6 +306,12 @@ void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor
 void pool2d_backward(PoolKind kind, const Pool2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("pool2d_backward", {&x, &dy, &dx});
   expect("pool2d_backward", dx, s.in_numel(), "input gradient");
+  if (act_layout("pool2d_backward", {&x, &dy, &dx}) == Layout::ChannelsLast) {
+    Tensor dxc = contig_like(dx);
+    pool2d_backward(kind, s, contig(x), contig(dy), dxc);
+    to_layout(dxc, dx);
+    return;
+  }
   if (act_dtype("pool2d_backward", {&x, &dy, &dx}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); pool2d_backward(kind, s, widen(x), widen(dy), dxf);
                       narrow_into(dxf, dx),
@@ -206,11 +336,20 @@ void update_running_stats_cpu(const BatchNormShape& s, float momentum, const Ten
 }
 }  // namespace
 
-void batchnorm_forward_train(const BatchNormShape& s, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+void batchnorm_forward_train(const BatchNormShape& shape, const Tensor& x, const Tensor& gamma, const Tensor& beta,
                              float eps, float momentum, Tensor& running_mean, Tensor& running_var, Tensor& y,
                              Tensor& mean, Tensor& var, Tensor& inv_std) {
   const Device dev = common_device("batchnorm_forward_train",
                                    {&x, &gamma, &beta, &running_mean, &running_var, &y, &mean, &var, &inv_std});
+  BatchNormShape s = shape;
+  s.channels_last = act_layout("batchnorm_forward_train", {&x, &y}) == Layout::ChannelsLast;
+  if (s.channels_last && dev == Device::CPU) {
+    Tensor yc = contig_like(y);
+    batchnorm_forward_train(shape, contig(x), gamma, beta, eps, momentum, running_mean, running_var, yc, mean, var,
+                            inv_std);
+    to_layout(yc, y);
+    return;
+  }
   expect("batchnorm_forward_train", x, s.numel(), "input");
   expect_f32("batchnorm_forward_train", {&gamma, &beta, &running_mean, &running_var, &mean, &var, &inv_std});
   if (act_dtype("batchnorm_forward_train", {&x, &y}) == DType::BF16) {
@@ -234,9 +373,17 @@ void batchnorm_forward_train(const BatchNormShape& s, const Tensor& x, const Ten
                                              inv_std.data<float>()));
 }
 
-void batchnorm_forward_infer(const BatchNormShape& s, const Tensor& x, const Tensor& gamma, const Tensor& beta,
+void batchnorm_forward_infer(const BatchNormShape& shape, const Tensor& x, const Tensor& gamma, const Tensor& beta,
                              const Tensor& running_mean, const Tensor& running_var, float eps, Tensor& y) {
   const Device dev = common_device("batchnorm_forward_infer", {&x, &gamma, &beta, &running_mean, &running_var, &y});
+  BatchNormShape s = shape;
+  s.channels_last = act_layout("batchnorm_forward_infer", {&x, &y}) == Layout::ChannelsLast;
+  if (s.channels_last && dev == Device::CPU) {
+    Tensor yc = contig_like(y);
+    batchnorm_forward_infer(shape, contig(x), gamma, beta, running_mean, running_var, eps, yc);
+    to_layout(yc, y);
+    return;
+  }
   expect("batchnorm_forward_infer", x, s.numel(), "input");
   expect_f32("batchnorm_forward_infer", {&gamma, &beta, &running_mean, &running_var});
   if (act_dtype("batchnorm_forward_infer", {&x, &y}) == DType::BF16) {
@@ -257,10 +404,18 @@ void batchnorm_forward_infer(const BatchNormShape& s, const Tensor& x, const Ten
                                              y.data<float>()));
 }
 
-void batchnorm_backward(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& gamma,
+void batchnorm_backward(const BatchNormShape& shape, const Tensor& x, const Tensor& dy, const Tensor& gamma,
                         const Tensor& mean, const Tensor& inv_std, float eps, Tensor& dx, Tensor& dgamma,
                         Tensor& dbeta) {
   const Device dev = common_device("batchnorm_backward", {&x, &dy, &gamma, &mean, &inv_std, &dx, &dgamma, &dbeta});
+  BatchNormShape s = shape;
+  s.channels_last = act_layout("batchnorm_backward", {&x, &dy, &dx}) == Layout::ChannelsLast;
+  if (s.channels_last && dev == Device::CPU) {
+    Tensor dxc = contig_like(dx);
+    batchnorm_backward(shape, contig(x), contig(dy), gamma, mean, inv_std, eps, dxc, dgamma, dbeta);
+    to_layout(dxc, dx);
+    return;
+  }
   (void)eps;  // cuDNN takes it with the saved statistics; the CPU kernels use inv_std
   expect("batchnorm_backward", dy, s.numel(), "output gradient");
   expect_f32("batchnorm_backward", {&gamma, &mean, &inv_std, &dgamma, &dbeta});
@@ -376,9 +531,12 @@ const double* cdptr(const Tensor* t) { return t ? t->data<double>() : nullptr; }
 
 }  // namespace
 
-void bn_channel_sums(const BatchNormShape& s, const Tensor& x, const Tensor* mean, Tensor& sums) {
+void bn_channel_sums(const BatchNormShape& shape, const Tensor& x, const Tensor* mean, Tensor& sums) {
   const char* op = "bn_channel_sums";
   const Device dev = common_device(op, {&x, mean, &sums});
+  BatchNormShape s = shape;
+  s.channels_last = x.channels_last();
+  if (s.channels_last && dev == Device::CPU) return bn_channel_sums(shape, contig(x), mean, sums);
   expect(op, x, s.numel(), "input");
   if (mean) expect_f64(op, *mean, s.c, "mean");
   expect_f64(op, sums, s.c, "sums");
@@ -391,10 +549,13 @@ void bn_channel_sums(const BatchNormShape& s, const Tensor& x, const Tensor* mea
                cuda::bn_channel_sums(s, x.data<float>(), cdptr(mean), sums.data<double>()));
 }
 
-void bn_backward_sums(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& mean,
+void bn_backward_sums(const BatchNormShape& shape, const Tensor& x, const Tensor& dy, const Tensor& mean,
                       const Tensor& inv_std, Tensor& sums) {
   const char* op = "bn_backward_sums";
   const Device dev = common_device(op, {&x, &dy, &mean, &inv_std, &sums});
+  BatchNormShape s = shape;
+  s.channels_last = act_layout(op, {&x, &dy}) == Layout::ChannelsLast;
+  if (s.channels_last && dev == Device::CPU) return bn_backward_sums(shape, contig(x), contig(dy), mean, inv_std, sums);
   expect(op, x, s.numel(), "input");
   expect(op, dy, s.numel(), "output gradient");
   expect_f32(op, {&mean, &inv_std});
@@ -414,10 +575,18 @@ void bn_backward_sums(const BatchNormShape& s, const Tensor& x, const Tensor& dy
                                       inv_std.data<float>(), sums.data<double>()));
 }
 
-void bn_normalize(const BatchNormShape& s, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
+void bn_normalize(const BatchNormShape& shape, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
                   const Tensor& gamma, const Tensor& beta, Tensor& y) {
   const char* op = "bn_normalize";
   const Device dev = common_device(op, {&x, &mean, &inv_std, &gamma, &beta, &y});
+  BatchNormShape s = shape;
+  s.channels_last = act_layout(op, {&x, &y}) == Layout::ChannelsLast;
+  if (s.channels_last && dev == Device::CPU) {
+    Tensor yc = contig_like(y);
+    bn_normalize(shape, contig(x), mean, inv_std, gamma, beta, yc);
+    to_layout(yc, y);
+    return;
+  }
   expect(op, x, s.numel(), "input");
   expect(op, y, s.numel(), "output");
   expect_f64(op, mean, s.c, "mean");
@@ -439,10 +608,18 @@ void bn_normalize(const BatchNormShape& s, const Tensor& x, const Tensor& mean, 
                                   gamma.data<float>(), beta.data<float>(), y.data<float>()));
 }
 
-void bn_backward_dx(const BatchNormShape& s, const Tensor& x, const Tensor& dy, const Tensor& mean,
+void bn_backward_dx(const BatchNormShape& shape, const Tensor& x, const Tensor& dy, const Tensor& mean,
                     const Tensor& inv_std, const Tensor& gamma, const Tensor& sums, double count, Tensor& dx) {
   const char* op = "bn_backward_dx";
   const Device dev = common_device(op, {&x, &dy, &mean, &inv_std, &gamma, &sums, &dx});
+  BatchNormShape s = shape;
+  s.channels_last = act_layout(op, {&x, &dy, &dx}) == Layout::ChannelsLast;
+  if (s.channels_last && dev == Device::CPU) {
+    Tensor dxc = contig_like(dx);
+    bn_backward_dx(shape, contig(x), contig(dy), mean, inv_std, gamma, sums, count, dxc);
+    to_layout(dxc, dx);
+    return;
+  }
   expect(op, x, s.numel(), "input");
   expect(op, dy, s.numel(), "output gradient");
   expect(op, dx, s.numel(), "input gradient");
@@ -508,6 +685,7 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
 
 void global_avgpool_forward(const Tensor& x, Tensor& y) {
   const Device dev = common_device("global_avgpool_forward", {&x, &y});
+  if (x.channels_last()) return global_avgpool_forward(contig(x), y);  // y: [N, C]
   expect("global_avgpool_forward", y, x.dim(0) * x.dim(1), "output");
   const int64_t n = x.dim(0), c = x.dim(1), hw = x.dim(2) * x.dim(3);
   if (act_dtype("global_avgpool_forward", {&x, &y}) == DType::BF16) {
@@ -521,6 +699,12 @@ void global_avgpool_forward(const Tensor& x, Tensor& y) {
 
 void global_avgpool_backward(const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("global_avgpool_backward", {&dy, &dx});
+  if (dx.channels_last()) {
+    Tensor dxc = contig_like(dx);
+    global_avgpool_backward(dy, dxc);
+    to_layout(dxc, dx);
+    return;
+  }
   expect("global_avgpool_backward", dy, dx.dim(0) * dx.dim(1), "output gradient");
   const int64_t n = dx.dim(0), c = dx.dim(1), hw = dx.dim(2) * dx.dim(3);
   if (act_dtype("global_avgpool_backward", {&dy, &dx}) == DType::BF16) {
@@ -535,6 +719,7 @@ void global_avgpool_backward(const Tensor& dy, Tensor& dx) {
 void relu_forward(const Tensor& x, Tensor& y) {
   const Device dev = common_device("relu_forward", {&x, &y});
   expect("relu_forward", y, x.numel(), "output");
+  act_layout("relu_forward", {&x, &y});  // elementwise: any layout, the same for all
   if (act_dtype("relu_forward", {&x, &y}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); relu_forward(widen(x), yf); narrow_into(yf, y),
                       cuda::relu_forward(x.numel(), cbptr(x), mbptr(y)));
@@ -548,6 +733,7 @@ void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("relu_backward", {&y, &dy, &dx});
   expect("relu_backward", dy, y.numel(), "output gradient");
   expect("relu_backward", dx, y.numel(), "input gradient");
+  act_layout("relu_backward", {&y, &dy, &dx});
   if (act_dtype("relu_backward", {&y, &dy, &dx}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); relu_backward(widen(y), widen(dy), dxf); narrow_into(dxf, dx),
                       cuda::relu_backward(y.numel(), cbptr(y), cbptr(dy), mbptr(dx)));
@@ -559,6 +745,12 @@ void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) {
 
 void shortcut_a_forward(int64_t stride, const Tensor& x, Tensor& y) {
   const Device dev = common_device("shortcut_a_forward", {&x, &y});
+  if (act_layout("shortcut_a_forward", {&x, &y}) == Layout::ChannelsLast) {
+    Tensor yc = contig_like(y);
+    shortcut_a_forward(stride, contig(x), yc);
+    to_layout(yc, y);
+    return;
+  }
   const int64_t c_out = y.dim(1), pad = (c_out - x.dim(1)) / 2;
   if (act_dtype("shortcut_a_forward", {&x, &y}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); shortcut_a_forward(stride, widen(x), yf); narrow_into(yf, y),
@@ -575,6 +767,12 @@ void shortcut_a_forward(int64_t stride, const Tensor& x, Tensor& y) {
 
 void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("shortcut_a_backward", {&dy, &dx});
+  if (act_layout("shortcut_a_backward", {&dy, &dx}) == Layout::ChannelsLast) {
+    Tensor dxc = contig_like(dx);
+    shortcut_a_backward(stride, contig(dy), dxc);
+    to_layout(dxc, dx);
+    return;
+  }
   const int64_t c_out = dy.dim(1), pad = (c_out - dx.dim(1)) / 2;
   if (act_dtype("shortcut_a_backward", {&dy, &dx}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx); shortcut_a_backward(stride, widen(dy), dxf); narrow_into(dxf, dx),
@@ -708,6 +906,7 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
   const Device dev = common_device("add", {&a, &b, &out});
   TTQ_CHECK(a.shape() == b.shape() && out.numel() == a.numel(),
             "add: shapes " << shape_str(a.shape()) << " and " << shape_str(b.shape()) << " into " << shape_str(out.shape()));
+  act_layout("add", {&a, &b, &out});
   if (act_dtype("add", {&a, &b, &out}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor of = f32_like(out); add(widen(a), widen(b), of); narrow_into(of, out),
                       cuda::add(a.numel(), cbptr(a), cbptr(b), mbptr(out)));
@@ -720,6 +919,7 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
 void add_accumulate(Tensor& dst, const Tensor& src) {
   const Device dev = common_device("add_accumulate", {&dst, &src});
   expect("add_accumulate", src, dst.numel(), "source");
+  act_layout("add_accumulate", {&dst, &src});
   if (dst.dtype() == DType::F32 && src.dtype() == DType::BF16) {  // an f32 gradient += a bf16 one
     TTQ_BF16_DISPATCH(dev, add_accumulate(dst, widen(src)),
                       cuda::add_accumulate(dst.numel(), dst.data<float>(), cbptr(src)));
@@ -737,6 +937,7 @@ void add_accumulate(Tensor& dst, const Tensor& src) {
 void cast(const Tensor& src, Tensor& dst) {
   const Device dev = common_device("cast", {&src, &dst});
   expect("cast", dst, src.numel(), "destination");
+  act_layout("cast", {&src, &dst});
   if (src.dtype() == dst.dtype()) {
     if (src.raw() != dst.raw()) dst.copy_from(src.view(dst.shape()));
     return;
@@ -755,7 +956,7 @@ void cast(const Tensor& src, Tensor& dst) {
 
 Tensor cast_to(const Tensor& src, DType dtype) {
   if (src.dtype() == dtype) return src;
-  Tensor dst = Tensor::empty(src.shape(), dtype, src.device());
+  Tensor dst = Tensor::empty(src.shape(), dtype, src.device(), src.layout());
   cast(src, dst);
   return dst;
 }

@@ -10,6 +10,14 @@
 // kernels (f32 arithmetic, one rounding per output element); on the CPU a bf16 op widens its
 // inputs to f32, runs the f32 kernel and rounds the outputs: the reference the GPU is tested
 // against.
+//
+// Layouts. Activations of 4-D ops may be channels-last (NHWC storage, Layout::ChannelsLast); an
+// op's activations and their gradients then all are, its outputs must be allocated so
+// (Tensor::empty_like), and weights stay contiguous (OIHW). On the GPU, convolutions (symmetric
+// padding, no bias), batch norm and the elementwise ops run NHWC kernels; every other
+// channels-last op, and every one on the CPU, runs the contiguous op on NCHW copies of its
+// activations and permutes the results back, so the CPU's channels-last results are bitwise its
+// contiguous ones.
 #pragma once
 
 #include <cstdint>
@@ -88,6 +96,13 @@ void clamp_min_inplace(Tensor& t, float lo);
 void cast(const Tensor& src, Tensor& dst);
 // A new tensor: src in dtype (src itself when it already has it).
 Tensor cast_to(const Tensor& src, DType dtype);
+// dst = src in dst's layout: the NCHW <-> NHWC permutation of a 4-D tensor (a plain copy when the
+// layouts agree). Same shape, dtype (2- or 4-byte elements) and device; dst must not alias src.
+void to_layout(const Tensor& src, Tensor& dst);
+// A new tensor: src in layout (src itself when it already has it).
+Tensor to_layout(const Tensor& src, Layout layout);
+// A model input in the compute format: cast to its dtype, then (4-D inputs) to its layout.
+Tensor to_compute_format(const Tensor& x, ComputeFormat f);
 
 // ---- loss ----------------------------------------------------------------------------------
 // labels: int32 [N] on the logits' device. Returns the mean loss (a device-to-host read on the GPU).

@@ -42,7 +42,8 @@ step cpu_tests bash -c "cd $build && ctest -L cpu -j $(nproc) --output-on-failur
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 if [[ -n $sanitizer ]]; then
   step sanitizer bash -c "'$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq' --gtest_filter='*n1000*:*Ties*' &&
-    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_bf16' --gtest_filter='*Casts*:*Relu*:*TtqMultiTensor*'"
+    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_bf16' --gtest_filter='*Casts*:*Relu*:*TtqMultiTensor*' &&
+    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_channels_last' --gtest_filter='*Permutation*:*bn2d_chunked_odd*'"
 else
   result[sanitizer]="not found"
 fi
@@ -56,6 +57,7 @@ step kernels timeout 240 "$build/benchmarks/bench_ttq_gpu" --mode all --json "$o
 step thr_r18_ttq timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --warmup 5 --steps 30
 step thr_r18_fp timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 0 --warmup 5 --steps 30
 step thr_r18_ttq_bf16 timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --precision bf16 --warmup 5 --steps 30
+step thr_r18_ttq_cl timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --precision bf16 --memory-format channels_last --warmup 5 --steps 30
 step thr_r18_fp_bf16 timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 0 --precision bf16 --warmup 5 --steps 30
 step thr_alex_ttq timeout 180 "$build/ttq_throughput" --device cuda --model alexnet --image-size 224 --classes 1000 --batch 128 --ttq 1 --warmup 5 --steps 30
 step thr_r20_ttq timeout 120 "$build/ttq_throughput" --device cuda --model resnet20 --image-size 32 --classes 10 --batch 128 --ttq 1 --warmup 10 --steps 50
@@ -83,12 +85,13 @@ echo
 echo "GPU check $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') on ${gpu:-no GPU} ($(( $(date +%s) - started ))s)"
 printf '| %-10s | %s |\n' "step" "result"
 printf '|%s|%s|\n' "------------" "------------------------------"
-for s in configure build gpu_tests cpu_tests sanitizer train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32; do printf '| %-10s | %s |\n' "$s" "${result[$s]}"; done
+for s in configure build gpu_tests cpu_tests sanitizer train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_ttq_cl thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32; do printf '| %-10s | %s |\n' "$s" "${result[$s]}"; done
 printf '| %-10s | %s |\n' "gpu tests" "${passed:-?}, ${skipped} skipped"
 printf '| %-10s | %s |\n' "ttq r18" "${kern:-?}"
 printf '| %-10s | %s |\n' "r18 ttq" "$(peer thr_r18_ttq) (engine fp32)"
 printf '| %-10s | %s |\n' "r18 fp" "$(peer thr_r18_fp) (engine fp32)"
 printf '| %-10s | %s |\n' "r18 ttq bf" "$(peer thr_r18_ttq_bf16) (engine bf16)"
+printf '| %-10s | %s |\n' "r18 ttq cl" "$(peer thr_r18_ttq_cl) (engine bf16, channels_last)"
 printf '| %-10s | %s |\n' "r18 fp bf" "$(peer thr_r18_fp_bf16) (engine bf16)"
 printf '| %-10s | %s |\n' "alex ttq" "$(peer thr_alex_ttq) (engine fp32, batch 128)"
 printf '| %-10s | %s |\n' "r20 ttq" "$(peer thr_r20_ttq) (engine fp32, 32x32)"

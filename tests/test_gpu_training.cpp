@@ -22,6 +22,7 @@ struct TrainRun {
   bool with_pass = false;  // all ternary layers' TTQ work through a TernaryPass (fused on the GPU)
   int steps = 20;
   DType compute = DType::F32;  // precision: f32 or bf16
+  Layout layout = Layout::Contiguous;  // memory_format
 };
 
 // Per-step losses of a short SGD run; the final parameters go to *params when given.
@@ -46,7 +47,8 @@ std::vector<double> losses(const TrainRun& run, std::vector<float>* params = nul
   if (run.with_pass) pass = std::make_unique<TernaryPass>(*m.net, run.compute);
   std::vector<double> out;
   for (int s = 0; s < run.steps; ++s)
-    out.push_back(train_step(*m.net, loss, *opt, data.batch(s * 16, 16), oc.lr, pass.get(), run.compute).loss);
+    out.push_back(
+        train_step(*m.net, loss, *opt, data.batch(s * 16, 16), oc.lr, pass.get(), {run.compute, run.layout}).loss);
   if (params) {
     params->clear();
     for (auto& np : m.net->named_parameters()) {
@@ -124,6 +126,35 @@ TEST(GpuTraining, Bf16FollowsTheCpuEmulationAndRepeatsExactly) {
       EXPECT_EQ(gpu, gpu2) << "two GPU bf16 runs differ";
       EXPECT_NEAR(gpu[0], cpu[0], 1e-2 * (1 + cpu[0])) << "before any update";
       for (int s = 1; s < 5; ++s) EXPECT_NEAR(gpu[s], cpu[s], 5e-2 * (1 + cpu[s])) << "step " << s;
+    }
+  }
+}
+
+// memory_format channels_last: NHWC convolutions (cuDNN) and batch norm, the other ops on NCHW
+// copies. The CPU runs channels-last bitwise like contiguous (tests/test_channels_last.cpp), so the
+// GPU's channels-last run is held to the CPU run with the contiguous GPU run's tolerances, and
+// repeats exactly.
+TEST(GpuTraining, ChannelsLastFollowsTheCpuAndRepeatsExactly) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
+  const json models[] = {{{"name", "small_convnet"}}, {{"name", "cifar_resnet"}, {"depth", 8}}};
+  for (const json& model : models) {
+    for (DType dt : {DType::F32, DType::BF16}) {
+      SCOPED_TRACE(model.dump() + " ttq " + dtype_name(dt) + " channels_last");
+      TrainRun cpu_run{Device::CPU, model, true, math::ThresholdMode::Max, true, 20};
+      cpu_run.compute = dt;
+      TrainRun gpu_run = cpu_run;
+      gpu_run.device = Device::CUDA;
+      gpu_run.layout = Layout::ChannelsLast;
+      const auto cpu = losses(cpu_run);
+      const auto gpu = losses(gpu_run);
+      const auto gpu2 = losses(gpu_run);
+      EXPECT_EQ(gpu, gpu2) << "two GPU channels-last runs differ";
+      if (dt == DType::F32) {
+        for (int s = 0; s < 20; ++s) EXPECT_NEAR(gpu[s], cpu[s], (s < 5 ? 1e-4 : 2e-2) * (1 + cpu[s])) << "step " << s;
+      } else {
+        EXPECT_NEAR(gpu[0], cpu[0], 1e-2 * (1 + cpu[0])) << "before any update";
+        for (int s = 1; s < 5; ++s) EXPECT_NEAR(gpu[s], cpu[s], 5e-2 * (1 + cpu[s])) << "step " << s;
+      }
     }
   }
 }

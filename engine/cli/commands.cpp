@@ -155,8 +155,9 @@ int run_eval(const std::vector<std::string>& argv) {
   load_model(*model.net, ck);
   // In the run's precision, so that the result is the one its training reported.
   const EvalResult ev = evaluate(*model.net, data.test, a.get_int("batch"), cfg.data.workers, nullptr,
-                                 cfg.compute_dtype());
-  std::printf("%s (%s, %s): %s\n", ck.file.path().c_str(), ck.format.c_str(), cfg.precision.c_str(),
+                                 cfg.compute_format());
+  std::printf("%s (%s, %s%s): %s\n", ck.file.path().c_str(), ck.format.c_str(), cfg.precision.c_str(),
+              cfg.memory_format == "contiguous" ? "" : (", " + cfg.memory_format).c_str(),
               data.description.c_str());
   std::printf("test loss %.4f  top-1 error %.2f%% (%lld/%lld wrong)  top-5 error %.2f%%\n", ev.loss,
               100.0 * ev.top1_error, static_cast<long long>(std::llround(ev.top1_error * ev.samples)),

@@ -36,6 +36,8 @@ const char* dtype_name(DType dt) {
 
 const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
+const char* layout_name(Layout l) { return l == Layout::Contiguous ? "contiguous" : "channels_last"; }
+
 std::string shape_str(const Shape& s) {
   std::ostringstream os;
   os << "[";
@@ -73,14 +75,19 @@ Storage::~Storage() {
     device_free_nothrow(data_);
 }
 
-Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, Layout layout) {
   for (int64_t d : shape) TTQ_CHECK(d >= 0, "negative dimension in shape " << shape_str(shape));
+  TTQ_CHECK(layout == Layout::Contiguous || shape.size() == 4,
+            "a channels-last tensor must be 4-D [N, C, H, W], not " << shape_str(shape));
   Tensor t;
   t.shape_ = shape;
   t.dtype_ = dtype;
+  t.layout_ = layout;
   t.storage_ = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
   return t;
 }
+
+Tensor Tensor::empty_like(const Tensor& t) { return empty(t.shape_, t.dtype_, t.device(), t.layout_); }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
@@ -135,6 +142,8 @@ void* Tensor::raw() const {
 Tensor Tensor::view(const Shape& shape) const {
   TTQ_CHECK(shape_numel(shape) == numel(),
             "view " << shape_str(shape) << " of a tensor with shape " << shape_str(shape_));
+  TTQ_CHECK(layout_ == Layout::Contiguous || shape == shape_,
+            "view " << shape_str(shape) << " of " << str() << ": convert it to contiguous first (ops::to_layout)");
   Tensor t = *this;
   t.shape_ = shape;
   return t;
@@ -151,20 +160,20 @@ Tensor Tensor::slice(int64_t begin, int64_t end) const {
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_, device());
+  Tensor t = empty_like(*this);
   t.copy_from(*this);
   return t;
 }
 
 Tensor Tensor::to(Device d) const {
   if (device() == d) return *this;
-  Tensor t = empty(shape_, dtype_, d);
+  Tensor t = empty(shape_, dtype_, d, layout_);
   t.copy_from(*this);
   return t;
 }
 
 void Tensor::copy_from(const Tensor& src) {
-  TTQ_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_,
+  TTQ_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_ && src.layout_ == layout_,
             "copy_from: " << src.str() << " into " << str());
   if (nbytes() == 0) return;
   if (device() == Device::CPU && src.device() == Device::CPU)
@@ -190,6 +199,7 @@ void Tensor::zero() {
 std::string Tensor::str() const {
   std::ostringstream os;
   os << dtype_name(dtype_) << shape_str(shape_) << " " << device_name(device());
+  if (layout_ != Layout::Contiguous) os << " " << layout_name(layout_);
   return os.str();
 }
 

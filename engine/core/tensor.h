@@ -1,5 +1,8 @@
-// Tensor: a shape, a dtype, a device and a view into (possibly shared) storage.
-// Always contiguous, row-major (NCHW for images). Views share storage with their source.
+// Tensor: a shape, a dtype, a device, a memory layout and a view into (possibly shared) storage.
+// Dense, row-major in the order the layout names: a 4-D image tensor's shape is always
+// [N, C, H, W]; Layout::Contiguous stores it in that order (NCHW), Layout::ChannelsLast in
+// N, H, W, C order (NHWC, PyTorch's torch.channels_last). Every other tensor is contiguous.
+// Views share storage with their source.
 #pragma once
 
 #include <cstdint>
@@ -14,10 +17,21 @@ namespace ttq {
 
 enum class DType : uint8_t { F32, BF16, I8, U8, I32, I64, F64 };
 enum class Device : uint8_t { CPU, CUDA };
+enum class Layout : uint8_t { Contiguous, ChannelsLast };
+
+// What a model computes in: its input is converted to this dtype and layout, and every layer
+// follows its input (config "precision" and "memory_format").
+struct ComputeFormat {
+  DType dtype = DType::F32;
+  Layout layout = Layout::Contiguous;
+  ComputeFormat() = default;
+  ComputeFormat(DType d, Layout l = Layout::Contiguous) : dtype(d), layout(l) {}  // NOLINT: from a dtype
+};
 
 size_t dtype_size(DType dt);
 const char* dtype_name(DType dt);
 const char* device_name(Device d);
+const char* layout_name(Layout l);  // "contiguous", "channels_last"
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);
@@ -56,7 +70,11 @@ class Tensor {
  public:
   Tensor() = default;
 
-  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  // layout ChannelsLast needs a 4-D shape.
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU,
+                      Layout layout = Layout::Contiguous);
+  // Uninitialised, with t's shape, dtype, device and layout.
+  static Tensor empty_like(const Tensor& t);
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor full(const Shape& shape, float value);
   static Tensor from_vector(const Shape& shape, const std::vector<float>& values);
@@ -72,6 +90,8 @@ class Tensor {
   size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
   DType dtype() const { return dtype_; }
   Device device() const;
+  Layout layout() const { return layout_; }
+  bool channels_last() const { return layout_ == Layout::ChannelsLast; }
 
   template <typename T> T* data() const {
     TTQ_CHECK(defined(), "data() on an undefined tensor");
@@ -81,14 +101,16 @@ class Tensor {
   }
   void* raw() const;
 
-  // Same storage, new shape (numel must agree).
+  // Same storage, new shape (numel must agree). A channels-last tensor only views itself: its
+  // elements are not in the order of its shape (convert it with ops::to_layout first).
   Tensor view(const Shape& shape) const;
   // Rows [begin, end) of the first dimension, sharing storage.
   Tensor slice(int64_t begin, int64_t end) const;
-  // A new tensor with its own storage holding a copy of the values (CPU only for now).
+  // A new tensor with its own storage holding a copy of the values, in the same layout.
   Tensor clone() const;
-  // This tensor on the given device: itself when already there, else a copy.
+  // This tensor on the given device: itself when already there, else a copy (same layout).
   Tensor to(Device d) const;
+  // Byte copy: src must have this tensor's shape, dtype and layout.
   void copy_from(const Tensor& src);
 
   void fill(float value);
@@ -96,13 +118,14 @@ class Tensor {
 
   // Number of tensors sharing this storage, for tests of view semantics.
   long use_count() const { return storage_.use_count(); }
-  std::string str() const;  // "f32[2, 3, 4] cpu"
+  std::string str() const;  // "f32[2, 3, 4] cpu", "bf16[8, 16, 4, 4] cuda channels_last"
 
  private:
   std::shared_ptr<Storage> storage_;
   size_t offset_ = 0;  // bytes
   Shape shape_;
   DType dtype_ = DType::F32;
+  Layout layout_ = Layout::Contiguous;
 };
 
 }  // namespace ttq

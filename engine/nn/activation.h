@@ -29,6 +29,7 @@ class Flatten : public Module {
 
  private:
   Shape in_shape_;
+  Layout in_layout_ = Layout::Contiguous;
 };
 
 class Identity : public Module {

@@ -42,7 +42,7 @@ void BatchNorm::check_input(const Tensor& x) const {
 
 Tensor BatchNorm::forward_impl(const Tensor& x) {
   const BatchNormShape s = shape_of(x);
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor y = Tensor::empty_like(x);
   forward_was_training_ = training();
   if (!training()) {
     ops::batchnorm_forward_infer(s, x, gamma_.value, beta_.value, running_mean_, running_var_, eps_, y);
@@ -68,7 +68,7 @@ Tensor BatchNorm::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == x_.shape(), who() << ": gradient " << shape_str(dy.shape()) << " does not match input "
                                             << shape_str(x_.shape()));
   const BatchNormShape s = shape_of(x_);
-  Tensor dx = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
+  Tensor dx = Tensor::empty_like(x_);
   Tensor dgamma = Tensor::empty({c_}, DType::F32, x_.device()), dbeta = Tensor::empty({c_}, DType::F32, x_.device());
   if (sync_ && sync_->world() > 1)
     sync_batchnorm_backward(*sync_, s, sync_count_, x_, dy, gamma_.value, mean_, inv_std_, dx, dgamma, dbeta);

@@ -44,7 +44,7 @@ void Conv2d::check_input(const Tensor& x) const {
 Tensor Conv2d::forward_impl(const Tensor& x) {
   s_ = shape_for(x.shape());
   const Tensor& w = effective_weight(x.dtype());
-  Tensor y = Tensor::empty({s_.n, s_.c_out, s_.out_h(), s_.out_w()}, x.dtype(), x.device());
+  Tensor y = Tensor::empty({s_.n, s_.c_out, s_.out_h(), s_.out_w()}, x.dtype(), x.device(), x.layout());
   ops::conv2d_forward(s_, x, w, has_bias() ? &bias().value : nullptr, y);
   x_ = x;
   return y;
@@ -54,7 +54,7 @@ Tensor Conv2d::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({s_.n, s_.c_out, s_.out_h(), s_.out_w()}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match the output of the forward pass");
   const Tensor& w = forward_weight();
-  Tensor dx = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
+  Tensor dx = Tensor::empty_like(x_);
   ops::conv2d_backward_data(s_, dy, w, dx);
   ops::conv2d_backward_weights(s_, x_, dy, weight_grad_scratch(), has_bias() ? &bias_grad_scratch() : nullptr);
   accumulate_grads();

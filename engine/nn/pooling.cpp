@@ -31,7 +31,7 @@ void Pool2d::check_input(const Tensor& x) const {
 
 Tensor Pool2d::forward_impl(const Tensor& x) {
   s_ = shape_for(x.shape());
-  Tensor y = Tensor::empty({s_.n, s_.c, s_.out_h(), s_.out_w()}, x.dtype(), x.device());
+  Tensor y = Tensor::empty({s_.n, s_.c, s_.out_h(), s_.out_w()}, x.dtype(), x.device(), x.layout());
   ops::pool2d_forward(kind_, s_, x, y);
   x_ = x;
   return y;
@@ -40,7 +40,7 @@ Tensor Pool2d::forward_impl(const Tensor& x) {
 Tensor Pool2d::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({s_.n, s_.c, s_.out_h(), s_.out_w()}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match the output of the forward pass");
-  Tensor dx = Tensor::empty(x_.shape(), x_.dtype(), x_.device());
+  Tensor dx = Tensor::empty_like(x_);
   ops::pool2d_backward(kind_, s_, x_, dy, dx);
   x_ = Tensor();
   return dx;
@@ -55,6 +55,7 @@ void GlobalAvgPool2d::check_input(const Tensor& x) const {
 
 Tensor GlobalAvgPool2d::forward_impl(const Tensor& x) {
   in_shape_ = x.shape();
+  in_layout_ = x.layout();
   Tensor y = Tensor::empty({x.dim(0), x.dim(1)}, x.dtype(), x.device());
   ops::global_avgpool_forward(x, y);
   return y;
@@ -64,7 +65,7 @@ Tensor GlobalAvgPool2d::backward_impl(const Tensor& dy) {
   TTQ_CHECK(dy.shape() == Shape({in_shape_[0], in_shape_[1]}),
             who() << ": gradient " << shape_str(dy.shape()) << " does not match output [" << in_shape_[0] << ", "
                   << in_shape_[1] << "]");
-  Tensor dx = Tensor::empty(in_shape_, dy.dtype(), dy.device());
+  Tensor dx = Tensor::empty(in_shape_, dy.dtype(), dy.device(), in_layout_);
   ops::global_avgpool_backward(dy, dx);
   return dx;
 }

@@ -46,6 +46,7 @@ class GlobalAvgPool2d : public Module {
 
  private:
   Shape in_shape_;
+  Layout in_layout_ = Layout::Contiguous;
 };
 
 }  // namespace ttq

@@ -15,7 +15,7 @@ Tensor Residual::forward_impl(const Tensor& x) {
   Tensor s = shortcut_ ? shortcut_->forward(x) : x;
   TTQ_CHECK(h.shape() == s.shape(), who() << ": body output " << shape_str(h.shape())
                                           << " and shortcut output " << shape_str(s.shape()) << " differ");
-  Tensor y = Tensor::empty(h.shape(), h.dtype(), h.device());
+  Tensor y = Tensor::empty_like(h);
   ops::add(h, s, y);
   if (relu_after_add_) ops::relu_forward(y, y);
   y_ = y;
@@ -27,13 +27,13 @@ Tensor Residual::backward_impl(const Tensor& dy) {
                                             << shape_str(y_.shape()));
   Tensor g = dy;
   if (relu_after_add_) {
-    g = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
+    g = Tensor::empty_like(dy);
     ops::relu_backward(y_, dy, g);
   }
   Tensor gb = g;
   for (auto it = body_.rbegin(); it != body_.rend(); ++it) gb = (*it)->backward(gb);
   Tensor gs = shortcut_ ? shortcut_->backward(g) : g;
-  Tensor dx = Tensor::empty(gb.shape(), gb.dtype(), gb.device());
+  Tensor dx = Tensor::empty_like(gb);
   ops::add(gb, gs, dx);
   y_ = Tensor();
   return dx;
@@ -53,14 +53,15 @@ void ShortcutA::check_input(const Tensor& x) const {
 
 Tensor ShortcutA::forward_impl(const Tensor& x) {
   in_shape_ = x.shape();
+  in_layout_ = x.layout();
   const int64_t oh = (x.dim(2) + stride_ - 1) / stride_, ow = (x.dim(3) + stride_ - 1) / stride_;
-  Tensor y = Tensor::empty({x.dim(0), out_, oh, ow}, x.dtype(), x.device());
+  Tensor y = Tensor::empty({x.dim(0), out_, oh, ow}, x.dtype(), x.device(), x.layout());
   ops::shortcut_a_forward(stride_, x, y);
   return y;
 }
 
 Tensor ShortcutA::backward_impl(const Tensor& dy) {
-  Tensor dx = Tensor::empty(in_shape_, dy.dtype(), dy.device());
+  Tensor dx = Tensor::empty(in_shape_, dy.dtype(), dy.device(), in_layout_);
   ops::shortcut_a_backward(stride_, dy, dx);
   return dx;
 }

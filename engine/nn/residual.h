@@ -50,6 +50,7 @@ class ShortcutA : public Module {
  private:
   int64_t in_, out_, stride_;
   Shape in_shape_;
+  Layout in_layout_ = Layout::Contiguous;
 };
 
 }  // namespace ttq

@@ -4,10 +4,10 @@
 
 namespace ttq {
 
-BatchFeed::BatchFeed(Loader& loader, Device device, DType images_dtype)
-    : loader_(loader), device_(device), images_dtype_(images_dtype) {
-  TTQ_CHECK(images_dtype == DType::F32 || images_dtype == DType::BF16,
-            "batch feed: images must be f32 or bf16, not " << dtype_name(images_dtype));
+BatchFeed::BatchFeed(Loader& loader, Device device, ComputeFormat format)
+    : loader_(loader), device_(device), format_(format) {
+  TTQ_CHECK(format.dtype == DType::F32 || format.dtype == DType::BF16,
+            "batch feed: images must be f32 or bf16, not " << dtype_name(format.dtype));
   if (device_ == Device::CUDA) uploader_ = std::make_unique<AsyncUploader>(2);
 }
 
@@ -53,13 +53,18 @@ bool BatchFeed::next(DeviceBatch& out) {
   if (!slots_[s].full) return false;
   if (uploader_) uploader_->acquire(s);
   out = slots_[s].batch;
-  if (images_dtype_ != DType::F32) {
+  const Layout layout = out.images.ndim() == 4 ? format_.layout : Layout::Contiguous;
+  if (format_.dtype != DType::F32 || layout != Layout::Contiguous) {
     // On the compute stream, after the copy (acquire made the stream wait for it). The slot's
     // buffer is next overwritten two batches later, by work ordered after this batch's step.
     Tensor& c = slots_[s].converted;
     if (!c.defined() || c.shape() != out.images.shape() || c.device() != out.images.device())
-      c = Tensor::empty(out.images.shape(), images_dtype_, out.images.device());
-    ops::cast(out.images, c);
+      c = Tensor::empty(out.images.shape(), format_.dtype, out.images.device(), layout);
+    if (layout == Layout::Contiguous) {
+      ops::cast(out.images, c);
+    } else {
+      ops::to_layout(ops::cast_to(out.images, format_.dtype), c);
+    }
     out.images = c;
   }
   slots_[s].full = false;

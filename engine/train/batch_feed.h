@@ -2,8 +2,9 @@
 // step k computes, batch k+1 is already being copied through pinned staging memory on a copy
 // stream (kernels/device.h AsyncUploader); the compute stream waits for it with an event, so no
 // step waits on the host for its data. On the CPU the loader's batches are used as they are.
-// Under precision "bf16" the images are converted on the device after the copy (the copy stays
-// f32: converting on the host would cost the training thread more than the halved copy saves).
+// Under precision "bf16" and memory_format "channels_last" the images are converted on the device
+// after the copy (the copy stays f32 NCHW: converting on the host would cost the training thread
+// more than the halved copy saves).
 #pragma once
 
 #include <cstdint>
@@ -14,7 +15,7 @@
 namespace ttq {
 
 struct DeviceBatch {
-  Tensor images;        // [N, C, H, W] on the device, in the feed's dtype
+  Tensor images;        // [N, C, H, W] on the device, in the feed's dtype and layout
   Tensor labels;        // [N] int32 on the device
   int64_t size = 0;     // N
 };
@@ -22,8 +23,8 @@ struct DeviceBatch {
 class BatchFeed {
  public:
   // The loader's epoch must have been started; the feed takes its batches in order.
-  // images_dtype: f32 or bf16, the dtype the model computes in.
-  BatchFeed(Loader& loader, Device device, DType images_dtype = DType::F32);
+  // format: the dtype (f32 or bf16) and layout the model computes in.
+  BatchFeed(Loader& loader, Device device, ComputeFormat format = {});
   // The next batch, or false when the epoch is done. A batch stays valid until the following
   // call: on the GPU that call also marks the previous batch's slot free for reuse once the work
   // enqueued so far has run.
@@ -32,14 +33,14 @@ class BatchFeed {
  private:
   struct Slot {
     DeviceBatch batch;  // images: f32, as copied
-    Tensor converted;   // the images in images_dtype_ (when not f32), reused
+    Tensor converted;   // the images in format_ (when not f32 contiguous), reused
     bool full = false;
   };
   bool fetch(int slot);
 
   Loader& loader_;
   Device device_;
-  DType images_dtype_;
+  ComputeFormat format_;
   Slot slots_[2];
   // Declared after the slots, so destroyed before them: its destructor waits for the copies in
   // flight before the slots' device buffers are released.

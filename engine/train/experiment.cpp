@@ -129,6 +129,9 @@ ExperimentConfig parse_experiment(const json& j) {
   c.precision = r.get<std::string>("precision", c.precision);
   TTQ_CHECK(c.precision == "fp32" || c.precision == "bf16",
             "config: 'precision' must be fp32 or bf16, got '" << c.precision << "'");
+  c.memory_format = r.get<std::string>("memory_format", c.memory_format);
+  TTQ_CHECK(c.memory_format == "contiguous" || c.memory_format == "channels_last",
+            "config: 'memory_format' must be contiguous or channels_last, got '" << c.memory_format << "'");
   c.data = parse_data(r.child("data"));
   c.model = r.get_raw("model");
   TTQ_CHECK(c.model.is_object() && c.model.contains("name"), "config: 'model' must be an object with a 'name'");

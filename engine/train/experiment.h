@@ -57,7 +57,15 @@ struct ExperimentConfig {
   // fp32 | bf16: the dtype of activations, of the weights the layers compute with and of their
   // gradients (master weights, TTQ math, BatchNorm statistics and the loss stay f32).
   std::string precision = "fp32";
+  // contiguous | channels_last: the memory layout of image activations (NCHW or NHWC storage;
+  // shapes stay [N, C, H, W], weights stay OIHW). channels_last is what cuDNN's tensor-core
+  // convolutions take without transposing; on the CPU it runs the contiguous kernels on permuted
+  // copies (same results, slower).
+  std::string memory_format = "contiguous";
   DType compute_dtype() const { return precision == "bf16" ? DType::BF16 : DType::F32; }
+  ComputeFormat compute_format() const {
+    return {compute_dtype(), memory_format == "channels_last" ? Layout::ChannelsLast : Layout::Contiguous};
+  }
   DataConfig data;
   json model;                  // given to build_model
   std::vector<StageConfig> stages;

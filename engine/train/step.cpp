@@ -7,10 +7,11 @@
 namespace ttq {
 
 StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
-                      TernaryPass* pass, DType compute) {
+                      TernaryPass* pass, ComputeFormat compute) {
   const Device device = net.device();
   const int64_t n = static_cast<int64_t>(batch.labels.size());
-  const DeviceBatch db{ops::cast_to(batch.images.to(device), compute), Tensor::from_int32(batch.labels).to(device), n};
+  const DeviceBatch db{ops::to_compute_format(batch.images.to(device), compute),
+                       Tensor::from_int32(batch.labels).to(device), n};
   StepLog log(device, 1);
   train_step(net, loss, opt, db, lr, pass, log);
   const LoggedStep s = log.read().at(0);
@@ -35,10 +36,10 @@ void train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Devic
   opt.step(lr);
 }
 
-StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch, DType compute) {
+StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch, ComputeFormat compute) {
   const bool was_training = net.training();
   net.eval();
-  Tensor logits = net.forward(ops::cast_to(batch.images.to(net.device()), compute));
+  Tensor logits = net.forward(ops::to_compute_format(batch.images.to(net.device()), compute));
   StepResult r;
   r.loss = loss.forward(logits, batch.labels);
   r.correct = count_topk_correct(logits, batch.labels, 1);

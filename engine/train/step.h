@@ -18,10 +18,11 @@ struct StepResult {
 
 // With a TernaryPass (one per training stage of a model with ternary layers), the TTQ work of all
 // ternary layers runs together before the forward pass and after the backward pass (fused on the
-// GPU); without one, each layer runs its own. Both give the same step. compute: the dtype the
-// model computes in (the images are converted to it; a pass must have been made for it).
+// GPU); without one, each layer runs its own. Both give the same step. compute: the dtype and
+// layout the model computes in (the images are converted to them; a pass must have been made for
+// the dtype).
 StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Batch& batch, double lr,
-                      TernaryPass* pass = nullptr, DType compute = DType::F32);
+                      TernaryPass* pass = nullptr, ComputeFormat compute = {});
 
 // The same step on a batch already on the model's device, without any host synchronisation: the
 // loss and the top-1 count go to the log's next slots (log must not be full). The trainer's step.
@@ -29,6 +30,6 @@ void train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const Devic
                 TernaryPass* pass, StepLog& log);
 
 // Evaluation-mode forward over one batch (the model is returned to its previous mode).
-StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch, DType compute = DType::F32);
+StepResult eval_step(Module& net, CrossEntropyLoss& loss, const Batch& batch, ComputeFormat compute = {});
 
 }  // namespace ttq

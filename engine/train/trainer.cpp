@@ -49,7 +49,7 @@ namespace {
 }  // namespace
 
 EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers,
-                    Communicator* comm, DType compute) {
+                    Communicator* comm, ComputeFormat compute) {
   LoaderConfig lc;
   lc.batch_size = batch;
   lc.shuffle = false;
@@ -308,7 +308,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       }
       loader.start_epoch(epoch, first);
       dp.set_context("stage '" + st.name + "', epoch " + std::to_string(epoch + 1), last_path);
-      BatchFeed feed(loader, device, cfg.compute_dtype());
+      BatchFeed feed(loader, device, cfg.compute_format());
       const auto t_epoch = clock::now();
       int64_t images = 0;
       // Steps whose loss and top-1 count are still on the device (read in groups: one
@@ -405,7 +405,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         dp.average_buffers(net);  // per-rank BatchNorm statistics: every rank evaluates the same model
         const EvalResult ev =
             dp.guarded([&] { return evaluate(net, data.test, cfg.eval_batch_size, cfg.data.workers, &dp.comm(),
-                                              cfg.compute_dtype()); });
+                                              cfg.compute_format()); });
         rec["test_loss"] = ev.loss;
         rec["test_top1_error"] = ev.top1_error;
         rec["test_top5_error"] = ev.top5_error;

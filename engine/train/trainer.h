@@ -57,7 +57,7 @@ struct EvalResult {
 // batch x world samples (none dropped) and the results are summed over the ranks: every test
 // sample counts once. compute: the dtype the model computes in (its input is converted to it).
 EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test, int64_t batch, int workers,
-                    Communicator* comm = nullptr, DType compute = DType::F32);
+                    Communicator* comm = nullptr, ComputeFormat compute = {});
 
 // Trains; throws ttq::Error on bad input, a non-finite loss (naming stage, epoch and step) or
 // I/O failure. The last complete checkpoint is never overwritten by a partial one.

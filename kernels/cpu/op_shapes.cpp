@@ -23,7 +23,8 @@ std::string Conv2dShape::str() const {
   std::ostringstream os;
   os << "{in " << n << "x" << c_in << "x" << h << "x" << w << ", out_channels " << c_out
      << ", kernel " << kh << "x" << kw << ", stride " << stride_h << "x" << stride_w << ", pad "
-     << pad_t << "," << pad_l << "," << pad_b << "," << pad_r << ", groups " << groups << "}";
+     << pad_t << "," << pad_l << "," << pad_b << "," << pad_r << ", groups " << groups
+     << (channels_last ? ", channels_last" : "") << "}";
   return os.str();
 }
 

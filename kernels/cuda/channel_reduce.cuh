@@ -1,6 +1,7 @@
 // Per-channel reductions and channel-aware elementwise walks over N x C x S tensors (NCHW,
 // S = H * W): channel ch's m = N * S elements are N segments of S contiguous elements, C * S
-// apart. Used by the bf16 batch norm (kernels/cuda/ops_bf16.cu), the synchronised batch norm
+// apart. A channels-last tensor enters as (N * H * W) x C x 1 (op_shapes.h channels_first_rows):
+// segments of one element, C apart. Used by the bf16 batch norm (kernels/cuda/ops_bf16.cu), the synchronised batch norm
 // pieces (kernels/cuda/sync_bn.cu) and the bf16 convolution bias helpers
 // (kernels/cuda/dnn_helpers.cu). nvcc only; everything runs on cudaStreamPerThread.
 //
@@ -10,7 +11,10 @@
 // Thread t takes the groups of V consecutive elements starting at
 // j = k * kChunk + (t + r * kThreads) * V, r = 0, 1, ..., in that order, folding them in double;
 // cub::BlockReduce combines the threads in a fixed tree and the block writes its partial to its
-// own slot ch * chunks + k. A finishing kernel (one block per channel, fold_partials) folds the
+// own slot ch * chunks + k. With S == 1 (channels-last rows) the grid runs chunk-major instead
+// (block k * C + ch, same slot): blocks reading the same rows run together and share their
+// sectors in L2, rather than each channel's blocks reading every row's sector in turn. Which
+// block computes a slot never changes its value. A finishing kernel (one block per channel, fold_partials) folds the
 // channel's partials: thread t takes partials t, t + kThreads, ... in chunk order, then the same
 // fixed tree. kChunk, the grid and V depend on the shape alone (never on the GPU or on pointer
 // alignment), so sums are bitwise repeatable. A channel of one chunk (m <= kChunk) needs no
@@ -61,6 +65,7 @@ struct Plan {
   int64_t chunks = 0;                   // chunks per channel: ceil(m / kChunk)
   int64_t step_i = 0, step_idx = 0;     // a thread's step of kThreads * V elements: % S, flat
   int v = 1;                            // group width
+  bool chunk_major = false;             // grid order of partials_kernel (S == 1)
   unsigned blocks() const { return static_cast<unsigned>(c * chunks); }
   bool single_chunk() const { return chunks == 1; }
 };
@@ -74,6 +79,7 @@ inline Plan make_plan(const char* op, int64_t n, int64_t c, int64_t s) {
   p.m = n * s;
   p.chunks = (p.m + kChunk - 1) / kChunk;
   p.v = group_width(s);
+  p.chunk_major = s == 1;
   const int64_t step = int64_t{kThreads} * p.v;
   p.step_i = step % s;
   p.step_idx = step / s * p.cs + p.step_i;
@@ -290,18 +296,26 @@ struct SumTerm {
   }
 };
 
-// Block ch * chunks + k writes out[blockIdx.x] = the chunk's sum of term (Term::fold<V> gives a
-// thread's share), converted to Out. With one chunk per channel, out[ch] is the channel's sum.
+// out[ch * chunks + k] = chunk k of channel ch's sum of term (Term::fold<V> gives a thread's
+// share), converted to Out; block ch * chunks + k computes it, or block k * C + ch when
+// p.chunk_major. With one chunk per channel, out[ch] is the channel's sum.
 // static, as launch_partials: each translation unit has its own kernels (no instantiation of one
 // kernel registered from two fat binaries).
 template <int V, class Term, class Out>
 static __global__ void __launch_bounds__(kThreads) partials_kernel(Plan p, Term term, Out* out) {
   using Acc = typename Term::Acc;
   __shared__ ReduceStorage<Acc> tmp;
-  const unsigned chunks = static_cast<unsigned>(p.chunks);
-  const unsigned ch = blockIdx.x / chunks, k = blockIdx.x - ch * chunks;
+  const unsigned chunks = static_cast<unsigned>(p.chunks), channels = static_cast<unsigned>(p.c);
+  unsigned ch, k;
+  if (p.chunk_major) {
+    k = blockIdx.x / channels;
+    ch = blockIdx.x - k * channels;
+  } else {
+    ch = blockIdx.x / chunks;
+    k = blockIdx.x - ch * chunks;
+  }
   const Acc r = block_sum(term.template fold<V>(p, ch, k), tmp);
-  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<Out>(r);
+  if (threadIdx.x == 0) out[static_cast<int64_t>(ch) * chunks + k] = static_cast<Out>(r);
 }
 
 // Runs partials_kernel over p's grid on cudaStreamPerThread.

@@ -363,9 +363,10 @@ void pool2d_backward(PoolKind kind, const Pool2dShape& s, const bf16* x, const b
 
 // ---- batch norm ---------------------------------------------------------------------------------
 
-void batchnorm_forward_train(const BatchNormShape& s, const bf16* x, const float* gamma, const float* beta,
+void batchnorm_forward_train(const BatchNormShape& shape, const bf16* x, const float* gamma, const float* beta,
                              float eps, float momentum, float* running_mean, float* running_var, bf16* y,
                              float* mean, float* var, float* inv_std) {
+  const BatchNormShape s = channels_first_rows(shape);  // channels-last: N*S rows of C
   const char* op = "batchnorm_forward_train (CUDA, bf16)";
   check_bn(op, s);
   if (s.numel() == 0) return;
@@ -401,8 +402,9 @@ void batchnorm_forward_train(const BatchNormShape& s, const bf16* x, const float
   CUDA_CHECK(cudaGetLastError());
 }
 
-void batchnorm_forward_infer(const BatchNormShape& s, const bf16* x, const float* gamma, const float* beta,
+void batchnorm_forward_infer(const BatchNormShape& shape, const bf16* x, const float* gamma, const float* beta,
                              const float* running_mean, const float* running_var, float eps, bf16* y) {
+  const BatchNormShape s = channels_first_rows(shape);  // channels-last: N*S rows of C
   check_bn("batchnorm_forward_infer (CUDA, bf16)", s);
   if (s.numel() == 0) return;
   const Flat f = chan::make_flat(s.n, s.c, s.s);
@@ -414,8 +416,9 @@ void batchnorm_forward_infer(const BatchNormShape& s, const bf16* x, const float
   CUDA_CHECK(cudaGetLastError());
 }
 
-void batchnorm_backward(const BatchNormShape& s, const bf16* x, const bf16* dy, const float* gamma,
+void batchnorm_backward(const BatchNormShape& shape, const bf16* x, const bf16* dy, const float* gamma,
                         const float* mean, const float* inv_std, float eps, bf16* dx, float* dgamma, float* dbeta) {
+  const BatchNormShape s = channels_first_rows(shape);  // channels-last: N*S rows of C
   (void)eps;  // the saved inv_std already includes it (the reference's formula)
   const char* op = "batchnorm_backward (CUDA, bf16)";
   check_bn(op, s);

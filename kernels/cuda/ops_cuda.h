@@ -45,6 +45,10 @@ void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t 
                          int64_t stride, const float* dy, float* dx);
 void add(int64_t count, const float* a, const float* b, float* out);
 void add_accumulate(int64_t count, float* dst, const float* src);
+// The n tensors of c x hw elements of elem_size bytes (2 or 4): NCHW -> NHWC (to_channels_last),
+// or back. A tiled transpose per image (kernels/cuda/layout.cu); dst must not alias src.
+void permute_layout(int64_t n, int64_t c, int64_t hw, bool to_channels_last, size_t elem_size, const void* src,
+                    void* dst);
 void clamp_min_inplace(int64_t count, float* p, float lo);
 // TTQ on one tensor (wp, wn, threshold, twn_scale, dwp, dwn: device scalars). In Twn mode the
 // quantized weights use twn_scale for both signs. dwp, dwn are accumulated (+=).

@@ -40,6 +40,14 @@
 // and the f32 bias gradient is a per-channel sum of the bf16 dy in a fixed order (a kernel), not
 // cudnnAddTensor / cudnnConvolutionBackwardBias. bf16 pooling and batch norm do not use cuDNN
 // (kernels/cuda/ops_bf16.cu).
+//
+// Channels-last (Conv2dShape / BatchNormShape channels_last, set by kernels/ops.cpp). A
+// convolution describes x and y as CUDNN_TENSOR_NHWC and its filter as NHWC (K x R x S x C/g, the
+// layout cuDNN's NHWC tensor-core kernels take): the OIHW weights are permuted into a stream-ordered
+// temporary first (forward, backward data), and the weight gradient is computed there and permuted
+// back (backward filter). kernels/ops.cpp sends only symmetric padding and no bias this way. The
+// layout is part of the algorithm cache key. Batch norm describes x as N x C x S x 1 in
+// CUDNN_TENSOR_NHWC.
 #ifdef TTQ_HAVE_CUDNN
 
 #include <algorithm>
@@ -87,8 +95,9 @@ using PoolDesc = Descriptor<cudnnPoolingDescriptor_t, cudnnCreatePoolingDescript
 class TensorDesc
     : public Descriptor<cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor> {
  public:
-  void set(int64_t n, int64_t c, int64_t h, int64_t w, cudnnDataType_t dtype = CUDNN_DATA_FLOAT) {
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(get(), CUDNN_TENSOR_NCHW, dtype, to_int(n, "n"), to_int(c, "channels"),
+  void set(int64_t n, int64_t c, int64_t h, int64_t w, cudnnDataType_t dtype = CUDNN_DATA_FLOAT,
+           cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW) {
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(get(), format, dtype, to_int(n, "n"), to_int(c, "channels"),
                                            to_int(h, "height"), to_int(w, "width")));
   }
 };
@@ -136,12 +145,15 @@ struct ConvSetup {
 
   ConvSetup(const Conv2dShape& s, cudnnDataType_t dt) : dtype(dt) {
     pad = split_padding(s.pad_t, s.pad_l, s.pad_b, s.pad_r);
+    TTQ_CHECK(!s.channels_last || !pad.explicit_pad(),
+              "cuDNN convolution: channels-last with asymmetric padding " << s.str() << " (runs via NCHW copies)");
     hp = s.h + pad.top + pad.bottom;
     wp = s.w + pad.left + pad.right;
-    x.set(s.n, s.c_in, hp, wp, dtype);
-    y.set(s.n, s.c_out, s.out_h(), s.out_w(), dtype);
+    const cudnnTensorFormat_t format = s.channels_last ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    x.set(s.n, s.c_in, hp, wp, dtype, format);
+    y.set(s.n, s.c_out, s.out_h(), s.out_w(), dtype, format);
     bias.set(1, s.c_out, 1, 1);  // f32 (used by the f32 path only)
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.get(), dtype, CUDNN_TENSOR_NCHW, to_int(s.c_out, "c_out"),
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.get(), dtype, format, to_int(s.c_out, "c_out"),
                                            to_int(s.c_in_per_group(), "c_in/groups"), to_int(s.kh, "kh"),
                                            to_int(s.kw, "kw")));
     // Compute type f32 for both: f32 data is the FLOAT configuration, bf16 data PSEUDO_BFLOAT16.
@@ -171,11 +183,11 @@ const char* dir_name(ConvDir d) {
   }
 }
 
-using ConvKey = std::array<int64_t, 15>;
+using ConvKey = std::array<int64_t, 16>;
 
 ConvKey conv_key(ConvDir dir, int device, const Conv2dShape& s, const ConvSetup& cs) {
   return {static_cast<int64_t>(dir), device, static_cast<int64_t>(cs.dtype), s.n, s.c_in, cs.hp, cs.wp, s.c_out,
-          s.kh, s.kw, s.stride_h, s.stride_w, cs.pad.sym_h, cs.pad.sym_w, s.groups};
+          s.kh, s.kw, s.stride_h, s.stride_w, cs.pad.sym_h, cs.pad.sym_w, s.groups, s.channels_last ? 1 : 0};
 }
 
 std::mutex g_algo_mu;
@@ -334,7 +346,7 @@ struct PoolSetup {
 struct BnSetup {
   TensorDesc x, param;
   explicit BnSetup(const BatchNormShape& s) {
-    x.set(s.n, s.c, s.s, 1);
+    x.set(s.n, s.c, s.s, 1, CUDNN_DATA_FLOAT, s.channels_last ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW);
     param.set(1, s.c, 1, 1);
   }
 };
@@ -347,6 +359,16 @@ struct BnSetup {
 // One template per direction for f32 and bf16 (T); the public overloads below forward to them.
 
 namespace {
+// The weights cuDNN takes: w itself (NCHW), or w permuted to K x R x S x C/g into storage
+// (channels-last).
+template <class T>
+const T* filter_input(const Conv2dShape& s, const T* w, DeviceBuffer& storage) {
+  if (!s.channels_last) return w;
+  storage = DeviceBuffer(bytes_of<T>(s.weight_numel()));
+  permute_layout(s.c_out, s.c_in_per_group(), s.kh * s.kw, true, sizeof(T), w, storage.get());
+  return static_cast<const T*>(storage.get());
+}
+
 // The input with the explicit part of the padding applied (x itself when there is none).
 template <class T>
 const T* padded_input(const Conv2dShape& s, const ConvSetup& cs, const T* x, DeviceBuffer& storage) {
@@ -363,8 +385,10 @@ void conv2d_forward_impl(const Conv2dShape& s, const T* x, const T* w, const flo
   DeviceContext& ctx = DeviceContext::current();
   cudnnHandle_t h = ctx.cudnn();
   const ConvSetup cs(s, cudnn_type<T>());
-  DeviceBuffer xpad;
+  TTQ_CHECK(!s.channels_last || !bias, "conv2d_forward (CUDA): channels-last with a bias (runs via NCHW copies)");
+  DeviceBuffer xpad, wperm;
   const T* xin = padded_input(s, cs, x, xpad);
+  const T* win = filter_input(s, w, wperm);
   run_convolution(
       ConvDir::Forward, s, cs, ctx,
       [&](int algo, size_t* bytes) {
@@ -372,7 +396,7 @@ void conv2d_forward_impl(const Conv2dShape& s, const T* x, const T* w, const flo
                                                        static_cast<cudnnConvolutionFwdAlgo_t>(algo), bytes);
       },
       [&](int algo, void* ws, size_t bytes) {
-        return cudnnConvolutionForward(h, &kOne, cs.x.get(), xin, cs.w.get(), w, cs.conv.get(),
+        return cudnnConvolutionForward(h, &kOne, cs.x.get(), xin, cs.w.get(), win, cs.conv.get(),
                                        static_cast<cudnnConvolutionFwdAlgo_t>(algo), ws, bytes, &kZero, cs.y.get(), y);
       });
   if (!bias) return;
@@ -388,7 +412,8 @@ void conv2d_backward_data_impl(const Conv2dShape& s, const T* dy, const T* w, T*
   DeviceContext& ctx = DeviceContext::current();
   cudnnHandle_t h = ctx.cudnn();
   const ConvSetup cs(s, cudnn_type<T>());
-  DeviceBuffer dxpad;
+  DeviceBuffer dxpad, wperm;
+  const T* win = filter_input(s, w, wperm);
   T* dxout = dx;
   if (cs.pad.explicit_pad()) {
     dxpad = DeviceBuffer(bytes_of<T>(s.n * s.c_in * cs.hp * cs.wp));
@@ -401,7 +426,7 @@ void conv2d_backward_data_impl(const Conv2dShape& s, const T* dy, const T* w, T*
                                                             static_cast<cudnnConvolutionBwdDataAlgo_t>(algo), bytes);
       },
       [&](int algo, void* ws, size_t bytes) {
-        return cudnnConvolutionBackwardData(h, &kOne, cs.w.get(), w, cs.y.get(), dy, cs.conv.get(),
+        return cudnnConvolutionBackwardData(h, &kOne, cs.w.get(), win, cs.y.get(), dy, cs.conv.get(),
                                             static_cast<cudnnConvolutionBwdDataAlgo_t>(algo), ws, bytes, &kZero,
                                             cs.x.get(), dxout);
       });
@@ -416,8 +441,15 @@ void conv2d_backward_weights_impl(const Conv2dShape& s, const T* x, const T* dy,
   DeviceContext& ctx = DeviceContext::current();
   cudnnHandle_t h = ctx.cudnn();
   const ConvSetup cs(s, cudnn_type<T>());
-  DeviceBuffer xpad;
+  TTQ_CHECK(!s.channels_last || !dbias,
+            "conv2d_backward_weights (CUDA): channels-last with a bias (runs via NCHW copies)");
+  DeviceBuffer xpad, dwperm;
   const T* xin = padded_input(s, cs, x, xpad);
+  T* dwout = dw;  // channels-last: K x R x S x C/g, permuted into dw afterwards
+  if (s.channels_last) {
+    dwperm = DeviceBuffer(bytes_of<T>(s.weight_numel()));
+    dwout = static_cast<T*>(dwperm.get());
+  }
   run_convolution(
       ConvDir::BackwardFilter, s, cs, ctx,
       [&](int algo, size_t* bytes) {
@@ -428,8 +460,9 @@ void conv2d_backward_weights_impl(const Conv2dShape& s, const T* x, const T* dy,
       [&](int algo, void* ws, size_t bytes) {
         return cudnnConvolutionBackwardFilter(h, &kOne, cs.x.get(), xin, cs.y.get(), dy, cs.conv.get(),
                                               static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo), ws, bytes, &kZero,
-                                              cs.w.get(), dw);
+                                              cs.w.get(), dwout);
       });
+  if (s.channels_last) permute_layout(s.c_out, s.c_in_per_group(), s.kh * s.kw, false, sizeof(T), dwout, dw);
   if (!dbias) return;
   if constexpr (std::is_same_v<T, float>)
     CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, cs.y.get(), dy, &kZero, cs.bias.get(), dbias));

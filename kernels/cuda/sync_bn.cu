@@ -145,7 +145,8 @@ void zero_sums(double* sums, int64_t count) {
 }
 
 template <class T>
-void channel_sums(const BatchNormShape& s, const T* x, const double* mean, double* sums) {
+void channel_sums(const BatchNormShape& shape, const T* x, const double* mean, double* sums) {
+  const BatchNormShape s = channels_first_rows(shape);  // channels-last: N*S rows of C
   const char* op = "bn_channel_sums (CUDA)";
   check_shape(op, s);
   if (s.c == 0) return;
@@ -170,8 +171,9 @@ void channel_sums(const BatchNormShape& s, const T* x, const double* mean, doubl
 }
 
 template <class T>
-void backward_sums(const BatchNormShape& s, const T* x, const T* dy, const float* mean, const float* inv_std,
+void backward_sums(const BatchNormShape& shape, const T* x, const T* dy, const float* mean, const float* inv_std,
                    double* sums) {
+  const BatchNormShape s = channels_first_rows(shape);  // channels-last: N*S rows of C
   const char* op = "bn_backward_sums (CUDA)";
   check_shape(op, s);
   if (s.c == 0) return;
@@ -195,8 +197,9 @@ void backward_sums(const BatchNormShape& s, const T* x, const T* dy, const float
 }
 
 template <class T>
-void normalize(const BatchNormShape& s, const T* x, const double* mean, const double* inv_std, const float* gamma,
+void normalize(const BatchNormShape& shape, const T* x, const double* mean, const double* inv_std, const float* gamma,
                const float* beta, T* y) {
+  const BatchNormShape s = channels_first_rows(shape);  // channels-last: N*S rows of C
   check_shape("bn_normalize (CUDA)", s);
   if (s.numel() == 0) return;
   const Flat f = chan::make_flat(s.n, s.c, s.s);
@@ -209,8 +212,9 @@ void normalize(const BatchNormShape& s, const T* x, const double* mean, const do
 }
 
 template <class T>
-void backward_dx(const BatchNormShape& s, const T* x, const T* dy, const float* mean, const float* inv_std,
+void backward_dx(const BatchNormShape& shape, const T* x, const T* dy, const float* mean, const float* inv_std,
                  const float* gamma, const double* sums, double count, T* dx) {
+  const BatchNormShape s = channels_first_rows(shape);  // channels-last: N*S rows of C
   check_shape("bn_backward_dx (CUDA)", s);
   if (s.numel() == 0) return;
   DeviceBuffer scratch(sizeof(DxCoef) * static_cast<size_t>(s.c));
