@@ -64,7 +64,7 @@ inline void run_ranks(int world, const std::string& rendezvous, double timeout_s
 // shuffled epoch order; each rank takes its share. Tiny buckets (the model has 5.4 KB of
 // gradients): 3 of them, [fc], [bn2, conv2], [bn1, conv1].
 inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int64_t per_rank_batch, bool sync_bn,
-                                 int fp_steps, int ttq_steps, DType compute = DType::F32) {
+                                 int fp_steps, int ttq_steps, ComputeFormat compute = {}) {
   const InputSpec spec{1, 8, 8, 4};
   auto data = std::make_shared<SyntheticDataset>(spec, 2048, 1.0f, 11);
   Model m = build_model(json{{"name", "small_convnet"}, {"width", 8}}, spec, 5);
@@ -106,7 +106,7 @@ inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int6
   quantize_model(net, q);
   {
     auto opt = make_optimizer(net.named_parameters(), oc);
-    TernaryPass pass(net, compute);
+    TernaryPass pass(net, compute.dtype);
     run(ttq_steps, &pass, *opt);
   }
   if (dp.reducer()) out.buckets = dp.reducer()->plan().buckets.size();

@@ -416,6 +416,23 @@ TEST(DataParallel, Bf16ReplicasAgreeAndFollowOneRank) {
   EXPECT_LT(worst, 0.1) << where;
 }
 
+TEST(DataParallel, ChannelsLastTrainsLikeContiguous) {
+  // memory_format channels_last with synchronised batch norm over 2 ranks: the CPU runs every
+  // channels-last op on permuted copies, so the runs are bitwise those in contiguous layout.
+  TempDir dir;
+  std::vector<tt::DpRun> contiguous(2), channels_last(2);
+  run_ranks(2, dir.file("rdv1"), 60, [&](int r, std::shared_ptr<Communicator> c) {
+    contiguous[r] = tt::train_small_convnet(c, 16, true, 4, 4, DType::BF16);
+  });
+  run_ranks(2, dir.file("rdv2"), 60, [&](int r, std::shared_ptr<Communicator> c) {
+    channels_last[r] = tt::train_small_convnet(c, 16, true, 4, 4, {DType::BF16, Layout::ChannelsLast});
+  });
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(channels_last[r].losses, contiguous[r].losses) << "rank " << r;
+    EXPECT_EQ(tt::worst_mismatch(channels_last[r], contiguous[r], 0.0), 0.0) << "rank " << r;
+  }
+}
+
 TEST(DataParallel, ResumeRefusesAnotherNumberOfRanks) {
   TempDir dir;
   json j = read_json_file(std::string(TTQ_SOURCE_DIR) + "/configs/synthetic_smoke.json");
