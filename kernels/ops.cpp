@@ -650,6 +650,7 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor
   expect("linear_forward", x, n * in, "input");
   expect("linear_forward", y, n * out, "output");
   expect_f32("linear_forward", {bias});
+  expect_contiguous("linear_forward", x, "input");  // a channels-last input is flattened first
   if (act_dtype("linear_forward", {&x, &w, &y}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); linear_forward(widen(x), widen(w), bias, yf); narrow_into(yf, y),
                       cuda::linear_forward(n, in, out, cbptr(x), cbptr(w), cptr(bias), mbptr(y)));
@@ -664,6 +665,8 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
   const int64_t n = x.dim(0), in = w.dim(1), out = w.dim(0);
   expect("linear_backward", dy, n * out, "output gradient");
   expect_f32("linear_backward", {dbias});
+  expect_contiguous("linear_backward", x, "input");
+  if (dx) expect_contiguous("linear_backward", *dx, "input gradient");
   if (act_dtype("linear_backward", {&x, &w, &dy, dx, &dw}) == DType::BF16) {
     if (dev == Device::CPU) {
       Tensor dxf = dx ? f32_like(*dx) : Tensor(), dwf = f32_like(dw);

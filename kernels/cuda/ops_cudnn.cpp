@@ -46,7 +46,9 @@
 // layout cuDNN's NHWC tensor-core kernels take): the OIHW weights are permuted into a stream-ordered
 // temporary first (forward, backward data), and the weight gradient is computed there and permuted
 // back (backward filter). kernels/ops.cpp sends only symmetric padding and no bias this way. The
-// layout is part of the algorithm cache key. Batch norm describes x as N x C x S x 1 in
+// layout is part of the algorithm cache key. A geometry for which cuDNN offers no deterministic
+// NHWC algorithm (every candidate NOT_SUPPORTED) runs on NCHW copies instead (permuted in, the
+// NCHW convolution, permuted out), as kernels/ops.cpp does for the geometries it keeps. Batch norm describes x as N x C x S x 1 in
 // CUDNN_TENSOR_NHWC.
 #ifdef TTQ_HAVE_CUDNN
 
@@ -249,6 +251,10 @@ bool not_supported(cudnnStatus_t st) {
 #endif
 }
 
+// Thrown by run_convolution for a channels-last geometry that no candidate supports, before
+// anything was written to the op's outputs; the public entry points then run the NCHW copies.
+struct NoNhwcAlgorithm {};
+
 // Runs one convolution direction with the first workable cached candidate.
 // workspace_size(algo, &bytes) and run(algo, workspace, bytes) return cuDNN statuses.
 template <class WorkspaceSize, class Run>
@@ -284,6 +290,7 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
                                                << " for " << s.str());
     last = st;
   }
+  if (s.channels_last) throw NoNhwcAlgorithm{};
   TTQ_FAIL(dir_name(dir) << ": no deterministic cuDNN algorithm supports " << s.str() << " (last status "
                          << cudnnGetErrorString(last) << ")");
 }
@@ -471,25 +478,78 @@ void conv2d_backward_weights_impl(const Conv2dShape& s, const T* x, const T* dy,
 }
 }  // namespace
 
+// ---- channels-last on NCHW copies (no NHWC algorithm) -------------------------------------------
+namespace {
+// A stream-ordered NCHW copy of a channels-last activation of n x c x hw (or the reverse).
+template <class T>
+DeviceBuffer permuted(int64_t n, int64_t c, int64_t hw, bool to_channels_last, const T* src) {
+  DeviceBuffer out(bytes_of<T>(n * c * hw));
+  permute_layout(n, c, hw, to_channels_last, sizeof(T), src, out.get());
+  return out;
+}
+Conv2dShape nchw(const Conv2dShape& s) {
+  Conv2dShape c = s;
+  c.channels_last = false;
+  return c;
+}
+
+template <class T>
+void conv2d_forward_any(const Conv2dShape& s, const T* x, const T* w, const float* bias, T* y) {
+  try {
+    return conv2d_forward_impl(s, x, w, bias, y);
+  } catch (const NoNhwcAlgorithm&) {
+  }
+  const int64_t ohw = s.out_h() * s.out_w();
+  const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
+  DeviceBuffer yc(bytes_of<T>(s.out_numel()));
+  conv2d_forward_impl(nchw(s), static_cast<const T*>(xc.get()), w, bias, static_cast<T*>(yc.get()));
+  permute_layout(s.n, s.c_out, ohw, true, sizeof(T), yc.get(), y);
+}
+
+template <class T>
+void conv2d_backward_data_any(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
+  try {
+    return conv2d_backward_data_impl(s, dy, w, dx);
+  } catch (const NoNhwcAlgorithm&) {
+  }
+  const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
+  DeviceBuffer dxc(bytes_of<T>(s.in_numel()));
+  conv2d_backward_data_impl(nchw(s), static_cast<const T*>(dyc.get()), w, static_cast<T*>(dxc.get()));
+  permute_layout(s.n, s.c_in, s.h * s.w, true, sizeof(T), dxc.get(), dx);
+}
+
+template <class T>
+void conv2d_backward_weights_any(const Conv2dShape& s, const T* x, const T* dy, T* dw, float* dbias) {
+  try {
+    return conv2d_backward_weights_impl(s, x, dy, dw, dbias);
+  } catch (const NoNhwcAlgorithm&) {
+  }
+  const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
+  const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
+  conv2d_backward_weights_impl(nchw(s), static_cast<const T*>(xc.get()), static_cast<const T*>(dyc.get()), dw,
+                               dbias);
+}
+}  // namespace
+
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
-  conv2d_forward_impl(s, x, w, bias, y);
+  conv2d_forward_any(s, x, w, bias, y);
 }
 void conv2d_forward(const Conv2dShape& s, const bf16* x, const bf16* w, const float* bias, bf16* y) {
-  conv2d_forward_impl(s, x, w, bias, y);
+  conv2d_forward_any(s, x, w, bias, y);
 }
 
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx) {
-  conv2d_backward_data_impl(s, dy, w, dx);
+  conv2d_backward_data_any(s, dy, w, dx);
 }
 void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const bf16* w, bf16* dx) {
-  conv2d_backward_data_impl(s, dy, w, dx);
+  conv2d_backward_data_any(s, dy, w, dx);
 }
 
 void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias) {
-  conv2d_backward_weights_impl(s, x, dy, dw, dbias);
+  conv2d_backward_weights_any(s, x, dy, dw, dbias);
 }
 void conv2d_backward_weights(const Conv2dShape& s, const bf16* x, const bf16* dy, bf16* dw, float* dbias) {
-  conv2d_backward_weights_impl(s, x, dy, dw, dbias);
+  conv2d_backward_weights_any(s, x, dy, dw, dbias);
 }
 
 // ---- pooling --------------------------------------------------------------------------------
