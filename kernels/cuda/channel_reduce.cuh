@@ -1,9 +1,10 @@
 // Per-channel reductions and channel-aware elementwise walks over N x C x S tensors (NCHW,
 // S = H * W): channel ch's m = N * S elements are N segments of S contiguous elements, C * S
-// apart. A channels-last tensor enters as (N * H * W) x C x 1 (op_shapes.h channels_first_rows):
-// segments of one element, C apart. Used by the bf16 batch norm (kernels/cuda/ops_bf16.cu), the synchronised batch norm
-// pieces (kernels/cuda/sync_bn.cu) and the bf16 convolution bias helpers
-// (kernels/cuda/dnn_helpers.cu). nvcc only; everything runs on cudaStreamPerThread.
+// apart. S == 1 is a matrix of m rows of C (1-d batch norm, and a channels-last tensor, which
+// enters as (N * H * W) x C x 1: op_shapes.h channels_first_rows). Used by the bf16 batch norm
+// (kernels/cuda/ops_bf16.cu), the synchronised batch norm pieces (kernels/cuda/sync_bn.cu) and the
+// bf16 convolution bias helpers (kernels/cuda/dnn_helpers.cu). nvcc only; everything runs on
+// cudaStreamPerThread.
 //
 // Deterministic reductions. A channel's elements j = b * S + i (j < m) are cut into chunks of
 // kChunk elements, chunks = ceil(m / kChunk) per channel. A 1-D grid of C * chunks blocks of
@@ -11,14 +12,21 @@
 // Thread t takes the groups of V consecutive elements starting at
 // j = k * kChunk + (t + r * kThreads) * V, r = 0, 1, ..., in that order, folding them in double;
 // cub::BlockReduce combines the threads in a fixed tree and the block writes its partial to its
-// own slot ch * chunks + k. With S == 1 (channels-last rows) the grid runs chunk-major instead
-// (block k * C + ch, same slot): blocks reading the same rows run together and share their
-// sectors in L2, rather than each channel's blocks reading every row's sector in turn. Which
-// block computes a slot never changes its value. A finishing kernel (one block per channel, fold_partials) folds the
+// own slot ch * chunks + k. A finishing kernel (one block per channel, fold_partials) folds the
 // channel's partials: thread t takes partials t, t + kThreads, ... in chunk order, then the same
 // fixed tree. kChunk, the grid and V depend on the shape alone (never on the GPU or on pointer
 // alignment), so sums are bitwise repeatable. A channel of one chunk (m <= kChunk) needs no
 // finishing step: callers then run one block per channel and fuse their passes into one kernel.
+//
+// Rows (S == 1). One block per channel would read one element per row, C apart (a 32-byte sector
+// for every 2 or 4 useful bytes). Instead the block's threads lie across the channels: a block
+// covers ct channels (a power of two from 32 to kThreads, the smallest >= C) and rt = kThreads / ct
+// rows at a time; thread t takes channel g * ct + t % ct and rows r0 + t / ct, + rt, ... of its
+// chunk of row_chunk = rt * kRowIters rows, in order, so a warp reads consecutive channels of one
+// row. The block's rt partial sums of a channel are added in order of t / ct and written to the
+// channel's slot for the chunk, ch * chunks + k (chunks = ceil(m / row_chunk)); the grid is
+// chunks x ceil(C / ct) blocks, block k * groups + g. The finishing kernels are those above, and
+// rows always take that path (single_chunk() is false).
 //
 // Index arithmetic: no division per element. A thread divides once, for its first element
 // (b, i) = (j / S, j % S); each later element of the thread is a fixed step further (kThreads * V
@@ -55,6 +63,7 @@ constexpr int kThreads = 256;            // threads per block of every kernel bu
 constexpr int kVec = 4;                  // group width when S % 4 == 0
 constexpr int64_t kChunk = 16384;        // elements of one channel folded by one block
 constexpr int64_t kMaxFlatBlocks = 4096; // grid of the elementwise walks (then grid-stride)
+constexpr int64_t kRowIters = 128;       // rows per thread in a chunk of the rows layout (S == 1)
 static_assert(kChunk % (int64_t{kThreads} * kVec) == 0, "a chunk holds whole block steps");
 
 inline int group_width(int64_t s) { return s % kVec == 0 ? kVec : 1; }
@@ -65,9 +74,11 @@ struct Plan {
   int64_t chunks = 0;                   // chunks per channel: ceil(m / kChunk)
   int64_t step_i = 0, step_idx = 0;     // a thread's step of kThreads * V elements: % S, flat
   int v = 1;                            // group width
-  bool chunk_major = false;             // grid order of partials_kernel (S == 1)
-  unsigned blocks() const { return static_cast<unsigned>(c * chunks); }
-  bool single_chunk() const { return chunks == 1; }
+  bool rows = false;                    // S == 1: the rows reduction
+  int ct = 0, rt = 0;                   // rows: channels per block, rows at a time
+  int64_t row_chunk = 0, groups = 0;    // rows: rows per chunk, channel groups of ct
+  unsigned blocks() const { return static_cast<unsigned>(rows ? chunks * groups : c * chunks); }
+  bool single_chunk() const { return !rows && chunks == 1; }
 };
 
 inline Plan make_plan(const char* op, int64_t n, int64_t c, int64_t s) {
@@ -79,10 +90,20 @@ inline Plan make_plan(const char* op, int64_t n, int64_t c, int64_t s) {
   p.m = n * s;
   p.chunks = (p.m + kChunk - 1) / kChunk;
   p.v = group_width(s);
-  p.chunk_major = s == 1;
   const int64_t step = int64_t{kThreads} * p.v;
   p.step_i = step % s;
   p.step_idx = step / s * p.cs + p.step_i;
+  if (s == 1) {
+    p.rows = true;
+    p.ct = 32;
+    while (p.ct < c && p.ct < kThreads) p.ct *= 2;
+    p.rt = kThreads / p.ct;
+    p.row_chunk = p.rt * kRowIters;
+    p.chunks = (p.m + p.row_chunk - 1) / p.row_chunk;
+    p.groups = (c + p.ct - 1) / p.ct;
+    TTQ_CHECK(p.chunks <= int64_t{0x7fffffff} / p.groups,
+              op << ": " << p.m << " rows of " << c << " channels exceed the grid");
+  }
   TTQ_CHECK(p.chunks <= int64_t{0x7fffffff} / c,
             op << ": " << c << " channels of " << p.chunks << " chunks exceed the grid");
   return p;
@@ -294,36 +315,58 @@ struct SumTerm {
   __device__ double fold(const Plan& p, int64_t ch, int64_t k) const {
     return fold_sum<V>(p, ch, k, x, vec);
   }
+  // Rows layout: the sum over rows r, r + step, ... < end of column ch (row length c).
+  __device__ double rows(int64_t ch, int64_t r, int64_t end, int step, int64_t c) const {
+    double acc = 0.0;
+    for (; r < end; r += step) acc += load(x, r * c + ch);
+    return acc;
+  }
 };
 
-// out[ch * chunks + k] = chunk k of channel ch's sum of term (Term::fold<V> gives a thread's
-// share), converted to Out; block ch * chunks + k computes it, or block k * C + ch when
-// p.chunk_major. With one chunk per channel, out[ch] is the channel's sum.
+// Block ch * chunks + k writes out[blockIdx.x] = the chunk's sum of term (Term::fold<V> gives a
+// thread's share), converted to Out. With one chunk per channel, out[ch] is the channel's sum.
 // static, as launch_partials: each translation unit has its own kernels (no instantiation of one
 // kernel registered from two fat binaries).
 template <int V, class Term, class Out>
 static __global__ void __launch_bounds__(kThreads) partials_kernel(Plan p, Term term, Out* out) {
   using Acc = typename Term::Acc;
   __shared__ ReduceStorage<Acc> tmp;
-  const unsigned chunks = static_cast<unsigned>(p.chunks), channels = static_cast<unsigned>(p.c);
-  unsigned ch, k;
-  if (p.chunk_major) {
-    k = blockIdx.x / channels;
-    ch = blockIdx.x - k * channels;
-  } else {
-    ch = blockIdx.x / chunks;
-    k = blockIdx.x - ch * chunks;
-  }
+  const unsigned chunks = static_cast<unsigned>(p.chunks);
+  const unsigned ch = blockIdx.x / chunks, k = blockIdx.x - ch * chunks;
   const Acc r = block_sum(term.template fold<V>(p, ch, k), tmp);
-  if (threadIdx.x == 0) out[static_cast<int64_t>(ch) * chunks + k] = static_cast<Out>(r);
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<Out>(r);
 }
 
-// Runs partials_kernel over p's grid on cudaStreamPerThread.
+// The rows layout (S == 1, see the file comment): block k * groups + g writes the partials of
+// chunk k for the channels of group g, out[ch * chunks + k] (Term::rows gives a thread's share).
+template <class Term, class Out>
+static __global__ void __launch_bounds__(kThreads) rows_partials_kernel(Plan p, Term term, Out* out) {
+  using Acc = typename Term::Acc;
+  __shared__ Acc part[kThreads];
+  const int64_t k = blockIdx.x / p.groups, g = blockIdx.x - k * p.groups;
+  const int lane_c = static_cast<int>(threadIdx.x) % p.ct, lane_r = static_cast<int>(threadIdx.x) / p.ct;
+  const int64_t ch = g * p.ct + lane_c;
+  const int64_t r0 = k * p.row_chunk, r1 = r0 + p.row_chunk < p.m ? r0 + p.row_chunk : p.m;
+  Acc acc{};
+  if (ch < p.c) acc = term.rows(ch, r0 + lane_r, r1, p.rt, p.c);
+  part[threadIdx.x] = acc;
+  __syncthreads();
+  if (lane_r != 0 || ch >= p.c) return;
+  Acc sum = part[lane_c];
+  for (int i = 1; i < p.rt; ++i) sum = sum + part[i * p.ct + lane_c];
+  out[ch * p.chunks + k] = static_cast<Out>(sum);
+}
+
+// Runs partials_kernel (or, for rows, rows_partials_kernel) over p's grid on cudaStreamPerThread.
 template <class Term, class Out>
 static void launch_partials(const Plan& p, const Term& term, Out* out) {
-  with_width(p.v, [&](auto w) {
-    partials_kernel<decltype(w)::value, Term, Out><<<p.blocks(), kThreads, 0, cudaStreamPerThread>>>(p, term, out);
-  });
+  if (p.rows) {
+    rows_partials_kernel<Term, Out><<<p.blocks(), kThreads, 0, cudaStreamPerThread>>>(p, term, out);
+  } else {
+    with_width(p.v, [&](auto w) {
+      partials_kernel<decltype(w)::value, Term, Out><<<p.blocks(), kThreads, 0, cudaStreamPerThread>>>(p, term, out);
+    });
+  }
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -355,6 +398,15 @@ struct SqDevTerm {
   template <int V>
   __device__ double fold(const Plan& p, int64_t ch, int64_t k) const {
     return fold_sq_dev<V>(p, ch, k, x, vec, mean[ch]);
+  }
+  __device__ double rows(int64_t ch, int64_t r, int64_t end, int step, int64_t c) const {
+    const double mu = mean[ch];
+    double acc = 0.0;
+    for (; r < end; r += step) {
+      const double d = __dsub_rn(static_cast<double>(load(x, r * c + ch)), mu);
+      acc = __dadd_rn(acc, __dmul_rn(d, d));
+    }
+    return acc;
   }
 };
 
@@ -395,6 +447,18 @@ struct BackwardSumTerm {
   template <int V>
   __device__ Pair fold(const Plan& p, int64_t ch, int64_t k) const {
     return fold_dy_xhat<V>(p, ch, k, x, dy, vec, mean[ch], static_cast<double>(inv_std[ch]));
+  }
+  __device__ Pair rows(int64_t ch, int64_t r, int64_t end, int step, int64_t c) const {
+    const float mean_c = mean[ch];
+    const double is = static_cast<double>(inv_std[ch]);
+    Pair acc{0.0, 0.0};
+    for (; r < end; r += step) {
+      const int64_t idx = r * c + ch;
+      const double gd = static_cast<double>(load(dy, idx));
+      acc.a = __dadd_rn(acc.a, gd);
+      acc.b = __dadd_rn(acc.b, __dmul_rn(gd, xhat_of(load(x, idx), mean_c, is)));
+    }
+    return acc;
   }
 };
 

@@ -30,6 +30,9 @@
 //     Backward, m > kChunk: partials of (sum dy, sum dy * xhat), a finishing kernel (dgamma,
 //     dbeta, the per-channel dx constants), then dx grid-stride (three launches). m <= kChunk (a
 //     channel is one chunk): one fused kernel, one block per channel, for either (one launch).
+//     S == 1 (1-d batch norm, and channels-last input as N*H*W rows of C): the partials come
+//     from the rows reduction (threads across the channels, coalesced) and always take the
+//     partials + finishing path.
 //     Forward: mean, then the biased variance as the mean of (x - mean)^2 (two passes, as the
 //     reference), inv_std = 1 / sqrt(var + eps), y = (x - mean) * inv_std * gamma + beta in double
 //     rounded to f32 then bf16; the running statistics are updated as the CPU path does
