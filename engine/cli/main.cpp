@@ -70,7 +70,8 @@ int run_info() {
 }
 
 // Prints the error; in a data-parallel run it names the rank and stops the other ranks too
-// (MPI_Abort ends the whole job; the tcp and nccl backends make the others fail at once).
+// (MPI_Abort ends the whole job; the tcp host backend makes the others fail at once, in their next
+// host collective; under nccl a rank waiting in an all-reduce stops within distributed.timeout_s).
 int report_error(const std::string& cmd, const char* kind, const char* what) {
   auto comm = ttq::current_communicator();
   if (comm && comm->world() > 1) {

@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <cstdio>
 #include <mutex>
 #include <thread>
@@ -50,6 +51,20 @@ class NcclCommunicator : public Communicator {
     local_rank_ = host_->local_rank();
     local_world_ = host_->local_world();
     timeout_s_ = timeout_s;
+    try {
+      set_up();
+    } catch (const std::exception& e) {
+      // No destructor runs for a throwing constructor: release what was made, and make the other
+      // ranks (waiting in the id broadcast or in their NCCL set-up) fail now, not at the timeout.
+      abort_nccl();
+      if (stream_) CUDA_CHECK_NOTHROW(cudaStreamDestroy(stream_));
+      stream_ = nullptr;
+      host_->abort(e.what());
+      throw;
+    }
+  }
+
+  void set_up() {
     select_local_gpu(*host_);
     CUDA_CHECK(cudaGetDevice(&device_));
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
@@ -101,10 +116,21 @@ class NcclCommunicator : public Communicator {
   }
 
   std::unique_ptr<CommWork> all_reduce_average_async(Tensor& data) override;
-  void all_reduce_sum(double* data, int64_t n) override { host_->all_reduce_sum(data, n); }
-  void all_reduce_sum(int64_t* data, int64_t n) override { host_->all_reduce_sum(data, n); }
-  void broadcast(void* data, size_t bytes, int root) override { host_->broadcast(data, bytes, root); }
-  void barrier() override { host_->barrier(); }
+  // Host collectives. A failure there (a dead peer) also aborts the NCCL communicator: all-reduces
+  // this rank already launched may wait for that peer, and device work queued behind them (and any
+  // cudaFree on the way out) would otherwise never finish.
+  void all_reduce_sum(double* data, int64_t n) override {
+    on_host([&] { host_->all_reduce_sum(data, n); });
+  }
+  void all_reduce_sum(int64_t* data, int64_t n) override {
+    on_host([&] { host_->all_reduce_sum(data, n); });
+  }
+  void broadcast(void* data, size_t bytes, int root) override {
+    on_host([&] { host_->broadcast(data, bytes, root); });
+  }
+  void barrier() override {
+    on_host([&] { host_->barrier(); });
+  }
   void abort(const std::string& reason) noexcept override {
     abort_nccl();
     host_->abort(reason);
@@ -132,6 +158,7 @@ class NcclCommunicator : public Communicator {
   }
 
   void step_fence() override {
+    check_usable("a step");
     cudaEvent_t mark = nullptr;
     CUDA_CHECK(cudaEventCreateWithFlags(&mark, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(mark, cudaStreamPerThread));
@@ -147,6 +174,7 @@ class NcclCommunicator : public Communicator {
   }
 
   void sync_device(const std::string& what) override {
+    check_usable(what.c_str());
     cudaEvent_t mark = nullptr;
     CUDA_CHECK(cudaEventCreateWithFlags(&mark, cudaEventDisableTiming));
     struct Release {
@@ -170,8 +198,9 @@ class NcclCommunicator : public Communicator {
                  cudaGetErrorString(e) + ")");
       }
       ncclResult_t st = ncclSuccess;
-      if (ncclCommGetAsyncError(comm_, &st) != ncclSuccess || (st != ncclSuccess && st != ncclInProgress))
-        fail(what, st);
+      const ncclResult_t r = ncclCommGetAsyncError(comm_, &st);
+      if (r != ncclSuccess) fail(what, r);
+      if (st != ncclSuccess && st != ncclInProgress) fail(what, st);
       if (clock_type::now() >= deadline) fail_timeout(what);
       if (spins < 1000)
         std::this_thread::yield();
@@ -197,6 +226,16 @@ class NcclCommunicator : public Communicator {
     if (comm_) {
       ncclCommAbort(comm_);
       comm_ = nullptr;
+    }
+  }
+
+  template <class F>
+  void on_host(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      abort_nccl();
+      throw;
     }
   }
 

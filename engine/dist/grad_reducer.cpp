@@ -108,6 +108,7 @@ uint64_t GradientReducer::fingerprint() {
 }
 
 void GradientReducer::build_plan() {
+  order_after_launched_work();
   items_.clear();
   module_items_.clear();
   buffers_.clear();
@@ -154,9 +155,27 @@ void GradientReducer::build_plan() {
   reset_step();
 }
 
-GradientReducer::~GradientReducer() { net_.set_backward_hook({}); }
+GradientReducer::~GradientReducer() {
+  net_.set_backward_hook({});
+  order_after_launched_work();
+}
+
+void GradientReducer::order_after_launched_work() noexcept {
+  // Device buffers are freed (and handed out again) in the compute stream's order; a step that
+  // ended early (an exception in the backward pass) may have left all-reduces running on the
+  // communication stream that still write them. Host backends wait in their own way.
+  if (!comm_ || comm_->buffer_device() != Device::CUDA) return;
+  for (auto& w : works_) {
+    if (!w) continue;
+    try {
+      w->wait_on_device();
+    } catch (...) {  // a CUDA error here leaves nothing better to do
+    }
+  }
+}
 
 void GradientReducer::reset_step() {
+  order_after_launched_work();
   step_started_ = false;
   pending_.assign(plan_.buckets.size(), 0);
   for (size_t b = 0; b < plan_.buckets.size(); ++b) pending_[b] = static_cast<int64_t>(plan_.buckets[b].items.size());

@@ -77,7 +77,7 @@ class GradientReducer {
   // Plans the buckets over net's modules in reverse order and installs the backward hooks. Build
   // it after the model is on its device. Collective: every rank builds its reducer at the same point.
   GradientReducer(Module& net, std::shared_ptr<Communicator> comm, const ReducerOptions& o);
-  ~GradientReducer();  // removes the hooks
+  ~GradientReducer();  // removes the hooks; buffers are freed after the all-reduces launched on them
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
 
@@ -107,6 +107,9 @@ class GradientReducer {
   void launch_ready();
   void launch(size_t bucket);
   void reset_step();
+  // On device buffers: the compute stream waits for every all-reduce launched and not yet waited
+  // for (no host wait), so that nothing frees or reuses a buffer a collective still writes.
+  void order_after_launched_work() noexcept;
 
   Module& net_;
   std::shared_ptr<Communicator> comm_;
