@@ -71,6 +71,10 @@ void DataParallel::average_buffers(Module& net) {
   });
 }
 
+void DataParallel::begin_stage() {
+  if (reducer_) reducer_->sync_at_next_finish();
+}
+
 void DataParallel::sync_device(const std::string& what) {
   if (active()) guarded([&] { comm_->sync_device(what); });
 }

@@ -45,6 +45,10 @@ class DataParallel {
   // Waits (with the timeout and the backend's error checks) for the device work enqueued so far,
   // collectives included, before the host reads results (nccl; nothing to do otherwise).
   void sync_device(const std::string& what);
+  // A training stage (a new optimizer) starts: its first step waits on the host, with the
+  // timeout, for its all-reduces before the optimizer's one-time set-up (whose uploads would
+  // otherwise block without a timeout behind a collective of a dead peer).
+  void begin_stage();
   void sum(double* v, int64_t n);
   void sum(int64_t* v, int64_t n);
   // Mean of one value over the ranks. Collective.

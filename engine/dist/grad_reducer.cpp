@@ -152,6 +152,7 @@ void GradientReducer::build_plan() {
   works_.clear();
   works_.resize(plan_.buckets.size());
   planned_fingerprint_ = fingerprint();
+  sync_next_finish_ = true;
   reset_step();
 }
 
@@ -279,7 +280,13 @@ void GradientReducer::finish() {
   last_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (size_t i = 0; i < items_.size(); ++i) unpack(i);
   reset_step();
-  if (on_device) comm_->step_fence();
+  if (!on_device) return;
+  if (sync_next_finish_) {
+    sync_next_finish_ = false;
+    comm_->sync_device("the gradient all-reduces of the first step after a new bucket plan or stage");
+  } else {
+    comm_->step_fence();
+  }
 }
 
 std::string GradientReducer::describe() const {

@@ -85,6 +85,10 @@ class GradientReducer {
   // runs by itself at the end of net.backward() (a no-op when no backward ran since the last one).
   // Throws (naming the bucket) when a collective fails or times out.
   void finish();
+  // On device buffers, the next finish() (and the first after a new plan) waits on the host, with
+  // the timeout, for its all-reduces (Communicator::sync_device) instead of only fencing the
+  // previous step: for a step after which something blocks on the device without a timeout.
+  void sync_at_next_finish() { sync_next_finish_ = true; }
 
   const BucketPlan& plan() const { return plan_; }
   const std::vector<ReduceTensor>& tensors() const { return items_; }
@@ -107,6 +111,7 @@ class GradientReducer {
   void launch_ready();
   void launch(size_t bucket);
   void reset_step();
+  bool sync_next_finish_ = false;
   // On device buffers: the compute stream waits for every all-reduce launched and not yet waited
   // for (no host wait), so that nothing frees or reuses a buffer a collective still writes.
   void order_after_launched_work() noexcept;

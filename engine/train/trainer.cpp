@@ -282,6 +282,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
                       threshold_mode_name(st.quantization.ternary.mode) + ")");
     }
     auto optimizer = make_optimizer(net.named_parameters(), st.optimizer);
+    dp.begin_stage();  // the optimizer's set-up in its first step waits for that step's all-reduces
     // The TTQ work of all ternary layers together, once per step (fused on the GPU).
     TernaryPass ternary_pass(net, cfg.compute_dtype());
     const bool mid_stage = resume_ck && si == state.stage && (state.epoch > 0 || state.batch > 0);
