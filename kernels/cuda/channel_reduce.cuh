@@ -55,83 +55,10 @@
 #include "engine/core/bf16.h"
 #include "engine/core/error.h"
 #include "kernels/cuda/bf16_device.cuh"
+#include "kernels/cuda/channel_walk.h"
 #include "kernels/cuda/cuda_check.h"
 
 namespace ttq::cuda::chan {
-
-constexpr int kThreads = 256;            // threads per block of every kernel built on this header
-constexpr int kVec = 4;                  // group width when S % 4 == 0
-constexpr int64_t kChunk = 16384;        // elements of one channel folded by one block
-constexpr int64_t kMaxFlatBlocks = 4096; // grid of the elementwise walks (then grid-stride)
-constexpr int64_t kRowIters = 128;       // rows per thread in a chunk of the rows layout (S == 1)
-static_assert(kChunk % (int64_t{kThreads} * kVec) == 0, "a chunk holds whole block steps");
-
-inline int group_width(int64_t s) { return s % kVec == 0 ? kVec : 1; }
-
-// The reduction geometry of an n x c x s tensor (n, c, s > 0).
-struct Plan {
-  int64_t c = 0, s = 1, cs = 0, m = 0;  // channels, segment length, C * S, elements per channel
-  int64_t chunks = 0;                   // chunks per channel: ceil(m / kChunk)
-  int64_t step_i = 0, step_idx = 0;     // a thread's step of kThreads * V elements: % S, flat
-  int v = 1;                            // group width
-  bool rows = false;                    // S == 1: the rows reduction
-  int ct = 0, rt = 0;                   // rows: channels per block, rows at a time
-  int64_t row_chunk = 0, groups = 0;    // rows: rows per chunk, channel groups of ct
-  unsigned blocks() const { return static_cast<unsigned>(rows ? chunks * groups : c * chunks); }
-  bool single_chunk() const { return !rows && chunks == 1; }
-};
-
-inline Plan make_plan(const char* op, int64_t n, int64_t c, int64_t s) {
-  TTQ_CHECK(n > 0 && c > 0 && s > 0, op << ": empty or negative shape " << n << "x" << c << "x" << s);
-  Plan p;
-  p.c = c;
-  p.s = s;
-  p.cs = c * s;
-  p.m = n * s;
-  p.chunks = (p.m + kChunk - 1) / kChunk;
-  p.v = group_width(s);
-  const int64_t step = int64_t{kThreads} * p.v;
-  p.step_i = step % s;
-  p.step_idx = step / s * p.cs + p.step_i;
-  if (s == 1) {
-    p.rows = true;
-    p.ct = 32;
-    while (p.ct < c && p.ct < kThreads) p.ct *= 2;
-    p.rt = kThreads / p.ct;
-    p.row_chunk = p.rt * kRowIters;
-    p.chunks = (p.m + p.row_chunk - 1) / p.row_chunk;
-    p.groups = (c + p.ct - 1) / p.ct;
-    TTQ_CHECK(p.chunks <= int64_t{0x7fffffff} / p.groups,
-              op << ": " << p.m << " rows of " << c << " channels exceed the grid");
-  }
-  TTQ_CHECK(p.chunks <= int64_t{0x7fffffff} / c,
-            op << ": " << c << " channels of " << p.chunks << " chunks exceed the grid");
-  return p;
-}
-
-// A fixed-grid flat walk over an n x c x s tensor (n, c, s > 0), groups of V elements.
-struct Flat {
-  int64_t total = 0, s = 1, c = 1;
-  int64_t stride = 0;          // elements between a thread's groups: blocks * kThreads * V
-  int64_t st_i = 0, st_c = 0;  // stride % S, (stride / S) % C
-  unsigned blocks = 1;
-  int v = 1;
-};
-
-inline Flat make_flat(int64_t n, int64_t c, int64_t s) {
-  TTQ_CHECK(n > 0 && c > 0 && s > 0, "channel walk: empty or negative shape " << n << "x" << c << "x" << s);
-  Flat f;
-  f.total = n * c * s;
-  f.s = s;
-  f.c = c;
-  f.v = group_width(s);
-  const int64_t groups = f.total / f.v;
-  f.blocks = static_cast<unsigned>(std::clamp<int64_t>((groups + kThreads - 1) / kThreads, 1, kMaxFlatBlocks));
-  f.stride = int64_t{f.blocks} * kThreads * f.v;
-  f.st_i = f.stride % s;
-  f.st_c = f.stride / s % c;
-  return f;
-}
 
 // Whether groups of v elements at p can be moved with one vector access (v == kVec).
 template <class T>
@@ -149,52 +76,20 @@ void with_width(int v, F&& f) {
 }
 
 // ---- device: walks ------------------------------------------------------------------------------
+// The walks of kernels/cuda/channel_walk.h for this thread (blockDim.x must be kThreads).
 
 // f(idx) for each group of this thread in chunk k of channel ch, in order; idx is the flat index
-// of the group's first element. blockDim.x must be kThreads.
+// of the group's first element.
 template <int V, class F>
 __device__ __forceinline__ void for_chunk(const Plan& p, int64_t ch, int64_t k, F&& f) {
-  const int64_t start = k * kChunk;
-  const int64_t end = start + kChunk < p.m ? start + kChunk : p.m;
-  int64_t j = start + static_cast<int64_t>(threadIdx.x) * V;
-  if (j >= end) return;
-  const int64_t b = j / p.s;  // the thread's one division
-  int64_t i = j - b * p.s;
-  int64_t idx = b * p.cs + ch * p.s + i;
-  for (;;) {
-    f(idx);
-    j += int64_t{kThreads} * V;
-    if (j >= end) return;
-    i += p.step_i;
-    idx += p.step_idx;
-    if (i >= p.s) {  // into the next segment of the channel
-      i -= p.s;
-      idx += p.cs - p.s;
-    }
-  }
+  chunk_walk<V>(p, ch, k, static_cast<int>(threadIdx.x), f);
 }
 
 // f(e, ch) for each group of this thread in a flat grid-stride walk (grid f.blocks x kThreads):
 // e the flat index of the group's first element, ch its channel.
 template <int V, class F>
 __device__ __forceinline__ void for_flat(const Flat& w, F&& f) {
-  int64_t e = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
-  if (e >= w.total) return;
-  const int64_t plane = e / w.s;  // the thread's divisions
-  int64_t i = e - plane * w.s;
-  int64_t ch = plane % w.c;
-  for (;;) {
-    f(e, ch);
-    e += w.stride;
-    if (e >= w.total) return;
-    i += w.st_i;
-    ch += w.st_c;
-    if (i >= w.s) {
-      i -= w.s;
-      ++ch;
-    }
-    if (ch >= w.c) ch -= w.c;
-  }
+  flat_walk<V>(w, blockIdx.x, static_cast<int>(threadIdx.x), f);
 }
 
 // ---- device: groups -----------------------------------------------------------------------------
@@ -331,9 +226,8 @@ template <int V, class Term, class Out>
 static __global__ void __launch_bounds__(kThreads) partials_kernel(Plan p, Term term, Out* out) {
   using Acc = typename Term::Acc;
   __shared__ ReduceStorage<Acc> tmp;
-  const unsigned chunks = static_cast<unsigned>(p.chunks);
-  const unsigned ch = blockIdx.x / chunks, k = blockIdx.x - ch * chunks;
-  const Acc r = block_sum(term.template fold<V>(p, ch, k), tmp);
+  const ChunkBlock b = chunk_block(p, blockIdx.x);
+  const Acc r = block_sum(term.template fold<V>(p, b.ch, b.k), tmp);
   if (threadIdx.x == 0) out[blockIdx.x] = static_cast<Out>(r);
 }
 
@@ -343,18 +237,15 @@ template <class Term, class Out>
 static __global__ void __launch_bounds__(kThreads) rows_partials_kernel(Plan p, Term term, Out* out) {
   using Acc = typename Term::Acc;
   __shared__ Acc part[kThreads];
-  const int64_t k = blockIdx.x / p.groups, g = blockIdx.x - k * p.groups;
-  const int lane_c = static_cast<int>(threadIdx.x) % p.ct, lane_r = static_cast<int>(threadIdx.x) / p.ct;
-  const int64_t ch = g * p.ct + lane_c;
-  const int64_t r0 = k * p.row_chunk, r1 = r0 + p.row_chunk < p.m ? r0 + p.row_chunk : p.m;
+  const RowsShare r = rows_share(p, blockIdx.x, static_cast<int>(threadIdx.x));
   Acc acc{};
-  if (ch < p.c) acc = term.rows(ch, r0 + lane_r, r1, p.rt, p.c);
+  if (r.active) acc = term.rows(r.ch, r.first, r.end, p.rt, p.c);
   part[threadIdx.x] = acc;
   __syncthreads();
-  if (lane_r != 0 || ch >= p.c) return;
-  Acc sum = part[lane_c];
-  for (int i = 1; i < p.rt; ++i) sum = sum + part[i * p.ct + lane_c];
-  out[ch * p.chunks + k] = static_cast<Out>(sum);
+  if (!r.writes) return;  // the channel's first thread adds the block's rt shares in order
+  Acc sum = part[threadIdx.x];
+  for (int i = 1; i < p.rt; ++i) sum = sum + part[threadIdx.x + i * p.ct];
+  out[r.slot] = static_cast<Out>(sum);
 }
 
 // Runs partials_kernel (or, for rows, rows_partials_kernel) over p's grid on cudaStreamPerThread.
