@@ -20,6 +20,7 @@
 
 #include "engine/core/bf16.h"
 #include "engine/core/tensor.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/device.h"
 #include "kernels/op_shapes.h"
 #include "kernels/ttq_math.h"
@@ -37,6 +38,19 @@
 #endif
 
 namespace ttq::gpu_test {
+
+// The CPU side of a GPU-vs-CPU comparison runs the reference kernels (not oneDNN) while one of
+// these lives.
+class ReferenceKernels {
+ public:
+  ReferenceKernels() : saved_(cpu::kernels()) { cpu::set_kernels(cpu::Kernels::Reference); }
+  ~ReferenceKernels() { cpu::set_kernels(saved_); }
+  ReferenceKernels(const ReferenceKernels&) = delete;
+  ReferenceKernels& operator=(const ReferenceKernels&) = delete;
+
+ private:
+  cpu::Kernels saved_;
+};
 
 // ---- tensors ------------------------------------------------------------------------------------
 

@@ -41,18 +41,6 @@ namespace {
 using namespace gpu_test;
 using math::ThresholdMode;
 
-// The CPU emulation runs the reference kernels while one of these lives.
-class ReferenceKernels {
- public:
-  ReferenceKernels() : saved_(cpu::kernels()) { cpu::set_kernels(cpu::Kernels::Reference); }
-  ~ReferenceKernels() { cpu::set_kernels(saved_); }
-  ReferenceKernels(const ReferenceKernels&) = delete;
-  ReferenceKernels& operator=(const ReferenceKernels&) = delete;
-
- private:
-  cpu::Kernels saved_;
-};
-
 // A case test of this file: skips where no GPU is found; the CPU emulation runs the reference
 // kernels.
 template <class Case>

@@ -30,18 +30,6 @@ namespace {
 
 using namespace gpu_test;
 
-// The CPU reference runs the reference kernels while one of these lives.
-class ReferenceKernels {
- public:
-  ReferenceKernels() : saved_(cpu::kernels()) { cpu::set_kernels(cpu::Kernels::Reference); }
-  ~ReferenceKernels() { cpu::set_kernels(saved_); }
-  ReferenceKernels(const ReferenceKernels&) = delete;
-  ReferenceKernels& operator=(const ReferenceKernels&) = delete;
-
- private:
-  cpu::Kernels saved_;
-};
-
 const DType kDtypes[] = {DType::F32, DType::BF16};
 
 // Uniform in [lo, hi) in dtype dt (rounded for bf16), contiguous, on the CPU.
