@@ -251,7 +251,9 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   state.world = dp.world();
   dp.attach(model.net);  // rank 0's weights everywhere, the gradient reducer
   MetricsLog metrics(cfg.output_dir + "/metrics.jsonl", opt.resume, root);
-  progress.line("ttq train " + cfg.name + ": " + model.name + " on " + data.description + " -> " + cfg.output_dir);
+  progress.line("ttq train " + cfg.name + ": " + model.name + " on " + data.description + " -> " + cfg.output_dir +
+                " (" + device_name(device) + ", " + cfg.precision +
+                (cfg.memory_format == "contiguous" ? "" : ", " + cfg.memory_format) + ")");
   if (dp.active())
     progress.line("Data parallel: " + dp.describe() + "; global batch = per-rank batch x " +
                   std::to_string(dp.world()) + "; " + dp.reducer()->describe());
