@@ -48,8 +48,9 @@
 // back (backward filter). kernels/ops.cpp sends only symmetric padding and no bias this way. The
 // layout is part of the algorithm cache key. A geometry for which cuDNN offers no deterministic
 // NHWC algorithm (every candidate NOT_SUPPORTED) runs on NCHW copies instead (permuted in, the
-// NCHW convolution, permuted out), as kernels/ops.cpp does for the geometries it keeps. Batch norm describes x as N x C x S x 1 in
-// CUDNN_TENSOR_NHWC.
+// NCHW convolution, permuted out), as kernels/ops.cpp does for the geometries it keeps. Batch
+// norm describes x as N x C x S x 1 in CUDNN_TENSOR_NHWC, and falls back the same way when cuDNN
+// answers NOT_SUPPORTED for that layout.
 #ifdef TTQ_HAVE_CUDNN
 
 #include <algorithm>
@@ -492,6 +493,16 @@ Conv2dShape nchw(const Conv2dShape& s) {
   c.channels_last = false;
   return c;
 }
+BatchNormShape nchw(const BatchNormShape& s) {
+  BatchNormShape c = s;
+  c.channels_last = false;
+  return c;
+}
+
+void check_status(cudnnStatus_t st, const char* call) {
+  TTQ_CHECK(st == CUDNN_STATUS_SUCCESS, call << " failed: " << cudnnGetErrorString(st) << " (" << static_cast<int>(st)
+                                             << ") " << detail::cudnn_last_error());
+}
 
 template <class T>
 void conv2d_forward_any(const Conv2dShape& s, const T* x, const T* w, const float* bias, T* y) {
@@ -611,10 +622,18 @@ void batchnorm_forward_train(const BatchNormShape& s, const float* x, const floa
   // exponentialAverageFactor = momentum: running = (1 - momentum) * running + momentum * batch,
   // with cuDNN's unbiased (n / (n - 1)) batch variance for the running variance, as PyTorch.
   // Saved statistics: the batch mean and 1 / sqrt(biased var + eps).
-  CUDNN_CHECK(cudnnBatchNormalizationForwardTraining(h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, bs.x.get(), x,
-                                                     bs.x.get(), y, bs.param.get(), gamma, beta,
-                                                     static_cast<double>(momentum), running_mean, running_var,
-                                                     static_cast<double>(eps), mean, inv_std));
+  const cudnnStatus_t st = cudnnBatchNormalizationForwardTraining(
+      h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, bs.x.get(), x, bs.x.get(), y, bs.param.get(), gamma, beta,
+      static_cast<double>(momentum), running_mean, running_var, static_cast<double>(eps), mean, inv_std);
+  if (s.channels_last && not_supported(st)) {  // NCHW copies (see the file comment)
+    const DeviceBuffer xc = permuted(s.n, s.c, s.s, false, x);
+    DeviceBuffer yc(f32_bytes(s.numel()));
+    batchnorm_forward_train(nchw(s), xc.f32(), gamma, beta, eps, momentum, running_mean, running_var, yc.f32(), mean,
+                            var, inv_std);
+    permute_layout(s.n, s.c, s.s, true, sizeof(float), yc.get(), y);
+    return;
+  }
+  check_status(st, "cudnnBatchNormalizationForwardTraining");
   helpers::bn_var_from_inv_std(s.c, eps, inv_std, var);
 }
 
@@ -625,9 +644,17 @@ void batchnorm_forward_infer(const BatchNormShape& s, const float* x, const floa
                                                                                 << CUDNN_BN_MIN_EPSILON);
   cudnnHandle_t h = DeviceContext::current().cudnn();
   const BnSetup bs(s);
-  CUDNN_CHECK(cudnnBatchNormalizationForwardInference(h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, bs.x.get(), x,
-                                                      bs.x.get(), y, bs.param.get(), gamma, beta, running_mean,
-                                                      running_var, static_cast<double>(eps)));
+  const cudnnStatus_t st = cudnnBatchNormalizationForwardInference(
+      h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, bs.x.get(), x, bs.x.get(), y, bs.param.get(), gamma, beta,
+      running_mean, running_var, static_cast<double>(eps));
+  if (s.channels_last && not_supported(st)) {
+    const DeviceBuffer xc = permuted(s.n, s.c, s.s, false, x);
+    DeviceBuffer yc(f32_bytes(s.numel()));
+    batchnorm_forward_infer(nchw(s), xc.f32(), gamma, beta, running_mean, running_var, eps, yc.f32());
+    permute_layout(s.n, s.c, s.s, true, sizeof(float), yc.get(), y);
+    return;
+  }
+  check_status(st, "cudnnBatchNormalizationForwardInference");
 }
 
 void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
@@ -636,9 +663,17 @@ void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy
   cudnnHandle_t h = DeviceContext::current().cudnn();
   const BnSetup bs(s);
   // Data and parameter gradients both overwritten (beta factors 0).
-  CUDNN_CHECK(cudnnBatchNormalizationBackward(h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, &kOne, &kZero, bs.x.get(), x,
-                                              bs.x.get(), dy, bs.x.get(), dx, bs.param.get(), gamma, dgamma, dbeta,
-                                              static_cast<double>(eps), mean, inv_std));
+  const cudnnStatus_t st = cudnnBatchNormalizationBackward(
+      h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, &kOne, &kZero, bs.x.get(), x, bs.x.get(), dy, bs.x.get(), dx,
+      bs.param.get(), gamma, dgamma, dbeta, static_cast<double>(eps), mean, inv_std);
+  if (s.channels_last && not_supported(st)) {
+    const DeviceBuffer xc = permuted(s.n, s.c, s.s, false, x), dyc = permuted(s.n, s.c, s.s, false, dy);
+    DeviceBuffer dxc(f32_bytes(s.numel()));
+    batchnorm_backward(nchw(s), xc.f32(), dyc.f32(), gamma, mean, inv_std, eps, dxc.f32(), dgamma, dbeta);
+    permute_layout(s.n, s.c, s.s, true, sizeof(float), dxc.get(), dx);
+    return;
+  }
+  check_status(st, "cudnnBatchNormalizationBackward");
 }
 
 }  // namespace ttq::cuda
