@@ -56,54 +56,35 @@ __global__ void crop_kernel(int64_t total, int64_t hp, int64_t wp, int64_t top, 
 __global__ void exclude_rescale_kernel(int64_t total, PoolGeom g, const float* src, float* dst) {
   TTQ_HELPER_LOOP(i, total) {
     const int64_t ox = i % g.ow, oy = (i / g.ow) % g.oh;
-    const int64_t y0 = oy * g.stride_h - g.pad_t, x0 = ox * g.stride_w - g.pad_l;
-    const int64_t rows = min(y0 + g.kh, g.h) - max(y0, int64_t{0});
-    const int64_t cols = min(x0 + g.kw, g.w) - max(x0, int64_t{0});
-    const int64_t count = max(rows, int64_t{0}) * max(cols, int64_t{0});
+    const int64_t count = window_count(g, oy, ox);
     // count >= 1 whenever padding < window (Pool2dShape::validate); guard anyway.
     dst[i] = count > 0 ? src[i] * (static_cast<float>(g.kh * g.kw) / static_cast<float>(count)) : 0.0f;
   }
 }
 
-// First maximum of window (oy, ox) of plane xp, as a flat index into the plane.
+// argmax[o] = the first maximum of output window o (kernels/cuda/pool_walk.h window_argmax), an
+// index into its plane, -1 for a window of padding only.
 template <class T>
-__device__ int64_t window_argmax(const PoolGeom& g, const T* xp, int64_t oy, int64_t ox) {
-  const int64_t y0 = oy * g.stride_h - g.pad_t, x0 = ox * g.stride_w - g.pad_l;
-  int64_t best = -1;
-  float m = 0.0f;
-  for (int64_t ky = 0; ky < g.kh; ++ky) {
-    const int64_t iy = y0 + ky;
-    if (iy < 0 || iy >= g.h) continue;
-    for (int64_t kx = 0; kx < g.kw; ++kx) {
-      const int64_t ix = x0 + kx;
-      if (ix < 0 || ix >= g.w) continue;
-      const float v = load(xp, iy * g.w + ix);
-      if (best < 0 || v > m) {
-        m = v;
-        best = iy * g.w + ix;
-      }
-    }
+__global__ void maxpool_argmax_kernel(int64_t total, PoolGeom g, const T* x, int32_t* argmax) {
+  TTQ_HELPER_LOOP(o, total) {
+    const int64_t ox = o % g.ow, oy = (o / g.ow) % g.oh, p = o / (g.ow * g.oh);
+    const T* xp = x + p * g.h * g.w;
+    argmax[o] = static_cast<int32_t>(window_argmax(g, [&](int64_t i) { return load(xp, i); }, oy, ox));
   }
-  return best;
 }
 
 template <class T>
-__global__ void maxpool_backward_kernel(int64_t total, PoolGeom g, const T* x, const T* dy, T* dx) {
+__global__ void maxpool_gather_kernel(int64_t total, PoolGeom g, const int32_t* argmax, const T* dy, T* dx) {
   TTQ_HELPER_LOOP(i, total) {
     const int64_t ix = i % g.w, iy = (i / g.w) % g.h, p = i / (g.w * g.h);
-    const T* xp = x + p * g.h * g.w;
+    const int32_t self = static_cast<int32_t>(iy * g.w + ix);
+    const int32_t* ap = argmax + p * g.oh * g.ow;
     const T* dyp = dy + p * g.oh * g.ow;
-    const int64_t self = iy * g.w + ix;
-    // Windows containing (iy, ix): oy * stride - pad_t <= iy < oy * stride - pad_t + kh.
-    const int64_t ty = iy + g.pad_t, tx = ix + g.pad_l;
-    const int64_t oy_lo = ty >= g.kh ? (ty - g.kh) / g.stride_h + 1 : 0;
-    const int64_t oy_hi = min(ty / g.stride_h, g.oh - 1);
-    const int64_t ox_lo = tx >= g.kw ? (tx - g.kw) / g.stride_w + 1 : 0;
-    const int64_t ox_hi = min(tx / g.stride_w, g.ow - 1);
+    const WindowRange r = windows_containing(g, iy, ix);
     float acc = 0.0f;  // float, in increasing (oy, ox): the reference's order and rounding
-    for (int64_t oy = oy_lo; oy <= oy_hi; ++oy)
-      for (int64_t ox = ox_lo; ox <= ox_hi; ++ox)
-        if (window_argmax(g, xp, oy, ox) == self) acc += load(dyp, oy * g.ow + ox);
+    for (int64_t oy = r.oy_lo; oy <= r.oy_hi; ++oy)
+      for (int64_t ox = r.ox_lo; ox <= r.ox_hi; ++ox)
+        if (ap[oy * g.ow + ox] == self) acc += load(dyp, oy * g.ow + ox);
     store(dx, i, acc);
   }
 }
@@ -176,7 +157,12 @@ void avgpool_exclude_rescale(const PoolGeom& g, const float* src, float* dst) {
 
 template <class T>
 void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx) {
-  launch(g.planes * g.h * g.w, maxpool_backward_kernel<T>, g, x, dy, dx);
+  TTQ_CHECK(g.h * g.w <= int64_t{0x7fffffff}, "maxpool_backward (CUDA): planes of " << g.h << " x " << g.w
+                                                                                   << " exceed int32 indices");
+  const int64_t outputs = g.planes * g.oh * g.ow;
+  DeviceBuffer argmax(sizeof(int32_t) * static_cast<size_t>(outputs > 0 ? outputs : 0));
+  launch(outputs, maxpool_argmax_kernel<T>, g, x, static_cast<int32_t*>(argmax.get()));
+  launch(g.planes * g.h * g.w, maxpool_gather_kernel<T>, g, static_cast<const int32_t*>(argmax.get()), dy, dx);
 }
 
 void bn_var_from_inv_std(int64_t c, float eps, const float* inv_std, float* var) {

@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "engine/core/bf16.h"
+#include "kernels/cuda/pool_walk.h"  // PoolGeom and the window arithmetic
 
 namespace ttq::cuda::helpers {
 
@@ -28,11 +29,6 @@ template <class T>
 void crop_planes(int64_t planes, int64_t hp, int64_t wp, int64_t top, int64_t left, int64_t h, int64_t w,
                  const T* src, T* dst);
 
-// Pooling geometry as the reference kernel sees it (kernels/op_shapes.h Pool2dShape).
-struct PoolGeom {
-  int64_t planes, h, w, oh, ow, kh, kw, stride_h, stride_w, pad_t, pad_l;
-};
-
 // dst[p, oy, ox] = src[p, oy, ox] * (kh * kw) / count(oy, ox), count = the window's positions
 // inside the (unpadded) input: turns an average that divides by the whole window into one that
 // excludes padding (forward), or scales the output gradient the same way (backward).
@@ -42,7 +38,9 @@ void avgpool_exclude_rescale(const PoolGeom& g, const float* src, float* dst);
 // Max-pool gradient, gathered per input element: dx[i] = sum of dy over the windows whose first
 // maximum (row-major window order, strict >, padding never selected) is i, summed in float in
 // increasing output order: exactly the reference kernel's routing and rounding (then one rounding
-// to bf16 for T = bf16).
+// to bf16 for T = bf16). Two kernels: every window's first maximum into a stream-ordered int32
+// temporary (planes x oh x ow), then the gather, which reads those instead of rescanning every
+// window that contains the element.
 template <class T>
 void maxpool_backward(const PoolGeom& g, const T* x, const T* dy, T* dx);
 
