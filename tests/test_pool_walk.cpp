@@ -1,8 +1,10 @@
-// The window arithmetic of the GPU pooling helpers (kernels/cuda/pool_walk.h), run on the host:
+// The window arithmetic of the GPU pooling kernels (kernels/cuda/pool_walk.h), run on the host:
 // the two-kernel max-pool gradient (every window's first maximum, then a gather per input element
 // over the windows that contain it) gives the reference kernel's gradient bitwise, ties and
-// asymmetric padding included; windows_containing lists exactly the windows that cover a position;
-// window_count counts a window's positions inside the input. These are the functions the CUDA
+// asymmetric padding included; so do the per-element pooling output (max, average with and
+// without padding in the divisor) and average-pool gradient of the bf16 kernels, in f32;
+// windows_containing lists exactly the windows that cover a position; window_count and
+// pool_divisor count what the reference counts. These are the functions the CUDA
 // kernels call per element, so an off-by-one in them shows up here, without a GPU.
 #include <gtest/gtest.h>
 
@@ -18,6 +20,9 @@
 #include "tests/test_util.h"
 
 using namespace ttq;
+using ttq::cuda::helpers::avgpool_input_grad;
+using ttq::cuda::helpers::pool_divisor;
+using ttq::cuda::helpers::pool_output;
 using ttq::cuda::helpers::PoolGeom;
 using ttq::cuda::helpers::window_argmax;
 using ttq::cuda::helpers::window_count;
@@ -34,9 +39,7 @@ Pool2dShape pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k_h, int64_
   return s;
 }
 
-PoolGeom geom(const Pool2dShape& s) {
-  return {s.n * s.c, s.h, s.w, s.out_h(), s.out_w(), s.kh, s.kw, s.stride_h, s.stride_w, s.pad_t, s.pad_l};
-}
+PoolGeom geom(const Pool2dShape& s) { return ttq::cuda::helpers::pool_geom(s, s.out_h(), s.out_w()); }
 
 std::vector<Pool2dShape> shapes() {
   std::vector<Pool2dShape> out = {
@@ -119,5 +122,60 @@ TEST(PoolWalk, WindowsContainingAndWindowCountMatchBruteForce) {
           }
         ASSERT_EQ(window_count(g, oy, ox), count) << "window (" << oy << ", " << ox << ")";
       }
+  }
+}
+
+TEST(PoolWalk, PoolingOutputAndAverageGradientAreTheReferenceBitwise) {
+  uint64_t seed = 100;
+  for (const Pool2dShape& base : shapes()) {
+    for (const PoolKind kind : {PoolKind::Max, PoolKind::Avg}) {
+      for (const bool include_pad : {true, false}) {
+        if (kind == PoolKind::Max && !include_pad) continue;
+        Pool2dShape s = base;
+        s.count_include_pad = include_pad;
+        SCOPED_TRACE(s.str() + (kind == PoolKind::Max ? " max" : include_pad ? " avg include" : " avg exclude"));
+        const PoolGeom g = geom(s);
+        const Tensor x = ttq::testing::random_tensor({s.n, s.c, s.h, s.w}, ++seed);
+        const Tensor dy = ttq::testing::random_tensor({s.n, s.c, s.out_h(), s.out_w()}, ++seed);
+        Tensor y_ref = Tensor::empty(dy.shape()), y = Tensor::empty(dy.shape());
+        ref::pool2d_forward(kind, s, x.data<float>(), y_ref.data<float>());
+        for (int64_t o = 0; o < y.numel(); ++o) {
+          const int64_t ox = o % g.ow, oy = (o / g.ow) % g.oh, p = o / (g.ow * g.oh);
+          const float* xp = x.data<float>() + p * s.h * s.w;
+          y.data<float>()[o] = pool_output(s, kind == PoolKind::Max, [&](int64_t i) { return xp[i]; }, oy, ox);
+        }
+        ASSERT_EQ(std::memcmp(y.raw(), y_ref.raw(), y.nbytes()), 0) << "forward";
+        if (kind == PoolKind::Max) continue;  // the max gradient: the test above
+        Tensor dx_ref = Tensor::empty(x.shape()), dx = Tensor::empty(x.shape());
+        ref::pool2d_backward(kind, s, x.data<float>(), dy.data<float>(), dx_ref.data<float>());
+        for (int64_t i = 0; i < dx.numel(); ++i) {
+          const int64_t ix = i % s.w, iy = (i / s.w) % s.h, p = i / (s.w * s.h);
+          const float* dyp = dy.data<float>() + p * g.oh * g.ow;
+          dx.data<float>()[i] = avgpool_input_grad(s, g, [&](int64_t o) { return dyp[o]; }, iy, ix);
+        }
+        ASSERT_EQ(std::memcmp(dx.raw(), dx_ref.raw(), dx.nbytes()), 0) << "backward";
+      }
+    }
+  }
+}
+
+TEST(PoolWalk, DivisorCountsWhatTheReferenceCounts) {
+  for (Pool2dShape s : shapes()) {
+    for (const bool include_pad : {true, false}) {
+      s.count_include_pad = include_pad;
+      SCOPED_TRACE(s.str() + (include_pad ? " include" : " exclude"));
+      for (int64_t oy = 0; oy < s.out_h(); ++oy)
+        for (int64_t ox = 0; ox < s.out_w(); ++ox) {
+          int64_t count = 0;  // positions inside the input, or inside the padded extent
+          for (int64_t ky = 0; ky < s.kh; ++ky)
+            for (int64_t kx = 0; kx < s.kw; ++kx) {
+              const int64_t iy = oy * s.stride_h - s.pad_t + ky, ix = ox * s.stride_w - s.pad_l + kx;
+              const bool inside = iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+              const bool padded = iy >= -s.pad_t && iy < s.h + s.pad_b && ix >= -s.pad_l && ix < s.w + s.pad_r;
+              count += (include_pad ? padded : inside) ? 1 : 0;
+            }
+          ASSERT_EQ(pool_divisor(s, oy, ox), count) << "window (" << oy << ", " << ox << ")";
+        }
+    }
   }
 }

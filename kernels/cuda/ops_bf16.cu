@@ -14,7 +14,10 @@
 //     by the reference's count (padded positions inside the padded extent count when
 //     count_include_pad is set, asymmetric padding included); the gradient of an input element
 //     sums dy / count in float over the windows containing it, in increasing output order. The
-//     reference's float operations in the reference's order: bitwise equal to the emulation.
+//     reference's float operations in the reference's order: bitwise equal to the emulation. The
+//     per-element window arithmetic is kernels/cuda/pool_walk.h (pool_output,
+//     avgpool_input_grad), which tests/test_pool_walk.cpp checks against the reference on the
+//     CPU.
 //   * Batch norm (spatial, N x C x S). Per-channel sums use the deterministic chunked scheme of
 //     kernels/cuda/channel_reduce.cuh: each channel's m = N * S elements are cut into chunks of
 //     16384 (kChunk); a grid of C * chunks blocks of 256 threads folds one chunk per block (per
@@ -77,68 +80,25 @@ unsigned blocks_for(int64_t n) {
 
 // ---- pooling ------------------------------------------------------------------------------------
 
-// The reference's divisor for window (oy, ox) (ops_ref.cpp for_window): the input positions, plus
-// the padded ones inside the padded extent when count_include_pad is set.
-__device__ int64_t window_count(const Pool2dShape& s, int64_t oy, int64_t ox) {
-  const int64_t y0 = oy * s.stride_h - s.pad_t, x0 = ox * s.stride_w - s.pad_l;
-  if (s.count_include_pad) {
-    const int64_t rows = min(y0 + s.kh, s.h + s.pad_b) - y0;
-    const int64_t cols = min(x0 + s.kw, s.w + s.pad_r) - x0;
-    return max(rows, int64_t{0}) * max(cols, int64_t{0});
-  }
-  const int64_t rows = min(y0 + s.kh, s.h) - max(y0, int64_t{0});
-  const int64_t cols = min(x0 + s.kw, s.w) - max(x0, int64_t{0});
-  return max(rows, int64_t{0}) * max(cols, int64_t{0});
-}
-
-// One thread per output element.
+// One thread per output element: kernels/cuda/pool_walk.h pool_output on the widened inputs,
+// rounded once.
 __global__ void pool_forward_kernel(int64_t total, bool is_max, Pool2dShape s, int64_t oh, int64_t ow,
                                     const bf16* __restrict__ x, bf16* __restrict__ y) {
   TTQ_BF16_LOOP(i, total) {
     const int64_t ox = i % ow, oy = (i / ow) % oh, p = i / (ow * oh);
     const bf16* xp = x + p * s.h * s.w;
-    const int64_t y0 = oy * s.stride_h - s.pad_t, x0 = ox * s.stride_w - s.pad_l;
-    const int64_t ky0 = max(-y0, int64_t{0}), ky1 = min(s.kh, s.h - y0);
-    const int64_t kx0 = max(-x0, int64_t{0}), kx1 = min(s.kw, s.w - x0);
-    if (is_max) {
-      float m = -INFINITY;
-      for (int64_t ky = ky0; ky < ky1; ++ky)
-        for (int64_t kx = kx0; kx < kx1; ++kx) {
-          const float v = load(xp, (y0 + ky) * s.w + x0 + kx);
-          m = m < v ? v : m;  // std::max(m, v)
-        }
-      store(y, i, m);
-    } else {
-      double acc = 0.0;
-      for (int64_t ky = ky0; ky < ky1; ++ky)
-        for (int64_t kx = kx0; kx < kx1; ++kx) acc += load(xp, (y0 + ky) * s.w + x0 + kx);
-      const int64_t cnt = window_count(s, oy, ox);
-      store(y, i, cnt ? static_cast<float>(acc / static_cast<double>(cnt)) : 0.0f);
-    }
+    store(y, i, helpers::pool_output(s, is_max, [&](int64_t k) { return load(xp, k); }, oy, ox));
   }
 }
 
-// Average pooling gradient, one thread per input element: the sum over the windows containing it
-// of dy / count, in float, in increasing (oy, ox) order (the reference's scatter order).
+// Average pooling gradient, one thread per input element (pool_walk.h avgpool_input_grad).
 __global__ void avgpool_backward_kernel(int64_t total, Pool2dShape s, int64_t oh, int64_t ow,
                                         const bf16* __restrict__ dy, bf16* __restrict__ dx) {
+  const helpers::PoolGeom g = helpers::pool_geom(s, oh, ow);
   TTQ_BF16_LOOP(i, total) {
     const int64_t ix = i % s.w, iy = (i / s.w) % s.h, p = i / (s.w * s.h);
     const bf16* dyp = dy + p * oh * ow;
-    // Windows containing (iy, ix): oy * stride - pad_t <= iy < oy * stride - pad_t + kh.
-    const int64_t ty = iy + s.pad_t, tx = ix + s.pad_l;
-    const int64_t oy_lo = ty >= s.kh ? (ty - s.kh) / s.stride_h + 1 : 0;
-    const int64_t oy_hi = min(ty / s.stride_h, oh - 1);
-    const int64_t ox_lo = tx >= s.kw ? (tx - s.kw) / s.stride_w + 1 : 0;
-    const int64_t ox_hi = min(tx / s.stride_w, ow - 1);
-    float acc = 0.0f;
-    for (int64_t oy = oy_lo; oy <= oy_hi; ++oy)
-      for (int64_t ox = ox_lo; ox <= ox_hi; ++ox) {
-        const int64_t cnt = window_count(s, oy, ox);
-        if (cnt == 0) continue;
-        acc += load(dyp, oy * ow + ox) / static_cast<float>(cnt);
-      }
-    store(dx, i, acc);
+    store(dx, i, helpers::avgpool_input_grad(s, g, [&](int64_t o) { return load(dyp, o); }, iy, ix));
   }
 }
 
@@ -353,9 +313,7 @@ void pool2d_forward(PoolKind kind, const Pool2dShape& s, const bf16* x, bf16* y)
 void pool2d_backward(PoolKind kind, const Pool2dShape& s, const bf16* x, const bf16* dy, bf16* dx) {
   s.validate("pool2d_backward (CUDA, bf16)");
   if (kind == PoolKind::Max) {
-    const helpers::PoolGeom g{s.n * s.c, s.h, s.w, s.out_h(), s.out_w(), s.kh, s.kw,
-                              s.stride_h, s.stride_w, s.pad_t, s.pad_l};
-    helpers::maxpool_backward(g, x, dy, dx);
+    helpers::maxpool_backward(helpers::pool_geom(s, s.out_h(), s.out_w()), x, dy, dx);
     return;
   }
   const int64_t total = s.in_numel();

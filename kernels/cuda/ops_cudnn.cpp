@@ -298,9 +298,7 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
 
 // ---- pooling --------------------------------------------------------------------------------
 
-helpers::PoolGeom pool_geom(const Pool2dShape& s) {
-  return {s.n * s.c, s.h, s.w, s.out_h(), s.out_w(), s.kh, s.kw, s.stride_h, s.stride_w, s.pad_t, s.pad_l};
-}
+helpers::PoolGeom pool_geom(const Pool2dShape& s) { return helpers::pool_geom(s, s.out_h(), s.out_w()); }
 
 struct PoolSetup {
   PadSplit pad;
