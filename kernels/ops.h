@@ -13,11 +13,11 @@
 //
 // Layouts. Activations of 4-D ops may be channels-last (NHWC storage, Layout::ChannelsLast); an
 // op's activations and their gradients then all are, its outputs must be allocated so
-// (Tensor::empty_like), and weights stay contiguous (OIHW). On the GPU, convolutions (symmetric
-// padding, no bias), batch norm and the elementwise ops run NHWC kernels; every other
-// channels-last op, and every one on the CPU, runs the contiguous op on NCHW copies of its
-// activations and permutes the results back, so the CPU's channels-last results are bitwise its
-// contiguous ones.
+// (Tensor::empty_like), and weights stay contiguous (OIHW). Elementwise ops (ReLU, add,
+// accumulate, cast) run on the storage as it is, in either layout. On the GPU, convolutions
+// (symmetric padding, no bias) and batch norm run NHWC kernels; every other channels-last op, and
+// every one on the CPU, runs the contiguous op on NCHW copies of its activations and permutes the
+// results back, so the CPU's channels-last results are bitwise its contiguous ones.
 #pragma once
 
 #include <cstdint>

@@ -15,18 +15,18 @@ started=$(date +%s)
 
 # Every step runs under what is left of the run's time limit (GPU_CHECK_LIMIT_S, default 450 s), so
 # the table is printed inside 8 minutes even when something is slower than planned; a step that
-# would start with under 20 s left is not started, and the table says so.
+# would start with under 30 s left is not started, and the table says so.
 limit=${GPU_CHECK_LIMIT_S:-450}
 step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records ok/FAILED and seconds
   local name=$1; shift
   local t0=$(date +%s)
   local left=$(( limit - (t0 - started) ))
-  if (( left < 20 )); then result[$name]="not started (time limit ${limit}s)"; return; fi
-  set -- timeout "$left" "$@"
+  if (( left < 30 )); then result[$name]="not started (time limit ${limit}s)"; return; fi
+  set -- timeout -k 10 "$left" "$@"  # SIGTERM at the limit, SIGKILL 10 s later
   "$@" > "$out/$name.log" 2>&1
   case $? in
     0) result[$name]="ok" ;;
-    124) result[$name]="TIMED OUT (see $name.log)" ;;
+    124|137) result[$name]="TIMED OUT (see $name.log)" ;;
     *) result[$name]="FAILED (see $name.log)" ;;
   esac
   result[$name]="${result[$name]} $(( $(date +%s) - t0 ))s"

@@ -4,7 +4,9 @@
 // share of every global batch.
 #pragma once
 
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -125,7 +127,12 @@ inline double worst_mismatch(const DpRun& a, const DpRun& b, double atol, std::s
     const auto& y = b.tensors[t].second;
     if (a.tensors[t].first != b.tensors[t].first || x.size() != y.size()) return 1e30;
     for (size_t i = 0; i < x.size(); ++i) {
-      const double r = std::abs(static_cast<double>(x[i]) - y[i]) / (atol + std::abs(static_cast<double>(y[i])));
+      // Equal values (0 against 0 included) differ by nothing; a NaN against anything, infinitely.
+      double r = 0.0;
+      if (!(x[i] == y[i])) {
+        r = std::abs(static_cast<double>(x[i]) - y[i]) / (atol + std::abs(static_cast<double>(y[i])));
+        if (std::isnan(r)) r = std::numeric_limits<double>::infinity();
+      }
       if (r > worst) {
         worst = r;
         if (where) *where = a.tensors[t].first + "[" + std::to_string(i) + "]";

@@ -243,20 +243,49 @@ namespace {
 
 const InputSpec kSpec{3, 8, 8, 4};
 
-Model make_ternary(const char* name, int depth = 0) {
+// Passes its input on, recording the layout and dtype of the last input and output gradient that
+// went through: put in front of a model, it shows what the model was really fed.
+class Probe : public Module {
+ public:
+  Probe() : Module("Probe") {}
+  Layout in_layout = Layout::Contiguous, grad_layout = Layout::Contiguous;
+  DType in_dtype = DType::F32;
+
+ protected:
+  void check_input(const Tensor&) const override {}
+  Tensor forward_impl(const Tensor& x) override {
+    in_layout = x.layout();
+    in_dtype = x.dtype();
+    return x;
+  }
+  Tensor backward_impl(const Tensor& dy) override {
+    grad_layout = dy.layout();
+    return dy;
+  }
+};
+
+struct ProbedModel {
+  std::shared_ptr<Sequential> net = std::make_shared<Sequential>();
+  std::shared_ptr<Probe> probe = std::make_shared<Probe>();
+};
+
+ProbedModel make_ternary(const char* name, int depth = 0) {
   json spec{{"name", name}};
   if (depth) spec["depth"] = depth;
   Model m = build_model(spec, kSpec, 3);
   QuantizeOptions q;
   q.full_precision_layers = m.full_precision_layers;
   quantize_model(*m.net, q);
-  return m;
+  ProbedModel out;
+  out.net->add("probe", out.probe);
+  out.net->add("model", m.net);
+  return out;
 }
 
 // Steps of the same model from the same batches, contiguous vs channels-last: every parameter
 // bitwise equal after them, the losses equal at every step.
 void expect_training_same_in_both_layouts(const char* name, int depth, DType dt) {
-  Model a = make_ternary(name, depth), b = make_ternary(name, depth);
+  ProbedModel a = make_ternary(name, depth), b = make_ternary(name, depth);
   SyntheticDataset data(kSpec, 512, 1.0f, 9);
   OptimizerConfig oc;
   oc.lr = 0.05;
@@ -269,6 +298,11 @@ void expect_training_same_in_both_layouts(const char* name, int depth, DType dt)
     const double l1 = train_step(*a.net, loss, *oa, batch, oc.lr, &pa, {dt, Layout::Contiguous}).loss;
     const double l2 = train_step(*b.net, loss, *ob, batch, oc.lr, &pb, {dt, Layout::ChannelsLast}).loss;
     ASSERT_EQ(l1, l2) << "step " << s;
+    // What the models were fed, forward and backward.
+    ASSERT_EQ(b.probe->in_layout, Layout::ChannelsLast);
+    ASSERT_EQ(b.probe->grad_layout, Layout::ChannelsLast);
+    ASSERT_EQ(b.probe->in_dtype, dt);
+    ASSERT_EQ(a.probe->in_layout, Layout::Contiguous);
   }
   auto qa = a.net->named_parameters(), qb = b.net->named_parameters();
   for (size_t i = 0; i < qa.size(); ++i)

@@ -136,7 +136,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuChannelsLastConv, ::testing::ValuesIn(kConvC
 // ---- batch norm -----------------------------------------------------------------------------
 
 const std::vector<BnCase> kBnCases = bn_cases({
-    // n * s > 16384: several chunks per channel (the chunk-major grid over N*H*W rows)
+    // n * s > 16384: several chunks per channel (and, channels-last, many row chunks)
     {"bn2d_chunked", {32, 8, 24 * 24}},
     {"bn2d_chunked_odd", {33, 5, 23 * 23}},
 });
@@ -165,6 +165,7 @@ TEST_P(GpuChannelsLastBatchNorm, MatchesTheContiguousCpuAndRepeats) {
 
     const Tensor xg = gpu_cl(x), dyg = gpu_cl(dy), gg = gpu(gamma), bg = gpu(beta);
     const int64_t m = s.n * s.s;
+    Tensor ys[2], dxs[2], yis[2];  // each run's outputs, which must repeat bitwise
     for (int run = 0; run < 2; ++run) {
       Tensor rmg = gpu(Tensor::zeros({s.c})), rvg = gpu(Tensor::full({s.c}, 1.0f));
       Tensor y = gpu_cl_garbage(xs, dt), mean = gpu_garbage({s.c}, DType::F32), var = gpu_garbage({s.c}, DType::F32),
@@ -182,7 +183,13 @@ TEST_P(GpuChannelsLastBatchNorm, MatchesTheContiguousCpuAndRepeats) {
       Tensor yi = gpu_cl_garbage(xs, dt);
       ops::batchnorm_forward_infer(s, xg, gg, bg, rmg, rvg, 1e-5f, yi);
       EXPECT_TRUE(close(yi, yi_ref, m)) << "inference";
+      ys[run] = y;
+      dxs[run] = dx;
+      yis[run] = yi;
     }
+    EXPECT_TRUE(bitwise_equal(ys[1], ys[0])) << "forward repeat";
+    EXPECT_TRUE(bitwise_equal(dxs[1], dxs[0])) << "backward repeat";
+    EXPECT_TRUE(bitwise_equal(yis[1], yis[0])) << "inference repeat";
   }
 }
 

@@ -84,14 +84,10 @@ TEST(PoolWalk, MaxPoolGradientOfTheTwoKernelsIsTheReferenceBitwise) {
     Tensor got = Tensor::empty(x.shape());
     for (int64_t i = 0; i < x.numel(); ++i) {
       const int64_t ix = i % g.w, iy = (i / g.w) % g.h, p = i / (g.w * g.h);
-      const int32_t self = static_cast<int32_t>(iy * g.w + ix);
-      const WindowRange r = windows_containing(g, iy, ix);
-      float acc = 0.0f;
-      for (int64_t oy = r.oy_lo; oy <= r.oy_hi; ++oy)
-        for (int64_t ox = r.ox_lo; ox <= r.ox_hi; ++ox)
-          if (argmax[static_cast<size_t>((p * g.oh + oy) * g.ow + ox)] == self)
-            acc += dy.data<float>()[(p * g.oh + oy) * g.ow + ox];
-      got.data<float>()[i] = acc;
+      const int32_t* ap = argmax.data() + p * g.oh * g.ow;
+      const float* dyp = dy.data<float>() + p * g.oh * g.ow;
+      got.data<float>()[i] = ttq::cuda::helpers::maxpool_input_grad(
+          g, [&](int64_t o) { return static_cast<int64_t>(ap[o]); }, [&](int64_t o) { return dyp[o]; }, iy, ix);
     }
     ASSERT_EQ(std::memcmp(got.raw(), want.raw(), got.nbytes()), 0);
   }

@@ -77,15 +77,11 @@ template <class T>
 __global__ void maxpool_gather_kernel(int64_t total, PoolGeom g, const int32_t* argmax, const T* dy, T* dx) {
   TTQ_HELPER_LOOP(i, total) {
     const int64_t ix = i % g.w, iy = (i / g.w) % g.h, p = i / (g.w * g.h);
-    const int32_t self = static_cast<int32_t>(iy * g.w + ix);
     const int32_t* ap = argmax + p * g.oh * g.ow;
     const T* dyp = dy + p * g.oh * g.ow;
-    const WindowRange r = windows_containing(g, iy, ix);
-    float acc = 0.0f;  // float, in increasing (oy, ox): the reference's order and rounding
-    for (int64_t oy = r.oy_lo; oy <= r.oy_hi; ++oy)
-      for (int64_t ox = r.ox_lo; ox <= r.ox_hi; ++ox)
-        if (ap[oy * g.ow + ox] == self) acc += load(dyp, oy * g.ow + ox);
-    store(dx, i, acc);
+    store(dx, i,
+          maxpool_input_grad(g, [&](int64_t o) { return static_cast<int64_t>(ap[o]); },
+                             [&](int64_t o) { return load(dyp, o); }, iy, ix));
   }
 }
 

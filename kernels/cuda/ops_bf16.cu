@@ -7,7 +7,7 @@
 // Semantics are those of the reference kernels (kernels/cpu/ops_ref.cpp) on the widened inputs,
 // the CPU emulation the tests compare with:
 //   * Pooling: gather kernels, one thread per output element (forward) or per input element
-//     (backward), no atomics. Max: the first maximum in row-major window order (strict >),
+//     (backward; max pooling's first computes each window's first maximum), no atomics. Max: the first maximum in row-major window order (strict >),
 //     padding never selected; a window with no input position gives -inf. Its gradient is routed
 //     to that first maximum (kernels/cuda/dnn_helpers.cu maxpool_backward, shared with the f32
 //     path). Average: the window's input positions summed in double in row-major order, divided

@@ -10,10 +10,10 @@
 // kh*kw / (window positions inside the input); its gradient is rescaled the same way first.
 //
 // Max-pool gradient. cuDNN does not document which of several equal maxima receives the
-// gradient; the reference routes it to the first one. The gradient therefore comes from a
-// gather kernel (kernels/cuda/dnn_helpers.cu) that recomputes each window's first maximum,
-// exactly like the reference, with no atomics; cuDNN does the forward pass
-// (CUDNN_POOLING_MAX_DETERMINISTIC).
+// gradient; the reference routes it to the first one. The gradient therefore comes from two
+// kernels (kernels/cuda/dnn_helpers.cu maxpool_backward): each window's first maximum, exactly as
+// the reference finds it, then a gather per input element over the windows containing it, with no
+// atomics; cuDNN does the forward pass (CUDNN_POOLING_MAX_DETERMINISTIC).
 //
 // Algorithms and determinism. For each convolution geometry and direction, the candidates are
 // cuDNN's heuristic ranking (cudnnGetConvolution*Algorithm_v7: no benchmarking, so the choice is
@@ -58,6 +58,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <set>
 #include <type_traits>
 #include <vector>
 
@@ -195,6 +196,7 @@ ConvKey conv_key(ConvDir dir, int device, const Conv2dShape& s, const ConvSetup&
 
 std::mutex g_algo_mu;
 std::map<ConvKey, std::vector<int>> g_algo_cache;
+std::set<ConvKey> g_no_nhwc;  // channels-last geometries that run on NCHW copies (no candidate works)
 
 template <class Perf>
 void keep_deterministic(const std::vector<Perf>& perf, int returned, const std::vector<int>& banned, int fallback,
@@ -265,6 +267,7 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
   std::vector<int> candidates;
   {
     std::lock_guard<std::mutex> lock(g_algo_mu);
+    if (s.channels_last && g_no_nhwc.count(key)) throw NoNhwcAlgorithm{};
     auto it = g_algo_cache.find(key);
     if (it != g_algo_cache.end()) candidates = it->second;
   }
@@ -291,7 +294,11 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
                                                << " for " << s.str());
     last = st;
   }
-  if (s.channels_last) throw NoNhwcAlgorithm{};
+  if (s.channels_last) {
+    std::lock_guard<std::mutex> lock(g_algo_mu);
+    g_no_nhwc.insert(key);
+    throw NoNhwcAlgorithm{};
+  }
   TTQ_FAIL(dir_name(dir) << ": no deterministic cuDNN algorithm supports " << s.str() << " (last status "
                          << cudnnGetErrorString(last) << ")");
 }

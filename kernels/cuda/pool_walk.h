@@ -61,6 +61,23 @@ TTQ_HD WindowRange windows_containing(const PoolGeom& g, int64_t iy, int64_t ix)
   return r;
 }
 
+// The max-pool gradient of input (iy, ix) of one plane: the sum of dy over the windows containing
+// it whose first maximum (argmax_at(o), from window_argmax) it is, in float, in increasing
+// (oy, ox) order: the reference's routing, order and rounding. dy_at(o) reads the output gradient.
+#ifdef __CUDACC__
+#pragma nv_exec_check_disable
+#endif
+template <class ArgmaxAt, class DyAt>
+TTQ_HD float maxpool_input_grad(const PoolGeom& g, ArgmaxAt&& argmax_at, DyAt&& dy_at, int64_t iy, int64_t ix) {
+  const int64_t self = iy * g.w + ix;
+  const WindowRange r = windows_containing(g, iy, ix);
+  float acc = 0.0f;
+  for (int64_t oy = r.oy_lo; oy <= r.oy_hi; ++oy)
+    for (int64_t ox = r.ox_lo; ox <= r.ox_hi; ++ox)
+      if (argmax_at(oy * g.ow + ox) == self) acc += dy_at(oy * g.ow + ox);
+  return acc;
+}
+
 // How many positions of window (oy, ox) lie inside the (unpadded) input.
 TTQ_HD int64_t window_count(const PoolGeom& g, int64_t oy, int64_t ox) {
   const int64_t y0 = oy * g.stride_h - g.pad_t, x0 = ox * g.stride_w - g.pad_l;

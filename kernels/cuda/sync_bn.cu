@@ -8,9 +8,9 @@
 // m = N * S elements in chunks of kChunk, one block per (channel, chunk) folding its chunk in
 // double (per thread in order, then a fixed tree) into its own partial slot, and a finishing
 // kernel (one block per channel) folding the partials in chunk order; a channel of one chunk is
-// summed by one block straight into the output (S == 1, rows of C such as channels-last input:
-// the coalesced rows reduction, then the finishing kernel). Grids depend on the shape only: sums are bitwise
-// repeatable on any GPU. They add in another order than the CPU loops (kernels/ops.cpp), so the
+// summed by one block straight into the output. S == 1 (rows of C, such as channels-last input)
+// always runs the coalesced rows partials, then the finishing kernel. Grids depend on the shape
+// only: sums are bitwise repeatable on any GPU. They add in another order than the CPU loops (kernels/ops.cpp), so the
 // two agree to rounding.
 //
 // Elementwise passes (y, dx) walk the tensor grid-stride in flat order. Every double operation is
