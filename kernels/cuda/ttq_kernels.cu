@@ -9,7 +9,8 @@
 // uint32 pattern orders like the value). Four passes, one 8-bit digit each from the top: count
 // the digits of the elements whose higher digits match the prefix found so far, then one block
 // finds the bin holding rank k and extends the prefix. After the last digit the prefix is exactly
-// the bit pattern of the k-th smallest |w|.
+// the bit pattern of the k-th smallest |w|. The digit arithmetic is kernels/cuda/radix_walk.h,
+// which tests/test_radix_walk.cpp runs on the host against the CPU threshold.
 //
 // Ternarize writes w_t in f32 or bf16 (one kernel template on the output type): the bf16 values
 // are Wp, 0, -Wn rounded to nearest even; the codes do not depend on the output type.
@@ -22,6 +23,7 @@
 
 #include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/radix_walk.h"
 
 namespace ttq::cuda {
 namespace {
@@ -30,9 +32,8 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxReduceBlocks = 1024;  // partials per reduction
 constexpr int64_t kMaxMapBlocks = 8192;     // elementwise kernels
 
-constexpr int kRadixBits = 8;
-constexpr int kRadixBins = 1 << kRadixBits;
-constexpr int kRadixPasses = 32 / kRadixBits;
+constexpr int kRadixBins = radix::kBins;
+constexpr int kRadixPasses = radix::kPasses;
 
 // Two running values per thread: (sum or max, second sum), e.g. (dL/dWp, dL/dWn).
 struct Pair {
@@ -183,20 +184,16 @@ void launch_finish(const Pair* partials, int64_t n, Op op, Finish finish, cudaSt
 
 // ---- sparsity: radix select on the bit patterns of |w| ---------------------------------------
 
-__device__ __forceinline__ int radix_shift(int pass) { return 32 - kRadixBits * (pass + 1); }
-
 // hist[digit] += number of w whose |w| has the current prefix (all digits above this pass's).
 __global__ void radix_histogram(const float* w, int64_t n, int pass, const SelectState* state,
                                 unsigned long long* hist) {
   __shared__ unsigned int local[kRadixBins];
   for (int b = threadIdx.x; b < kRadixBins; b += blockDim.x) local[b] = 0;
   __syncthreads();
-  const int shift = radix_shift(pass);
-  const uint32_t high_mask = pass == 0 ? 0u : ~0u << (shift + kRadixBits);
   const uint32_t prefix = pass == 0 ? 0u : state->prefix;
   TTQ_GRID_STRIDE(i, n) {
-    const uint32_t bits = __float_as_uint(fabsf(w[i]));
-    if ((bits & high_mask) == prefix) atomicAdd(&local[(bits >> shift) & (kRadixBins - 1)], 1u);
+    const uint32_t bits = radix::abs_bits(w[i]);
+    if (radix::in_prefix(bits, pass, prefix)) atomicAdd(&local[radix::digit(bits, pass)], 1u);
   }
   __syncthreads();
   for (int b = threadIdx.x; b < kRadixBins; b += blockDim.x)
@@ -216,11 +213,11 @@ __global__ void radix_select(const unsigned long long* hist, int pass, int64_t f
   unsigned long long below = 0;
   Scan(tmp).ExclusiveSum(count, below);
   __syncthreads();  // every thread has read the state before one thread rewrites it
-  if (below <= rank && rank < below + count) {
-    const uint32_t next = prefix | (static_cast<uint32_t>(digit) << radix_shift(pass));
-    state->prefix = next;
-    state->rank = static_cast<int64_t>(rank - below);
-    if (pass == kRadixPasses - 1) *d = __uint_as_float(next);
+  const radix::Step s = radix::select_step(pass, prefix, rank, digit, below, count);
+  if (s.holds) {
+    state->prefix = s.prefix;
+    state->rank = static_cast<int64_t>(s.rank);
+    if (pass == kRadixPasses - 1) *d = radix::from_bits(s.prefix);
   }
 }
 
