@@ -311,8 +311,8 @@ TEST(Bf16, TernaryPassTrainsExactlyLikeThePerLayerPath) {
     TernaryPass pass(*b.net, DType::BF16);
     for (int s = 0; s < 6; ++s) {
       const Batch batch = data.batch(s * 16, 16);
-      const double l1 = train_step(*a.net, loss, *oa, batch, oc.lr, nullptr, DType::BF16).loss;
-      const double l2 = train_step(*b.net, loss, *ob, batch, oc.lr, &pass, DType::BF16).loss;
+      const double l1 = train_step(*a.net, loss, *oa, batch, oc.lr, nullptr, ComputeFormat(DType::BF16)).loss;
+      const double l2 = train_step(*b.net, loss, *ob, batch, oc.lr, &pass, ComputeFormat(DType::BF16)).loss;
       ASSERT_EQ(l1, l2) << "step " << s;
     }
     auto pa = a.net->named_parameters(), pb = b.net->named_parameters();
@@ -339,7 +339,7 @@ TEST(Bf16, TrainingFollowsTheF32Trajectory) {
     const Batch batch = data.batch(s * 32, 32);
     const double lr = s < 50 ? 0.05 : 0.005;
     const double l1 = train_step(*a.net, loss, *oa, batch, lr, &pa).loss;
-    const double l2 = train_step(*b.net, loss, *ob, batch, lr, &pb, DType::BF16).loss;
+    const double l2 = train_step(*b.net, loss, *ob, batch, lr, &pb, ComputeFormat(DType::BF16)).loss;
     if (s == 0) {
       EXPECT_NEAR(l2, l1, 0.01 * l1) << "before any update";
       first_a = l1;
@@ -358,7 +358,7 @@ TEST(Bf16, TrainingFollowsTheF32Trajectory) {
   const Batch test = data.batch(3000, 400);
   CrossEntropyLoss e;
   const StepResult rf = eval_step(*a.net, e, test);
-  const StepResult rb = eval_step(*b.net, e, test, DType::BF16);
+  const StepResult rb = eval_step(*b.net, e, test, ComputeFormat(DType::BF16));
   const StepResult rbf = eval_step(*b.net, e, test);
   EXPECT_GT(rf.correct, 360);
   EXPECT_NEAR(static_cast<double>(rb.correct), static_cast<double>(rf.correct), 12.0);
@@ -378,7 +378,7 @@ TEST(Bf16, BatchFeedConvertsTheImages) {
   Loader plain(src, lc), conv(src, lc);
   plain.start_epoch(0);
   conv.start_epoch(0);
-  BatchFeed f32(plain, Device::CPU), f16(conv, Device::CPU, DType::BF16);
+  BatchFeed f32(plain, Device::CPU), f16(conv, Device::CPU, ComputeFormat(DType::BF16));
   DeviceBatch a, b;
   int batches = 0;
   while (f32.next(a)) {
@@ -391,7 +391,8 @@ TEST(Bf16, BatchFeedConvertsTheImages) {
   }
   EXPECT_FALSE(f16.next(b));
   EXPECT_EQ(batches, 3);
-  EXPECT_NE(error_of([&] { BatchFeed bad(plain, Device::CPU, DType::I32); }).find("f32 or bf16"), std::string::npos);
+  EXPECT_NE(error_of([&] { BatchFeed bad(plain, Device::CPU, ComputeFormat(DType::I32)); }).find("f32 or bf16"),
+            std::string::npos);
 }
 
 TEST(Bf16, ExperimentKey) {

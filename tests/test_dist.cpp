@@ -384,11 +384,12 @@ TEST(DataParallel, Bf16ReplicasAgreeAndFollowOneRank) {
   // against one rank with the global batch the bf16 roundings of differently split batches drift
   // apart a little (a tolerance of bf16's size, not f32's).
   const tt::DpRun one =
-      tt::train_small_convnet(std::make_shared<SingleProcessCommunicator>(), 32, false, 6, 6, DType::BF16);
+      tt::train_small_convnet(std::make_shared<SingleProcessCommunicator>(), 32, false, 6, 6,
+                              ComputeFormat(DType::BF16));
   TempDir dir;
   std::vector<tt::DpRun> two(2);
   run_ranks(2, dir.file("rdv"), 60, [&](int r, std::shared_ptr<Communicator> c) {
-    two[r] = tt::train_small_convnet(c, 16, true, 6, 6, DType::BF16);
+    two[r] = tt::train_small_convnet(c, 16, true, 6, 6, ComputeFormat(DType::BF16));
   });
   EXPECT_EQ(tt::worst_mismatch(two[1], two[0], 0.0), 0.0);
   // Per tensor ||two - one|| / ||one||: up to ~4% here after 12 steps (conv1, bn1.bias), where a
@@ -422,7 +423,7 @@ TEST(DataParallel, ChannelsLastTrainsLikeContiguous) {
   TempDir dir;
   std::vector<tt::DpRun> contiguous(2), channels_last(2);
   run_ranks(2, dir.file("rdv1"), 60, [&](int r, std::shared_ptr<Communicator> c) {
-    contiguous[r] = tt::train_small_convnet(c, 16, true, 4, 4, DType::BF16);
+    contiguous[r] = tt::train_small_convnet(c, 16, true, 4, 4, ComputeFormat(DType::BF16));
   });
   run_ranks(2, dir.file("rdv2"), 60, [&](int r, std::shared_ptr<Communicator> c) {
     channels_last[r] = tt::train_small_convnet(c, 16, true, 4, 4, {DType::BF16, Layout::ChannelsLast});

@@ -25,7 +25,9 @@ struct ComputeFormat {
   DType dtype = DType::F32;
   Layout layout = Layout::Contiguous;
   ComputeFormat() = default;
-  ComputeFormat(DType d, Layout l = Layout::Contiguous) : dtype(d), layout(l) {}  // NOLINT: from a dtype
+  // Explicit from a dtype alone, so that no call drops a layout by passing just a dtype.
+  explicit ComputeFormat(DType d) : dtype(d) {}
+  ComputeFormat(DType d, Layout l) : dtype(d), layout(l) {}
 };
 
 size_t dtype_size(DType dt);
