@@ -335,22 +335,29 @@ TEST(ChannelsLast, BatchFeedPermutesTheImages) {
   LoaderConfig lc;
   lc.batch_size = 16;
   lc.workers = 0;
-  Loader plain(src, lc), other(src, lc);
+  Loader plain(src, lc), other(src, lc), third(src, lc);
   plain.start_epoch(0);
   other.start_epoch(0);
-  BatchFeed fa(plain, Device::CPU), fb(other, Device::CPU, {DType::BF16, Layout::ChannelsLast});
-  DeviceBatch a, b;
+  third.start_epoch(0);
+  BatchFeed fa(plain, Device::CPU), fb(other, Device::CPU, {DType::BF16, Layout::ChannelsLast}),
+      fc(third, Device::CPU, {DType::F32, Layout::ChannelsLast});
+  DeviceBatch a, b, c;
   int batches = 0;
   while (fa.next(a)) {
     ASSERT_TRUE(fb.next(b));
+    ASSERT_TRUE(fc.next(c));
     ASSERT_EQ(b.images.dtype(), DType::BF16);
     ASSERT_EQ(b.images.layout(), Layout::ChannelsLast);
+    ASSERT_EQ(c.images.dtype(), DType::F32);
+    ASSERT_EQ(c.images.layout(), Layout::ChannelsLast);
     const auto av = logical(a.images), bv = logical(b.images);
     ASSERT_EQ(av.size(), bv.size());
     for (size_t i = 0; i < av.size(); ++i) ASSERT_EQ(bv[i], round_bf16(av[i]));
+    ASSERT_EQ(logical(c.images), av);
     ++batches;
   }
   EXPECT_FALSE(fb.next(b));
+  EXPECT_FALSE(fc.next(c));
   EXPECT_EQ(batches, 3);
 }
 

@@ -62,8 +62,14 @@ bool BatchFeed::next(DeviceBatch& out) {
       c = Tensor::empty(out.images.shape(), format_.dtype, out.images.device(), layout);
     if (layout == Layout::Contiguous) {
       ops::cast(out.images, c);
+    } else if (format_.dtype == DType::F32) {
+      ops::to_layout(out.images, c);
     } else {
-      ops::to_layout(ops::cast_to(out.images, format_.dtype), c);
+      Tensor& t = slots_[s].cast;
+      if (!t.defined() || t.shape() != out.images.shape() || t.device() != out.images.device())
+        t = Tensor::empty(out.images.shape(), format_.dtype, out.images.device());
+      ops::cast(out.images, t);
+      ops::to_layout(t, c);
     }
     out.images = c;
   }

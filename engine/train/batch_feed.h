@@ -34,6 +34,7 @@ class BatchFeed {
   struct Slot {
     DeviceBatch batch;  // images: f32, as copied
     Tensor converted;   // the images in format_ (when not f32 contiguous), reused
+    Tensor cast;        // bf16 channels-last: the bf16 images before the permutation, reused
     bool full = false;
   };
   bool fetch(int slot);
