@@ -263,6 +263,12 @@ static void launch_partials(const Plan& p, const Term& term, Out* out) {
 
 // ---- batch-norm sums (bf16 batch norm and synchronised batch norm) ------------------------------
 
+// acc + ((double)v - mu)^2, no fused operations.
+__device__ __forceinline__ double add_sq_dev(double acc, float v, double mu) {
+  const double d = __dsub_rn(static_cast<double>(v), mu);
+  return __dadd_rn(acc, __dmul_rn(d, d));
+}
+
 // This thread's share of chunk k of channel ch: sum of ((double)x - mu)^2, no fused operations.
 template <int V, class T>
 __device__ double fold_sq_dev(const Plan& p, int64_t ch, int64_t k, const T* x, bool vec, double mu) {
@@ -271,10 +277,7 @@ __device__ double fold_sq_dev(const Plan& p, int64_t ch, int64_t k, const T* x, 
     float v[V];
     load_group<V>(x, idx, vec, v);
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const double d = __dsub_rn(static_cast<double>(v[e]), mu);
-      acc = __dadd_rn(acc, __dmul_rn(d, d));
-    }
+    for (int e = 0; e < V; ++e) acc = add_sq_dev(acc, v[e], mu);
   });
   return acc;
 }
@@ -293,10 +296,7 @@ struct SqDevTerm {
   __device__ double rows(int64_t ch, int64_t r, int64_t end, int step, int64_t c) const {
     const double mu = mean[ch];
     double acc = 0.0;
-    for (; r < end; r += step) {
-      const double d = __dsub_rn(static_cast<double>(load(x, r * c + ch)), mu);
-      acc = __dadd_rn(acc, __dmul_rn(d, d));
-    }
+    for (; r < end; r += step) acc = add_sq_dev(acc, load(x, r * c + ch), mu);
     return acc;
   }
 };
@@ -305,6 +305,13 @@ struct SqDevTerm {
 // widened; no fused operations.
 __device__ __forceinline__ double xhat_of(float x, float mean_c, double is) {
   return __dmul_rn(static_cast<double>(__fsub_rn(x, mean_c)), is);
+}
+
+// acc += (dy, dy * xhat) for one element, no fused operations.
+__device__ __forceinline__ void add_dy_xhat(Pair& acc, float x, float dy, float mean_c, double is) {
+  const double gd = static_cast<double>(dy);
+  acc.a = __dadd_rn(acc.a, gd);
+  acc.b = __dadd_rn(acc.b, __dmul_rn(gd, xhat_of(x, mean_c, is)));
 }
 
 // This thread's share of chunk k of channel ch: (sum dy, sum dy * xhat) in double.
@@ -317,11 +324,7 @@ __device__ Pair fold_dy_xhat(const Plan& p, int64_t ch, int64_t k, const T* x, c
     load_group<V>(x, idx, vec, xv);
     load_group<V>(dy, idx, vec, g);
 #pragma unroll
-    for (int e = 0; e < V; ++e) {
-      const double gd = static_cast<double>(g[e]);
-      acc.a = __dadd_rn(acc.a, gd);
-      acc.b = __dadd_rn(acc.b, __dmul_rn(gd, xhat_of(xv[e], mean_c, is)));
-    }
+    for (int e = 0; e < V; ++e) add_dy_xhat(acc, xv[e], g[e], mean_c, is);
   });
   return acc;
 }
@@ -343,12 +346,7 @@ struct BackwardSumTerm {
     const float mean_c = mean[ch];
     const double is = static_cast<double>(inv_std[ch]);
     Pair acc{0.0, 0.0};
-    for (; r < end; r += step) {
-      const int64_t idx = r * c + ch;
-      const double gd = static_cast<double>(load(dy, idx));
-      acc.a = __dadd_rn(acc.a, gd);
-      acc.b = __dadd_rn(acc.b, __dmul_rn(gd, xhat_of(load(x, idx), mean_c, is)));
-    }
+    for (; r < end; r += step) add_dy_xhat(acc, load(x, r * c + ch), load(dy, r * c + ch), mean_c, is);
     return acc;
   }
 };

@@ -493,13 +493,10 @@ DeviceBuffer permuted(int64_t n, int64_t c, int64_t hw, bool to_channels_last, c
   permute_layout(n, c, hw, to_channels_last, sizeof(T), src, out.get());
   return out;
 }
-Conv2dShape nchw(const Conv2dShape& s) {
-  Conv2dShape c = s;
-  c.channels_last = false;
-  return c;
-}
-BatchNormShape nchw(const BatchNormShape& s) {
-  BatchNormShape c = s;
+// The same geometry in NCHW (Conv2dShape, BatchNormShape).
+template <class Shape>
+Shape nchw(const Shape& s) {
+  Shape c = s;
   c.channels_last = false;
   return c;
 }
