@@ -127,11 +127,15 @@ endif()
 
 # Finds a library shipped as a header + shared object, honouring <NAME>_ROOT hints (CMake variable
 # or environment variable), the CUDA toolkit folders and Python wheels (nvidia-cudnn-cu13, ...).
-function(ttq_find_cuda_lib out_var name header lib)
+# The wheels ship only the versioned file (libcudnn.so.9, libnccl.so.2), so that name is searched
+# too; linking it by its full path puts its folder in the build tree's RUNPATH, where the loader
+# then finds it by its soname.
+function(ttq_find_cuda_lib out_var name header lib soversion)
   string(TOUPPER ${name} _up)
   set(_hints ${${_up}_ROOT} $ENV{${_up}_ROOT} ${CUDAToolkit_LIBRARY_ROOT} ${CUDAToolkit_TARGET_DIR})
   find_path(${_up}_INCLUDE_DIR ${header} HINTS ${_hints} PATH_SUFFIXES include)
-  find_library(${_up}_LIBRARY ${lib} HINTS ${_hints} PATH_SUFFIXES lib lib64 lib/x64)
+  find_library(${_up}_LIBRARY NAMES ${lib} lib${lib}.so.${soversion} NAMES_PER_DIR HINTS ${_hints}
+               PATH_SUFFIXES lib lib64 lib/x64)
   if(${_up}_INCLUDE_DIR AND ${_up}_LIBRARY)
     add_library(ttq_${name} INTERFACE)
     target_include_directories(ttq_${name} INTERFACE ${${_up}_INCLUDE_DIR})
@@ -145,12 +149,12 @@ endfunction()
 
 if(TTQ_HAVE_CUDA)
   if(TTQ_WITH_CUDNN)
-    ttq_find_cuda_lib(TTQ_HAVE_CUDNN cudnn cudnn.h cudnn)
+    ttq_find_cuda_lib(TTQ_HAVE_CUDNN cudnn cudnn.h cudnn 9)
   else()
     message(STATUS "cudnn: disabled (TTQ_WITH_CUDNN=OFF)")
   endif()
   if(TTQ_WITH_NCCL)
-    ttq_find_cuda_lib(TTQ_HAVE_NCCL nccl nccl.h nccl)
+    ttq_find_cuda_lib(TTQ_HAVE_NCCL nccl nccl.h nccl 2)
     if(NOT TTQ_HAVE_NCCL)
       message(STATUS "NCCL: not found, multi-GPU off")
     endif()

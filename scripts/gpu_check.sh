@@ -34,14 +34,14 @@ step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records ok/FAI
 
 hints=()
 for pkg in cudnn nccl; do
-  dir=$(python3 -c "import nvidia.$pkg, os; print(os.path.dirname(nvidia.$pkg.__file__))" 2>/dev/null || true)
-  if [[ -n $dir ]]; then
+  # nvidia.cudnn may be a namespace package (no __file__): take its folder from __path__.
+  dir=$(python3 -c "import nvidia.$pkg as m; print(list(m.__path__)[0])" 2>/dev/null || true)
+  if [[ -n $dir && -d $dir/lib ]]; then
     up=$(echo $pkg | tr a-z A-Z)
     hints+=("-D${up}_ROOT=$dir")
-    # CMake finds libcudnn.so.9 only through an unversioned name: provide one in the build tree.
-    mkdir -p "$build/_libs/$pkg"
-    for f in "$dir"/lib/lib$pkg*.so.*; do [[ -e $f ]] && ln -sf "$f" "$build/_libs/$pkg/$(basename "$f" | sed 's/\.so\..*/.so/')"; done
-    hints+=("-D${up}_LIBRARY=$(ls "$build/_libs/$pkg"/lib$pkg.so 2>/dev/null || true)")
+    # The build tree's RUNPATH already names this folder; the loader path also covers programs
+    # started from elsewhere (the PyTorch peer loads the same wheels).
+    export LD_LIBRARY_PATH="$dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
 done
 
