@@ -6,6 +6,7 @@
 #include <zlib.h>
 #endif
 
+#include <algorithm>
 #include <fstream>
 #include <set>
 

@@ -3,6 +3,7 @@
 // ImageNet crop plans (evaluation, AlexNet, RandomResizedCrop) and their rendering.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
