@@ -2,7 +2,7 @@
 // run on the host through the same digit arithmetic (kernels/cuda/radix_walk.h): four passes of a
 // per-digit histogram of the elements in the current prefix, then the digit whose count range
 // holds the rank. D must be the CPU's threshold (kernels/cpu/ttq_cpu.h) bit for bit, for ties,
-// signed zeros, a single element and every sparsity from nearly none to all.
+// signed zeros, NaN and infinities, a single element and every sparsity from nearly none to all.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -60,7 +60,7 @@ TEST(RadixWalk, SparsityThresholdIsTheCpusBitwise) {
   std::normal_distribution<float> normal(0.0f, 0.05f);
   const int64_t sizes[] = {1, 2, 7, 1000, 36864, 100003};
   for (int64_t n : sizes) {
-    for (int variant = 0; variant < 3; ++variant) {
+    for (int variant = 0; variant < 4; ++variant) {
       std::vector<float> w(static_cast<size_t>(n));
       for (auto& v : w) v = normal(gen);
       if (variant == 1)  // many ties, both signs, signed zeros
@@ -68,6 +68,11 @@ TEST(RadixWalk, SparsityThresholdIsTheCpusBitwise) {
           w[i] = (i % 5 == 0) ? (i % 2 ? -0.0f : 0.0f) : std::round(w[i] * 40.0f) / 40.0f;
       if (variant == 2)  // magnitudes spanning many exponents
         for (size_t i = 0; i < w.size(); ++i) w[i] = std::ldexp(w[i], static_cast<int>(i % 40) - 20);
+      if (variant == 3)  // NaNs of both signs and two payloads, and infinities: they rank last
+        for (size_t i = 0; i < w.size(); i += 97) {
+          const uint32_t nan_bits[] = {0x7fc00000u, 0xffc00001u, 0x7f800000u, 0xff800000u};
+          std::memcpy(&w[i], &nan_bits[(i / 97) % 4], sizeof(float));
+        }
       for (double r : {1e-4, 0.01, 0.3, 0.5, 0.75, 0.999, 1.0}) {
         const int64_t k = ttq::math::sparsity_rank(r, n);
         if (k < 0) continue;  // D = 0 without a select, on both

@@ -13,7 +13,7 @@
 //   count (the compiler may not reassociate: no -ffast-math).
 // - Sparsity: an exact radix select on the bit patterns of |w|, which for non-negative floats order
 //   like the values, so it returns exactly the value nth_element gives. NaN input falls back to
-//   nth_element, whose answer then depends on where the NaNs sit.
+//   nth_element on those bit patterns, where NaN ranks after +inf (as on the GPU).
 #include "kernels/cpu/ttq_cpu.h"
 
 #include <algorithm>
@@ -214,15 +214,17 @@ MeansPartial set_means_chunk(const float* __restrict w, int64_t n, float d) {
 // ---- sparsity: k-th smallest |w| -------------------------------------------------------------
 
 // |w| as bits: for non-NaN values the unsigned order of these is the order of |w|, and equal |w|
-// (+0 and -0 included) give equal bits.
+// (+0 and -0 included) give equal bits; NaN keys come after +inf's.
 uint32_t abs_key(float x) { return math::detail::float_bits(x) & 0x7fffffffu; }
 constexpr uint32_t kInfKey = 0x7f800000u;  // keys above this are NaN
 
+// On the keys, not on fabs(w): NaN has no place in a float order (nth_element's result would be
+// unspecified), while its key sorts after +inf, as in the GPU's radix select.
 float kth_smallest_abs_nth_element(const float* w, int64_t n, int64_t k) {
-  std::vector<float> a(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) a[i] = std::fabs(w[i]);
+  std::vector<uint32_t> a(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) a[i] = abs_key(w[i]);
   std::nth_element(a.begin(), a.begin() + k, a.end());
-  return a[k];
+  return math::detail::bits_float(a[k]);
 }
 
 // Radix digits of the 31-bit key, from the top: bits 30..20, 19..9, 8..0.

@@ -103,13 +103,14 @@ __global__ void max_abs_partials(const float* w, int64_t n, Pair* partials) {
   if (threadIdx.x == 0) partials[blockIdx.x] = r;
 }
 
-// (sum |w|, count) over all w, or only over |w| > *d when d is given.
+// (sum |w|, count) over all w (NaN included, as the CPU's sum), or only over |w| > *d when d is
+// given.
 __global__ void sum_abs_partials(const float* w, int64_t n, const float* d, Pair* partials) {
-  const float above = d ? *d : -1.0f;
+  const float above = d ? *d : 0.0f;
   Pair s{0.0, 0.0};
   TTQ_GRID_STRIDE(i, n) {
     const float a = fabsf(w[i]);
-    if (a > above) {
+    if (!d || a > above) {
       s.a += a;
       s.b += 1.0;
     }
