@@ -7,7 +7,8 @@
 // N*H*W rows of C for bf16); the other geometries and ops run on NCHW copies. Tolerances are those
 // of the contiguous GPU tests: f32 sums in another order, 1e-4 * sqrt(terms); bf16 outputs within
 // two bf16 ulps plus 1e-2 of the largest value. Each GPU result is computed twice and must repeat
-// bitwise. Skips where no GPU (or no CUDA build) exists.
+// bitwise. The copies a convolution falls back to when cuDNN offers no algorithm (NCHW, f32) are
+// checked the same way. Skips where no GPU (or no CUDA build) exists.
 #include <gtest/gtest.h>
 
 #ifdef TTQ_HAVE_CUDA
@@ -20,6 +21,7 @@
 
 #include "engine/core/tensor.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
 #include "tests/gpu_test_util.h"
@@ -128,6 +130,48 @@ TEST_P(GpuChannelsLastConv, MatchesTheContiguousCpuAndRepeats) {
     EXPECT_TRUE(bitwise_equal(y[1], y[0])) << "forward repeat";
     EXPECT_TRUE(bitwise_equal(dx[1], dx[0])) << "backward data repeat";
     EXPECT_TRUE(dw.repeats()) << "backward weights repeat";
+  }
+}
+
+// When cuDNN offers no working algorithm, a channels-last convolution runs on NCHW copies and a
+// bf16 one on f32 copies (kernels/cuda/ops_cudnn.cpp). refuse_conv_algorithms_for_testing forces
+// both, for every layout and dtype; contiguous with a bias (the bf16 f32-copies path adds it), and
+// channels-last without (ops.cpp sends biased channels-last convolutions to NCHW copies itself).
+TEST_P(GpuChannelsLastConv, FallbackCopiesMatchTheContiguousCpu) {
+  TTQ_REQUIRE_CUDNN();
+  struct Refuse {
+    Refuse() { cuda::refuse_conv_algorithms_for_testing(true); }
+    ~Refuse() { cuda::refuse_conv_algorithms_for_testing(false); }
+  } refuse;
+  const Conv2dShape& s = GetParam().s;
+  const auto [xs, ws, ys, bs] = GetParam().shapes();
+  for (DType dt : kDtypes) {
+    for (bool channels_last : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (channels_last ? " channels_last" : " contiguous"));
+      const Tensor x = random_in(xs, 21, dt), w = random_in(ws, 22, dt), dy = random_in(ys, 24, dt);
+      const Tensor b = testing::random_tensor(bs, 23);
+      const bool bias = !channels_last;
+      Tensor y_ref = Tensor::empty(ys, dt), dx_ref = Tensor::empty(xs, dt), dw_ref = Tensor::empty(ws, dt),
+             db_ref = Tensor::empty(bs);
+      ops::conv2d_forward(s, x, w, bias ? &b : nullptr, y_ref);
+      ops::conv2d_backward_data(s, dy, w, dx_ref);
+      ops::conv2d_backward_weights(s, x, dy, dw_ref, bias ? &db_ref : nullptr);
+
+      auto act = [&](const Tensor& t) { return channels_last ? gpu_cl(t) : gpu(t); };
+      auto out = [&](const Shape& sh) { return channels_last ? gpu_cl_garbage(sh, dt) : gpu_garbage(sh, dt); };
+      const Tensor xg = act(x), wg = gpu(w), bg = gpu(b), dyg = act(dy);
+      Tensor y = out(ys), dx = out(xs), dw = gpu_garbage(ws, dt), db = gpu_garbage(bs, DType::F32);
+      ops::conv2d_forward(s, xg, wg, bias ? &bg : nullptr, y);
+      ops::conv2d_backward_data(s, dyg, wg, dx);
+      ops::conv2d_backward_weights(s, xg, dyg, dw, bias ? &db : nullptr);
+      const int64_t k_weights = s.n * s.out_h() * s.out_w();
+      EXPECT_TRUE(close(y, y_ref, s.c_in_per_group() * s.kh * s.kw)) << "forward " << s.str();
+      EXPECT_TRUE(close(dx, dx_ref, s.c_out_per_group() * s.kh * s.kw)) << "backward data " << s.str();
+      EXPECT_TRUE(close(dw, dw_ref, k_weights)) << "backward weights " << s.str();
+      if (bias) {
+        EXPECT_TRUE(close(db, db_ref, k_weights)) << "bias gradient " << s.str();
+      }
+    }
   }
 }
 

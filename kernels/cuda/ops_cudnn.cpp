@@ -20,10 +20,17 @@
 // the same in every run of the program), keeping only those reported CUDNN_DETERMINISTIC, with
 // status success, a workspace under kMaxWorkspace, and never the algorithms documented as
 // non-deterministic (backward data ALGO_0, backward filter ALGO_0/ALGO_3); a universally
-// supported deterministic fallback comes last. The list is cached per device and geometry; the
-// first candidate whose workspace query and launch succeed is used, and candidates that report
-// CUDNN_STATUS_NOT_SUPPORTED* are dropped from the cache. Convolutions use CUDNN_FMA_MATH: no
-// TF32 tensor-core down-conversion, so fp32 results match the CPU closely. Pooling forward,
+// supported deterministic fallback comes last. A candidate is an (algorithm, math type) pair, as
+// the heuristic returns it, and the descriptor is set to that math type before its workspace query
+// and its launch. f32 keeps only CUDNN_FMA_MATH candidates (no TF32 tensor-core down-conversion,
+// so fp32 results match the CPU closely). The list is cached per device and geometry; the first
+// candidate whose workspace query and launch succeed is used, and the candidates before it are
+// dropped from the cache. A candidate that fails with a bad-parameter, not-supported or internal
+// status is skipped (an execution failure too, while the CUDA stream is still healthy); a status
+// that says cuDNN itself cannot run here (a sub-library that does not load, a driver, runtime or
+// architecture mismatch) is an error at once. When no candidate works: a channels-last geometry
+// runs on NCHW copies, a bf16 one on f32 copies (widened, the f32 convolution, rounded back: what
+// the CPU path computes), each said once on stderr; an f32 NCHW one is an error. Pooling forward,
 // average-pool backward, bias gradient and batch norm (CUDNN_BATCHNORM_SPATIAL) are
 // deterministic in cuDNN.
 //
@@ -47,14 +54,16 @@
 // temporary first (forward, backward data), and the weight gradient is computed there and permuted
 // back (backward filter). kernels/ops.cpp sends only symmetric padding and no bias this way. The
 // layout is part of the algorithm cache key. A geometry for which cuDNN offers no deterministic
-// NHWC algorithm (every candidate NOT_SUPPORTED) runs on NCHW copies instead (permuted in, the
-// NCHW convolution, permuted out), as kernels/ops.cpp does for the geometries it keeps. Batch
+// NHWC algorithm (every candidate fails) runs on NCHW copies instead (permuted in, the NCHW
+// convolution, permuted out), as kernels/ops.cpp does for the geometries it keeps. Batch
 // norm describes x as N x C x S x 1 in CUDNN_TENSOR_NHWC, and falls back the same way when cuDNN
 // answers NOT_SUPPORTED for that layout.
 #ifdef TTQ_HAVE_CUDNN
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdio>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -63,11 +72,18 @@
 #include <vector>
 
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/conv_algos.h"
 #include "kernels/cuda/dnn_helpers.h"
 #include "kernels/cuda/ops_cuda.h"
 
 namespace ttq::cuda {
 namespace {
+
+using conv_algos::ConvAlgo;
+using conv_algos::first_working;
+using conv_algos::keep_deterministic;
+using conv_algos::not_supported;
+using conv_algos::Outcome;
 
 const float kOne = 1.0f;
 const float kZero = 0.0f;
@@ -195,26 +211,13 @@ ConvKey conv_key(ConvDir dir, int device, const Conv2dShape& s, const ConvSetup&
 }
 
 std::mutex g_algo_mu;
-std::map<ConvKey, std::vector<int>> g_algo_cache;
-std::set<ConvKey> g_no_nhwc;  // channels-last geometries that run on NCHW copies (no candidate works)
-
-template <class Perf>
-void keep_deterministic(const std::vector<Perf>& perf, int returned, const std::vector<int>& banned, int fallback,
-                        std::vector<int>& out) {
-  for (int i = 0; i < returned; ++i) {
-    const Perf& p = perf[static_cast<size_t>(i)];
-    const int algo = static_cast<int>(p.algo);
-    if (p.status != CUDNN_STATUS_SUCCESS || p.determinism != CUDNN_DETERMINISTIC || p.memory > kMaxWorkspace)
-      continue;
-    if (std::find(banned.begin(), banned.end(), algo) != banned.end()) continue;
-    if (std::find(out.begin(), out.end(), algo) == out.end()) out.push_back(algo);  // a list may repeat an algo
-  }
-  if (std::find(out.begin(), out.end(), fallback) == out.end()) out.push_back(fallback);
-}
+std::map<ConvKey, std::vector<ConvAlgo>> g_algo_cache;
+std::map<ConvKey, cudnnStatus_t> g_no_algo;  // geometries no candidate runs (the last status)
+std::atomic<bool> g_refuse_for_testing{false};
 
 // cuDNN's heuristic ranking, deterministic algorithms only, then the fallback.
-std::vector<int> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSetup& cs) {
-  std::vector<int> out;
+std::vector<ConvAlgo> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSetup& cs) {
+  std::vector<ConvAlgo> out;
   int max_count = 0, returned = 0;
   switch (dir) {
     case ConvDir::Forward: {
@@ -222,7 +225,8 @@ std::vector<int> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSetup& 
       std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
       CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, cs.x.get(), cs.w.get(), cs.conv.get(), cs.y.get(),
                                                          max_count, &returned, perf.data()));
-      keep_deterministic(perf, returned, {}, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, out);
+      keep_deterministic(perf, returned, {}, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, cs.dtype, kMaxWorkspace,
+                         out);
       break;
     }
     case ConvDir::BackwardData: {
@@ -230,7 +234,8 @@ std::vector<int> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSetup& 
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
       CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cs.w.get(), cs.y.get(), cs.conv.get(), cs.x.get(),
                                                               max_count, &returned, perf.data()));
-      keep_deterministic(perf, returned, {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0}, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, out);
+      keep_deterministic(perf, returned, {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0}, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                         cs.dtype, kMaxWorkspace, out);
       break;
     }
     case ConvDir::BackwardFilter: {
@@ -239,35 +244,37 @@ std::vector<int> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSetup& 
       CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, cs.x.get(), cs.y.get(), cs.conv.get(),
                                                                 cs.w.get(), max_count, &returned, perf.data()));
       keep_deterministic(perf, returned, {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3},
-                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, out);
+                         CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, cs.dtype, kMaxWorkspace, out);
       break;
     }
   }
   return out;
 }
 
-bool not_supported(cudnnStatus_t st) {
-#ifdef CUDNN_STATUS_CATEGORY  // cuDNN 9: CUDNN_STATUS_NOT_SUPPORTED_* sub-codes share the category
-  return CUDNN_STATUS_CATEGORY(st) == CUDNN_STATUS_NOT_SUPPORTED;
-#else
-  return st == CUDNN_STATUS_NOT_SUPPORTED;
-#endif
-}
+// Thrown by run_convolution for a geometry that no candidate runs, before anything was written to
+// the op's outputs; the public entry points then run copies (NCHW for channels-last, f32 for bf16).
+struct NoAlgorithm {
+  cudnnStatus_t last;
+};
 
-// Thrown by run_convolution for a channels-last geometry that no candidate supports, before
-// anything was written to the op's outputs; the public entry points then run the NCHW copies.
-struct NoNhwcAlgorithm {};
+// Says once per geometry and direction that a convolution runs on copies (a slower path).
+void note_fallback(ConvDir dir, const Conv2dShape& s, const char* dtype, cudnnStatus_t last, const char* instead) {
+  std::fprintf(stderr, "ttq: %s: no deterministic cuDNN algorithm for %s %s (last status %s); running on %s\n",
+               dir_name(dir), dtype, s.str().c_str(), cudnnGetErrorString(last), instead);
+}
 
 // Runs one convolution direction with the first workable cached candidate.
 // workspace_size(algo, &bytes) and run(algo, workspace, bytes) return cuDNN statuses.
 template <class WorkspaceSize, class Run>
 void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, DeviceContext& ctx,
                      WorkspaceSize workspace_size, Run run) {
+  if (g_refuse_for_testing && (s.channels_last || cs.dtype == CUDNN_DATA_BFLOAT16))
+    throw NoAlgorithm{CUDNN_STATUS_NOT_SUPPORTED};
   const ConvKey key = conv_key(dir, ctx.device(), s, cs);
-  std::vector<int> candidates;
+  std::vector<ConvAlgo> candidates;
   {
     std::lock_guard<std::mutex> lock(g_algo_mu);
-    if (s.channels_last && g_no_nhwc.count(key)) throw NoNhwcAlgorithm{};
+    if (auto none = g_no_algo.find(key); none != g_no_algo.end()) throw NoAlgorithm{none->second};
     auto it = g_algo_cache.find(key);
     if (it != g_algo_cache.end()) candidates = it->second;
   }
@@ -276,31 +283,44 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
     std::lock_guard<std::mutex> lock(g_algo_mu);
     g_algo_cache[key] = candidates;
   }
-  cudnnStatus_t last = CUDNN_STATUS_NOT_SUPPORTED;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    const int algo = candidates[i];
-    size_t bytes = 0;
-    cudnnStatus_t st = workspace_size(algo, &bytes);
-    if (st == CUDNN_STATUS_SUCCESS) st = run(algo, ctx.workspace(bytes), bytes);
-    if (st == CUDNN_STATUS_SUCCESS) {
-      if (i > 0) {  // remember that the earlier candidates do not work for this geometry
-        std::lock_guard<std::mutex> lock(g_algo_mu);
-        g_algo_cache[key] = std::vector<int>(candidates.begin() + static_cast<std::ptrdiff_t>(i), candidates.end());
-      }
-      return;
+  const Outcome o = first_working(
+      candidates,
+      [&](const ConvAlgo& c) {
+        // The descriptor is this call's (ConvSetup): setting its math type touches no other call.
+        cudnnStatus_t st = cudnnSetConvolutionMathType(cs.conv.get(), c.math);
+        size_t bytes = 0;
+        if (st == CUDNN_STATUS_SUCCESS) st = workspace_size(c.algo, &bytes);
+        if (st == CUDNN_STATUS_SUCCESS && bytes > kMaxWorkspace) return CUDNN_STATUS_NOT_SUPPORTED;
+        if (st == CUDNN_STATUS_SUCCESS) st = run(c.algo, ctx.workspace(bytes), bytes);
+        return st;
+      },
+      [] {
+        const cudaError_t e = cudaStreamQuery(cudaStreamPerThread);
+        return e == cudaSuccess || e == cudaErrorNotReady;
+      });
+  if (o.fatal) {
+    const ConvAlgo& c = candidates[o.index];
+    TTQ_FAIL(dir_name(dir) << " (algorithm " << c.algo << ", math type " << static_cast<int>(c.math)
+                           << ") failed: " << cudnnGetErrorString(o.status) << " (" << static_cast<int>(o.status)
+                           << ") " << detail::cudnn_last_error() << " for " << s.str());
+  }
+  if (o.index < candidates.size()) {
+    if (o.index > 0) {  // remember that the earlier candidates do not work for this geometry
+      std::lock_guard<std::mutex> lock(g_algo_mu);
+      g_algo_cache[key] =
+          std::vector<ConvAlgo>(candidates.begin() + static_cast<std::ptrdiff_t>(o.index), candidates.end());
     }
-    TTQ_CHECK(not_supported(st), dir_name(dir) << " (algorithm " << algo << ") failed: " << cudnnGetErrorString(st)
-                                               << " (" << static_cast<int>(st) << ") " << detail::cudnn_last_error()
-                                               << " for " << s.str());
-    last = st;
+    return;
   }
-  if (s.channels_last) {
+  const cudnnStatus_t last = o.status;
+  {
     std::lock_guard<std::mutex> lock(g_algo_mu);
-    g_no_nhwc.insert(key);
-    throw NoNhwcAlgorithm{};
+    g_no_algo[key] = last;
   }
-  TTQ_FAIL(dir_name(dir) << ": no deterministic cuDNN algorithm supports " << s.str() << " (last status "
-                         << cudnnGetErrorString(last) << ")");
+  const bool bf16 = cs.dtype == CUDNN_DATA_BFLOAT16;
+  if (s.channels_last || bf16)
+    note_fallback(dir, s, bf16 ? "bf16" : "f32", last, s.channels_last ? "NCHW copies" : "f32 copies");
+  throw NoAlgorithm{last};
 }
 
 // ---- pooling --------------------------------------------------------------------------------
@@ -506,43 +526,95 @@ void check_status(cudnnStatus_t st, const char* call) {
                                              << ") " << detail::cudnn_last_error());
 }
 
+// An f32 copy of bf16 data.
+DeviceBuffer widened(int64_t count, const bf16* src) {
+  DeviceBuffer out(f32_bytes(count));
+  cast(count, src, out.f32());
+  return out;
+}
+
+[[noreturn]] void no_algorithm(ConvDir dir, const Conv2dShape& s, cudnnStatus_t last) {
+  TTQ_FAIL(dir_name(dir) << ": no deterministic cuDNN algorithm supports " << s.str() << " (last status "
+                         << cudnnGetErrorString(last) << ")");
+}
+
+// Each entry point: the convolution as asked; when no candidate runs it, channels-last on NCHW
+// copies (which may go on to f32), bf16 on f32 copies, and f32 NCHW is an error.
 template <class T>
 void conv2d_forward_any(const Conv2dShape& s, const T* x, const T* w, const float* bias, T* y) {
+  cudnnStatus_t last = CUDNN_STATUS_SUCCESS;
   try {
     return conv2d_forward_impl(s, x, w, bias, y);
-  } catch (const NoNhwcAlgorithm&) {
+  } catch (const NoAlgorithm& e) {
+    last = e.last;
   }
-  const int64_t ohw = s.out_h() * s.out_w();
-  const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
-  DeviceBuffer yc(bytes_of<T>(s.out_numel()));
-  conv2d_forward_impl(nchw(s), static_cast<const T*>(xc.get()), w, bias, static_cast<T*>(yc.get()));
-  permute_layout(s.n, s.c_out, ohw, true, sizeof(T), yc.get(), y);
+  if (s.channels_last) {
+    const int64_t ohw = s.out_h() * s.out_w();
+    const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
+    DeviceBuffer yc(bytes_of<T>(s.out_numel()));
+    conv2d_forward_any(nchw(s), static_cast<const T*>(xc.get()), w, bias, static_cast<T*>(yc.get()));
+    permute_layout(s.n, s.c_out, ohw, true, sizeof(T), yc.get(), y);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    const DeviceBuffer xf = widened(s.in_numel(), x), wf = widened(s.weight_numel(), w);
+    DeviceBuffer yf(f32_bytes(s.out_numel()));
+    conv2d_forward_any(s, xf.f32(), wf.f32(), nullptr, yf.f32());
+    cast(s.out_numel(), yf.f32(), y);
+    if (bias) helpers::add_channel_bias(s.n, s.c_out, s.out_h() * s.out_w(), bias, y);  // as the bf16 path
+  } else {
+    no_algorithm(ConvDir::Forward, s, last);
+  }
 }
 
 template <class T>
 void conv2d_backward_data_any(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
+  cudnnStatus_t last = CUDNN_STATUS_SUCCESS;
   try {
     return conv2d_backward_data_impl(s, dy, w, dx);
-  } catch (const NoNhwcAlgorithm&) {
+  } catch (const NoAlgorithm& e) {
+    last = e.last;
   }
-  const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
-  DeviceBuffer dxc(bytes_of<T>(s.in_numel()));
-  conv2d_backward_data_impl(nchw(s), static_cast<const T*>(dyc.get()), w, static_cast<T*>(dxc.get()));
-  permute_layout(s.n, s.c_in, s.h * s.w, true, sizeof(T), dxc.get(), dx);
+  if (s.channels_last) {
+    const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
+    DeviceBuffer dxc(bytes_of<T>(s.in_numel()));
+    conv2d_backward_data_any(nchw(s), static_cast<const T*>(dyc.get()), w, static_cast<T*>(dxc.get()));
+    permute_layout(s.n, s.c_in, s.h * s.w, true, sizeof(T), dxc.get(), dx);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    const DeviceBuffer dyf = widened(s.out_numel(), dy), wf = widened(s.weight_numel(), w);
+    DeviceBuffer dxf(f32_bytes(s.in_numel()));
+    conv2d_backward_data_any(s, dyf.f32(), wf.f32(), dxf.f32());
+    cast(s.in_numel(), dxf.f32(), dx);
+  } else {
+    no_algorithm(ConvDir::BackwardData, s, last);
+  }
 }
 
 template <class T>
 void conv2d_backward_weights_any(const Conv2dShape& s, const T* x, const T* dy, T* dw, float* dbias) {
+  cudnnStatus_t last = CUDNN_STATUS_SUCCESS;
   try {
     return conv2d_backward_weights_impl(s, x, dy, dw, dbias);
-  } catch (const NoNhwcAlgorithm&) {
+  } catch (const NoAlgorithm& e) {
+    last = e.last;
   }
-  const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
-  const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
-  conv2d_backward_weights_impl(nchw(s), static_cast<const T*>(xc.get()), static_cast<const T*>(dyc.get()), dw,
-                               dbias);
+  if (s.channels_last) {
+    const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
+    const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
+    conv2d_backward_weights_any(nchw(s), static_cast<const T*>(xc.get()), static_cast<const T*>(dyc.get()), dw,
+                                dbias);
+  } else if constexpr (std::is_same_v<T, bf16>) {
+    // The bias gradient stays the bf16 path's fixed-order sum of the bf16 dy.
+    const DeviceBuffer xf = widened(s.in_numel(), x), dyf = widened(s.out_numel(), dy);
+    DeviceBuffer dwf(f32_bytes(s.weight_numel()));
+    conv2d_backward_weights_any(s, xf.f32(), dyf.f32(), dwf.f32(), nullptr);
+    cast(s.weight_numel(), dwf.f32(), dw);
+    if (dbias) helpers::channel_sums(s.n, s.c_out, s.out_h() * s.out_w(), dy, dbias);
+  } else {
+    no_algorithm(ConvDir::BackwardFilter, s, last);
+  }
 }
 }  // namespace
+
+void refuse_conv_algorithms_for_testing(bool on) { g_refuse_for_testing = on; }
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   conv2d_forward_any(s, x, w, bias, y);
