@@ -6,6 +6,8 @@
 #include <map>
 #include <memory>
 
+#include "kernels/device.h"
+
 namespace ttq::cuda {
 
 #ifdef TTQ_HAVE_CUDNN
@@ -109,16 +111,14 @@ void* DeviceContext::workspace(size_t bytes) {
       ws_bytes_ = 0;
       CUDA_CHECK(cudaFreeAsync(old, cudaStreamPerThread));
     }
-    void* p = nullptr;
-    CUDA_CHECK(cudaMallocAsync(&p, want, cudaStreamPerThread));
-    ws_ = p;
+    ws_ = device_malloc(want);  // the stream-ordered pool, as every device allocation
     ws_bytes_ = want;
   }
   return ws_;
 }
 
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
-  if (bytes > 0) CUDA_CHECK(cudaMallocAsync(&p_, bytes, cudaStreamPerThread));
+  if (bytes > 0) p_ = device_malloc(bytes);
 }
 
 DeviceBuffer::~DeviceBuffer() { reset(); }

@@ -2,8 +2,11 @@
 // any runtime failure (no driver, no device) as "no GPU".
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
+#include <limits>
 #include <sstream>
 #include <vector>
 
@@ -43,7 +46,27 @@ std::string cuda_device_summary() {
 
 bool cuda_built() { return true; }
 
+namespace {
+// The current device's stream-ordered pool keeps the memory freed into it (release threshold:
+// unlimited), as a caching allocator does, instead of handing it back to the driver at every
+// synchronisation and mapping it again at the next step. Set once per device.
+void keep_pool_memory() {
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) return;
+  const uint64_t bit = uint64_t{1} << dev;
+  if (done.load(std::memory_order_relaxed) & bit) return;
+  cudaMemPool_t pool = nullptr;
+  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+  uint64_t threshold = std::numeric_limits<uint64_t>::max();
+  CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  done.fetch_or(bit);
+}
+}  // namespace
+
 void* device_malloc(size_t nbytes) {
+  keep_pool_memory();
   void* p = nullptr;
   CUDA_CHECK(cudaMallocAsync(&p, nbytes, cudaStreamPerThread));
   return p;

@@ -88,8 +88,12 @@ OptimMultiTensor::OptimMultiTensor(std::vector<OptimMultiTensorEntry> tensors) :
   if (!tensors_.empty()) std::memcpy(staging.data(), tensors_.data(), tensors_.size() * sizeof(tensors_[0]));
   if (blocks_bytes) std::memcpy(staging.data() + tensors_bytes, pass_.host_blocks.data(), blocks_bytes);
   tables_.allocate(staging.size());
-  if (!staging.empty())
-    CUDA_CHECK(cudaMemcpy(tables_.get(), staging.data(), staging.size(), cudaMemcpyHostToDevice));
+  // Copied and waited for here: the kernels may run on any stream, a non-blocking one included.
+  if (!staging.empty()) {
+    CUDA_CHECK(cudaMemcpyAsync(tables_.get(), staging.data(), staging.size(), cudaMemcpyHostToDevice,
+                               cudaStreamPerThread));
+    CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
+  }
   const char* base = static_cast<const char*>(tables_.get());
   tensors_dev_ = reinterpret_cast<const OptimMultiTensorEntry*>(base);
   pass_.blocks = reinterpret_cast<const detail::MultiBlock*>(base + tensors_bytes);

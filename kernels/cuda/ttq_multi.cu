@@ -344,8 +344,12 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
     put(ranges_at[p], passes[p]->host_ranges);
   }
   tables_.allocate(layout.bytes);
-  if (layout.bytes)
-    CUDA_CHECK(cudaMemcpy(tables_.get(), staging.data(), layout.bytes, cudaMemcpyHostToDevice));
+  // Copied and waited for here: the kernels may run on any stream, a non-blocking one included.
+  if (layout.bytes) {
+    CUDA_CHECK(cudaMemcpyAsync(tables_.get(), staging.data(), layout.bytes, cudaMemcpyHostToDevice,
+                               cudaStreamPerThread));
+    CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
+  }
   const char* base = static_cast<const char*>(tables_.get());
   layers_dev_ = reinterpret_cast<const TtqMultiLayer*>(base + layers_at);
   for (int p = 0; p < 3; ++p) {
