@@ -341,6 +341,10 @@ void batchnorm_forward_train(const BatchNormShape& shape, const Tensor& x, const
                              Tensor& mean, Tensor& var, Tensor& inv_std) {
   const Device dev = common_device("batchnorm_forward_train",
                                    {&x, &gamma, &beta, &running_mean, &running_var, &y, &mean, &var, &inv_std});
+  // As PyTorch: one value per channel has no batch variance to normalise by (nor an unbiased one).
+  TTQ_CHECK(shape.c == 0 || shape.n * shape.s != 1,
+            "batchnorm_forward_train: training needs more than one value per channel, got input "
+                << shape.n << "x" << shape.c << "x" << shape.s << " (N x C x H*W)");
   BatchNormShape s = shape;
   s.channels_last = act_layout("batchnorm_forward_train", {&x, &y}) == Layout::ChannelsLast;
   if (s.channels_last && dev == Device::CPU) {

@@ -14,6 +14,7 @@
 #include "engine/nn/pooling.h"
 #include "engine/nn/residual.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/ops.h"
 #include "tests/test_util.h"
 
 using namespace ttq;
@@ -98,6 +99,34 @@ TEST_P(LayerGrad, BatchNorm1dTraining) {
   randomize(bn->weight(), 23, 0.5f, 1.5f);
   randomize(bn->bias(), 24);
   check_module_gradients(*bn, random_tensor({6, 5}, 25), 26, 1e-2f, 3e-3, 3e-2);
+}
+
+// As PyTorch: training on one value per channel is an error that names the input; evaluation
+// (running statistics) takes a batch of one.
+TEST_P(LayerGrad, BatchNormTrainingRefusesOneValuePerChannel) {
+  auto bn1 = make_batchnorm1d(5);
+  auto bn2 = make_batchnorm2d(3);
+  for (auto* bn : {bn1.get(), bn2.get()}) {
+    const Tensor x = bn == bn1.get() ? random_tensor({1, 5}, 27) : random_tensor({1, 3, 1, 1}, 28);
+    try {
+      bn->forward(x);
+      ADD_FAILURE() << "a batch of one trained";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("more than one value per channel"), std::string::npos) << e.what();
+    }
+    bn->eval();
+    const Tensor y = bn->forward(x);
+    EXPECT_TRUE(std::isfinite(y.data<float>()[0]));
+  }
+  // The op itself refuses too (the GPU's and the CPU's running variance would differ).
+  const BatchNormShape one{1, 3, 1};
+  Tensor x = random_tensor({1, 3}, 30), gamma = Tensor::full({3}, 1.0f), beta = Tensor::zeros({3});
+  Tensor rm = Tensor::zeros({3}), rv = Tensor::full({3}, 1.0f), y = Tensor::empty({1, 3}), mean = Tensor::empty({3}),
+         var = Tensor::empty({3}), inv_std = Tensor::empty({3});
+  EXPECT_THROW(ops::batchnorm_forward_train(one, x, gamma, beta, 1e-5f, 0.1f, rm, rv, y, mean, var, inv_std), Error);
+  // Two values per channel train.
+  bn2->train();
+  EXPECT_NO_THROW(bn2->forward(random_tensor({1, 3, 2, 1}, 29)));
 }
 
 TEST_P(LayerGrad, ReLU) {

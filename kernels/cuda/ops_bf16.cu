@@ -40,7 +40,7 @@
 //     reference), inv_std = 1 / sqrt(var + eps), y = (x - mean) * inv_std * gamma + beta in double
 //     rounded to f32 then bf16; the running statistics are updated as the CPU path does
 //     (kernels/ops.cpp): running = (1 - momentum) * running + momentum * batch with the unbiased
-//     variance var * m / (m - 1) (m = 1: the biased one, instead of the reference's NaN).
+//     variance var * m / (m - 1) (m = 1 is refused before: kernels/ops.cpp).
 //     Inference (grid-stride): scale = gamma / sqrt(running_var + eps), shift = beta -
 //     running_mean * scale, y = x * scale + shift in f32 without fused multiply-adds (the
 //     reference's operations).
