@@ -23,6 +23,7 @@ struct TrainRun {
   int steps = 20;
   DType compute = DType::F32;  // precision: f32 or bf16
   Layout layout = Layout::Contiguous;  // memory_format
+  bool quantize_on_device = false;  // move the model first, then quantize it (as the trainer does)
 };
 
 // Per-step losses of a short SGD run; the final parameters go to *params when given.
@@ -30,6 +31,7 @@ std::vector<double> losses(const TrainRun& run, std::vector<float>* params = nul
   const InputSpec spec{1, 12, 12, 4};
   SyntheticDataset data(spec, 4096, 1.0f, 11);
   Model m = build_model(run.model, spec, 11);
+  if (run.quantize_on_device) m.net->to(run.device);
   if (run.ternary) {
     QuantizeOptions q;
     q.full_precision_layers = m.full_precision_layers;
@@ -80,6 +82,21 @@ TEST(GpuTraining, FollowsTheCpuAndRepeatsExactly) {
   }
 }
 
+
+// The trainer quantizes a model already on the GPU (a TTQ stage after a full-precision one): the
+// same run, bitwise, as quantizing it on the CPU before moving it.
+TEST(GpuTraining, QuantizingAModelOnTheGpuEqualsQuantizingItFirst) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
+  for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity}) {
+    SCOPED_TRACE(threshold_mode_name(mode));
+    TrainRun first{Device::CUDA, {{"name", "cifar_resnet"}, {"depth", 8}}, true, mode, true, 5};
+    TrainRun on_device = first;
+    on_device.quantize_on_device = true;
+    std::vector<float> p_first, p_on_device;
+    EXPECT_EQ(losses(on_device, &p_on_device), losses(first, &p_first));
+    EXPECT_EQ(p_on_device, p_first);
+  }
+}
 
 // The fused all-layer TTQ pass on the GPU follows the CPU, matches the GPU's per-layer kernels
 // within rounding, and repeats exactly.

@@ -17,6 +17,21 @@ std::vector<QuantizableLayer*> quantizable_layers(Module& model) {
 }
 
 std::vector<std::string> quantize_model(Module& model, const QuantizeOptions& opt) {
+  const Device device = model.device();
+  if (device != Device::CPU) {
+    // The one-time set-up (normalisation, each quantizer's scales, registered as parameters) runs
+    // on the CPU, exactly as for a CPU model; then the model, new parameters included, goes back.
+    model.to(Device::CPU);
+    std::vector<std::string> done;
+    try {
+      done = quantize_model(model, opt);
+    } catch (...) {
+      model.to(device);
+      throw;
+    }
+    model.to(device);
+    return done;
+  }
   opt.ternary.validate();
   auto layers = quantizable_layers(model);
   std::vector<std::string> paths;

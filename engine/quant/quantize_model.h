@@ -21,7 +21,8 @@ struct QuantizeOptions {
   bool normalize_init = true;
 };
 
-// Quantizes the model in place; returns the paths of the layers made ternary, in model order.
+// Quantizes the model in place, on whichever device it lives; returns the paths of the layers made
+// ternary, in model order.
 std::vector<std::string> quantize_model(Module& model, const QuantizeOptions& opt);
 
 // Every Conv2d/Linear in model order, ternary or not.
