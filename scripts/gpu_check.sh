@@ -46,20 +46,17 @@ for pkg in cudnn nccl; do
 done
 
 { nvidia-smi || true; nvcc --version || true; } > "$out/machine.log" 2>&1
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+# With a GPU the training runs ask for it (a CUDA failure is then an error, not a quiet CPU run).
+train_device=auto
+[[ -n $gpu ]] && train_device=cuda
 step configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DTTQ_JSON_INCLUDE_DIR="$PWD/third_party" -DTTQ_GTEST_SOURCE_DIR="$PWD/third_party/googletest" "${hints[@]}"
 step build cmake --build "$build" -j "$(nproc)"
-step gpu_tests bash -c "cd $build && ctest -L gpu --timeout 120 --output-on-failure"
-sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
-if [[ -n $sanitizer ]]; then
-  step sanitizer timeout 180 bash -c "'$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq' --gtest_filter='*n1000*:*Ties*' &&
-    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_bf16' --gtest_filter='*Casts*:*Relu*:*TtqMultiTensor*' &&
-    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_channels_last' --gtest_filter='*Permutation*:*bn2d_chunked_odd*'"
-else
-  result[sanitizer]="not found"
-fi
-step train "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=auto --set output_dir="$out/train_run"
-step train_bf16 "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=auto --set precision=bf16 \
+# One process per test case (gtest_discover_tests), each creating its CUDA context: several at once.
+step gpu_tests bash -c "cd $build && ctest -L gpu -j 6 --timeout 120 --no-tests=error --output-on-failure"
+step train "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=$train_device --set output_dir="$out/train_run"
+step train_bf16 "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=$train_device --set precision=bf16 \
   --set output_dir="$out/train_run_bf16"
 # TTQ kernels (fused / per-layer / unfused, every mode; verifies itself, exits 1 on a mismatch):
 # about 20-40 s on an H200. PyTorch peer: ResNet-18, batch 256, 10 warm-up + 30 timed steps each.
@@ -74,10 +71,18 @@ step thr_alex_ttq timeout 180 "$build/ttq_throughput" --device cuda --model alex
 step thr_r20_ttq timeout 120 "$build/ttq_throughput" --device cuda --model resnet20 --image-size 32 --classes 10 --batch 128 --ttq 1 --warmup 10 --steps 50
 step peer_bf16 timeout 300 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --warmup 10 --steps 30
 step peer_fp32 timeout 300 python3 scripts/pytorch_peer.py --model resnet18 --precision fp32 --warmup 10 --steps 30
+# compute-sanitizer (memcheck) on a small subset, after the numbers: it is the slowest step.
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+if [[ -n $sanitizer ]]; then
+  step sanitizer timeout 180 bash -c "'$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq' --gtest_filter='*n1000*:*Ties*' &&
+    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_bf16' --gtest_filter='*Casts*:*Relu*:*TtqMultiTensor*' &&
+    '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_channels_last' --gtest_filter='*Permutation*:*bn2d_chunked_odd*'"
+else
+  result[sanitizer]="not found"
+fi
 # The CPU tests last: CI runs them on every change; here they check the GPU machine's build.
-step cpu_tests bash -c "cd $build && ctest -L cpu -j $(nproc) --output-on-failure"
+step cpu_tests bash -c "cd $build && ctest -L cpu -j $(nproc) --no-tests=error --output-on-failure"
 
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 passed=$(grep -oE "[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+" "$out/gpu_tests.log" | tail -1)
 skipped=$(grep -c '\*\*\*Skipped' "$out/gpu_tests.log" || true)
 # Headlines: fused TTQ fwd+bwd over ResNet-18's quantized layers (max mode) against the copy floor,
@@ -98,8 +103,11 @@ echo
 echo "GPU check $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') on ${gpu:-no GPU} ($(( $(date +%s) - started ))s)"
 printf '| %-16s | %s |\n' "step" "result"
 printf '|%s|%s|\n' "------------------" "------------------------------"
-for s in configure build gpu_tests sanitizer train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_ttq_cl thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32 cpu_tests; do printf '| %-16s | %s |\n' "$s" "${result[$s]}"; done
+for s in configure build gpu_tests train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_ttq_cl thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32 sanitizer cpu_tests; do printf '| %-16s | %s |\n' "$s" "${result[$s]}"; done
 printf '| %-16s | %s |\n' "gpu tests" "${passed:-?}, ${skipped} skipped"
+for t in train train_bf16; do  # the device and precision the run's first line names
+  printf '| %-16s | %s |\n' "$t on" "$(sed -n 's/^ttq train .*(\(\(cpu\|cuda\)[^)]*\))$/\1/p' "$out/$t.log" 2>/dev/null | head -1) (asked: $train_device)"
+done
 printf '| %-16s | %s |\n' "ttq r18" "${kern:-?}"
 printf '| %-16s | %s |\n' "r18 ttq" "$(peer thr_r18_ttq) (engine fp32)"
 printf '| %-16s | %s |\n' "r18 fp" "$(peer thr_r18_fp) (engine fp32)"
