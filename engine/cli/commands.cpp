@@ -138,7 +138,8 @@ std::string resolve_checkpoint(const std::string& arg) {
 int run_eval(const std::vector<std::string>& argv) {
   Args a("eval RUN_DIR|CHECKPOINT|EXPORT", "Evaluates a checkpoint or an exported ternary model on its test set.");
   a.option("data-root", "", "override the data folder stored with the model")
-      .option("batch", "500", "evaluation batch size");
+      .option("batch", "500", "evaluation batch size")
+      .option("device", "auto", "cpu, cuda, or auto (the GPU when there is one)");
   std::vector<std::string> pos;
   a.parse(split_positional(argv, 1, "eval", pos));
   if (show_help(a)) return 0;
@@ -153,10 +154,13 @@ int run_eval(const std::vector<std::string>& argv) {
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   Model model = build_model(cfg.model, data.spec, cfg.seed);
   load_model(*model.net, ck);
+  const Device device = select_device(a.get("device"));
+  model.net->to(device);
   // In the run's precision, so that the result is the one its training reported.
   const EvalResult ev = evaluate(*model.net, data.test, a.get_int("batch"), cfg.data.workers, nullptr,
                                  cfg.compute_format());
-  std::printf("%s (%s, %s%s): %s\n", ck.file.path().c_str(), ck.format.c_str(), cfg.precision.c_str(),
+  std::printf("%s (%s, %s, %s%s): %s\n", ck.file.path().c_str(), ck.format.c_str(), device_name(device),
+              cfg.precision.c_str(),
               cfg.memory_format == "contiguous" ? "" : (", " + cfg.memory_format).c_str(),
               data.description.c_str());
   std::printf("test loss %.4f  top-1 error %.2f%% (%lld/%lld wrong)  top-5 error %.2f%%\n", ev.loss,

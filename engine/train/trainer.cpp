@@ -153,20 +153,23 @@ class MetricsLog {
   std::ofstream out_;
 };
 
-// The device the config asks for: "cuda" needs a usable GPU; "auto" takes one when present.
-Device select_device(const std::string& device, Progress& progress) {
+}  // namespace
+
+Device select_device(const std::string& device, std::string* said) {
   const int gpus = cuda_device_count();
   if (device == "cuda") {
-    TTQ_CHECK(gpus > 0, "config: device 'cuda' requested but there is no usable GPU (" << cuda_device_summary() << ")");
+    TTQ_CHECK(gpus > 0, "device 'cuda' requested but there is no usable GPU (" << cuda_device_summary() << ")");
     return Device::CUDA;
   }
-  if (device == "auto") {
-    progress.line(gpus > 0 ? "Training on the GPU: " + cuda_device_summary()
-                           : "No usable GPU (" + cuda_device_summary() + "): training on the CPU");
-    return gpus > 0 ? Device::CUDA : Device::CPU;
-  }
-  return Device::CPU;
+  TTQ_CHECK(device == "auto" || device == "cpu", "device '" << device << "': expected cpu, cuda or auto");
+  if (device == "cpu") return Device::CPU;
+  if (said)
+    *said = gpus > 0 ? "Training on the GPU: " + cuda_device_summary()
+                     : "No usable GPU (" + cuda_device_summary() + "): training on the CPU";
+  return gpus > 0 ? Device::CUDA : Device::CPU;
 }
+
+namespace {
 
 // Data parallel: the epoch's running sums of all ranks go to rank 0 (the one that checkpoints),
 // the others restart from 0, so the end-of-epoch sum over ranks is unchanged and a resumed run
@@ -199,7 +202,9 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   comm->set_timeout(cfg.distributed.timeout_s);
   const bool root = comm->is_root();
   Progress progress(!opt.quiet && Progress::stdout_is_terminal(), root);
-  const Device device = select_device(cfg.device, progress);
+  std::string device_line;
+  const Device device = select_device(cfg.device, &device_line);
+  if (!device_line.empty()) progress.line(device_line);
 
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   json resolved_model;

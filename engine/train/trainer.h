@@ -48,6 +48,10 @@ struct TrainOptions {
   std::shared_ptr<Communicator> comm;
 };
 
+// The device a "device" setting names: "cuda" needs a usable GPU (an error otherwise), "auto" takes
+// one when present, "cpu" is the CPU. For "auto", *said (when given) gets the line that says which.
+Device select_device(const std::string& device, std::string* said = nullptr);
+
 struct EvalResult {
   double loss = 0.0, top1_error = 1.0, top5_error = 1.0;
   int64_t samples = 0;
