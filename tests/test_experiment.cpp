@@ -13,31 +13,17 @@
 #include "engine/train/trainer.h"
 #include "kernels/device.h"
 #include "models/model.h"
+#include "tests/experiment_test_util.h"
 #include "tests/test_util.h"
 
 using namespace ttq;
 using ttq::testing::error_of;
 using ttq::testing::TempDir;
+using ttq::testing::checkpoint_bytes;
+using ttq::testing::two_stage_config;
 namespace fs = std::filesystem;
 
 namespace {
-
-json make_config(const std::string& out) {
-  json j = json::parse(R"({
-    "name": "quick", "seed": 3,
-    "data": {"dataset": "synthetic", "synthetic": {"train": 2048, "test": 256, "size": 8, "classes": 4}, "workers": 2},
-    "model": {"name": "small_convnet"},
-    "stages": [
-      {"name": "fp", "epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.05},
-       "schedule": {"type": "cosine", "total_epochs": 2}},
-      {"name": "ttq", "epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.02, "weight_decay": 1e-4},
-       "quantization": {"t": 0.05}}
-    ],
-    "log": {"every_steps": 5}
-  })");
-  j["output_dir"] = out;
-  return j;
-}
 
 TrainOptions quiet() {
   TrainOptions o;
@@ -45,21 +31,11 @@ TrainOptions quiet() {
   return o;
 }
 
-std::map<std::string, std::string> checkpoint_bytes(const std::string& path) {
-  auto f = SafeTensorsFile::read(path);
-  std::map<std::string, std::string> out;
-  for (const auto& n : f.names()) {
-    Tensor t = f.tensor(n);
-    out[n] = std::string(static_cast<const char*>(t.raw()), t.nbytes());
-  }
-  return out;
-}
-
 }  // namespace
 
 TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
   TempDir d;
-  json j = make_config(d.path());
+  json j = two_stage_config(d.path());
   auto err = [](json c) { return error_of([&] { parse_experiment(c); }); };
   json typo = j;
   typo["stages"][1]["quantisation"] = typo["stages"][1]["quantization"];
@@ -86,7 +62,7 @@ TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
 }
 
 TEST(ExperimentConfigTest, OverridesAndSweeps) {
-  json j = make_config("runs/x");
+  json j = two_stage_config("runs/x");
   j = apply_override(j, "stages.1.quantization.t=0.1");
   j = apply_override(j, "name=renamed");
   EXPECT_DOUBLE_EQ(j["stages"][1]["quantization"]["t"].get<double>(), 0.1);
@@ -104,7 +80,7 @@ TEST(ExperimentConfigTest, OverridesAndSweeps) {
 
 TEST(Experiment, TrainEvalExportEvalExported) {
   TempDir d;
-  const ExperimentConfig cfg = parse_experiment(make_config(d.path()));
+  const ExperimentConfig cfg = parse_experiment(two_stage_config(d.path()));
   const RunSummary s = train_experiment(cfg, quiet());
   ASSERT_EQ(s.stages.size(), 2u);
   EXPECT_LT(s.stages[0].test_top1_error, 0.12);
@@ -156,7 +132,7 @@ TEST(Experiment, TrainEvalExportEvalExported) {
 
 TEST(Experiment, ResumeEndsBitForBitWhereTheUninterruptedRunEnds) {
   TempDir full, cut;
-  json j = make_config(full.path());
+  json j = two_stage_config(full.path());
   j["checkpoint"] = {{"every_steps", 7}};
   train_experiment(parse_experiment(j), quiet());
   // Interrupted twice: mid-epoch in the first stage (step 12: last checkpoint at step 7) and in
@@ -179,7 +155,7 @@ TEST(Experiment, ResumeEndsBitForBitWhereTheUninterruptedRunEnds) {
 
 TEST(Experiment, ResumeRefusesAChangedConfigOrMissingCheckpoint) {
   TempDir d;
-  json j = make_config(d.path());
+  json j = two_stage_config(d.path());
   TrainOptions r = quiet();
   r.resume = true;
   EXPECT_NE(error_of([&] { train_experiment(parse_experiment(j), r); }).find("no checkpoint"), std::string::npos);
@@ -192,10 +168,10 @@ TEST(Experiment, ResumeRefusesAChangedConfigOrMissingCheckpoint) {
 
 TEST(Experiment, InitFromAFullPrecisionCheckpoint) {
   TempDir fp, ttq_dir;
-  json j = make_config(fp.path());
+  json j = two_stage_config(fp.path());
   j["stages"].erase(1);
   train_experiment(parse_experiment(j), quiet());
-  json t = make_config(ttq_dir.path());
+  json t = two_stage_config(ttq_dir.path());
   t["stages"].erase(0);
   t["init_from"] = fp.file("fp.safetensors");
   const RunSummary s = train_experiment(parse_experiment(t), quiet());
@@ -211,7 +187,7 @@ TEST(Experiment, InitFromAFullPrecisionCheckpoint) {
 
 TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {
   TempDir d;
-  json j = make_config(d.path());
+  json j = two_stage_config(d.path());
   j["stages"][1]["optimizer"]["lr"] = 3e38;  // overflows the weights during the TTQ stage
   const std::string e = error_of([&] { train_experiment(parse_experiment(j), quiet()); });
   EXPECT_NE(e.find("stage 'ttq'"), std::string::npos) << e;
@@ -222,7 +198,7 @@ TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {
 
 TEST(Experiment, DeviceSelection) {
   TempDir d;
-  json j = make_config(d.path());
+  json j = two_stage_config(d.path());
   j["stages"].erase(1);
   j["stages"][0]["epochs"] = 1;
   if (cuda_device_count() == 0) {
