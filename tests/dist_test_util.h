@@ -4,6 +4,7 @@
 // share of every global batch.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -65,17 +66,20 @@ inline void run_ranks(int world, const std::string& rendezvous, double timeout_s
 // full precision) and ttq_steps more. Global batches of per_rank_batch x world samples from one
 // shuffled epoch order; each rank takes its share. Tiny buckets (the model has 5.4 KB of
 // gradients): 3 of them, [fc], [bn2, conv2], [bn1, conv1].
+// On `device` the model lives there from the start (and is quantized there).
 inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int64_t per_rank_batch, bool sync_bn,
-                                 int fp_steps, int ttq_steps, ComputeFormat compute = {}) {
+                                 int fp_steps, int ttq_steps, ComputeFormat compute = {},
+                                 Device device = Device::CPU) {
   const InputSpec spec{1, 8, 8, 4};
   auto data = std::make_shared<SyntheticDataset>(spec, 2048, 1.0f, 11);
   Model m = build_model(json{{"name", "small_convnet"}, {"width", 8}}, spec, 5);
   Module& net = *m.net;
+  net.to(device);
   DistConfig dc;
   dc.sync_bn = sync_bn;
   dc.bucket_mb = 0.0005;       // 128 floats
   dc.first_bucket_mb = 0.0002;  // 52 floats
-  DataParallel dp(comm, dc, Device::CPU);
+  DataParallel dp(comm, dc, device);
   dp.attach(m.net);
   LoaderConfig lc;
   lc.batch_size = per_rank_batch;
@@ -116,6 +120,30 @@ inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int6
   for (auto& np : net.named_parameters()) out.tensors.emplace_back(np.name, values_of(np.param->value));
   for (auto& nb : net.named_buffers()) out.tensors.emplace_back(nb.name, values_of(*nb.tensor));
   return out;
+}
+
+// Largest per-tensor ||a - b|| / ||b|| over two runs' tensors (same names in the same order): the
+// measure for bf16 runs, whose elementwise differences near zero mean little.
+inline double worst_relative_l2(const DpRun& a, const DpRun& b, std::string* where = nullptr) {
+  if (a.tensors.size() != b.tensors.size()) return 1e30;
+  double worst = 0.0;
+  for (size_t t = 0; t < b.tensors.size(); ++t) {
+    const auto& x = a.tensors[t].second;
+    const auto& y = b.tensors[t].second;
+    if (a.tensors[t].first != b.tensors[t].first || x.size() != y.size()) return 1e30;
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+      den += double(y[i]) * y[i];
+    }
+    double rel = std::sqrt(num / std::max(den, 1e-30));
+    if (std::isnan(rel)) rel = std::numeric_limits<double>::infinity();
+    if (rel > worst) {
+      worst = rel;
+      if (where) *where = b.tensors[t].first;
+    }
+  }
+  return worst;
 }
 
 // Largest |a - b| / (atol + |b|) over two runs' tensors (same names in the same order).

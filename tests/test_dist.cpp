@@ -394,24 +394,8 @@ TEST(DataParallel, Bf16ReplicasAgreeAndFollowOneRank) {
   EXPECT_EQ(tt::worst_mismatch(two[1], two[0], 0.0), 0.0);
   // Per tensor ||two - one|| / ||one||: up to ~4% here after 12 steps (conv1, bn1.bias), where a
   // wrong average or wrong statistics would give tens of percent; f32 agrees to 2e-4.
-  ASSERT_EQ(two[0].tensors.size(), one.tensors.size());
-  double worst = 0.0;
   std::string where;
-  for (size_t t = 0; t < one.tensors.size(); ++t) {
-    const auto& a = two[0].tensors[t].second;
-    const auto& b = one.tensors[t].second;
-    ASSERT_EQ(a.size(), b.size());
-    double num = 0.0, den = 0.0;
-    for (size_t i = 0; i < a.size(); ++i) {
-      num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-      den += double(b[i]) * b[i];
-    }
-    const double rel = std::sqrt(num / std::max(den, 1e-30));
-    if (rel > worst) {
-      worst = rel;
-      where = one.tensors[t].first;
-    }
-  }
+  const double worst = tt::worst_relative_l2(two[0], one, &where);
   std::printf("bf16: 2 ranks x 16 vs 1 rank x 32: largest relative L2 difference of a tensor %.3g (%s)\n", worst,
               where.c_str());
   EXPECT_LT(worst, 0.1) << where;
