@@ -78,9 +78,13 @@ TEST(GpuExperiment, TwoStagesTrainEvaluateAndExportLikeTheCpu) {
     m.net->to(Device::CUDA);
     const EvalResult e = evaluate(*m.net, data.test, 100, 0, nullptr, rcfg.compute_format());
     EXPECT_DOUBLE_EQ(e.top1_error, g.stages[1].test_top1_error);
-    m.net->to(Device::CPU);
-    const ExportReport rep = export_ternary(gpu_dir.file("model.ttq.safetensors"), *m.net, ck.config);
+    // Exported from the GPU and from the CPU: the same codes, scales and tensors, byte for byte.
+    const ExportReport rep = export_ternary(gpu_dir.file("gpu.ttq.safetensors"), *m.net, ck.config);
     EXPECT_EQ(rep.ternary_layers, 2);
+    m.net->to(Device::CPU);
+    export_ternary(gpu_dir.file("cpu.ttq.safetensors"), *m.net, ck.config);
+    EXPECT_TRUE(checkpoint_bytes(gpu_dir.file("gpu.ttq.safetensors")) ==
+                checkpoint_bytes(gpu_dir.file("cpu.ttq.safetensors")));
   }
 }
 
