@@ -5,8 +5,11 @@
 #include <map>
 #include <string>
 
+#include <gtest/gtest.h>
+
 #include "engine/config/json_reader.h"
 #include "engine/io/safetensors.h"
+#include "engine/train/trainer.h"
 
 namespace ttq::testing {
 
@@ -27,6 +30,12 @@ inline json two_stage_config(const std::string& out) {
   return j;
 }
 
+inline TrainOptions quiet() {
+  TrainOptions o;
+  o.quiet = true;
+  return o;
+}
+
 inline std::map<std::string, std::string> checkpoint_bytes(const std::string& path) {
   auto f = SafeTensorsFile::read(path);
   std::map<std::string, std::string> out;
@@ -35,6 +44,31 @@ inline std::map<std::string, std::string> checkpoint_bytes(const std::string& pa
     out[n] = std::string(static_cast<const char*>(t.raw()), t.nbytes());
   }
   return out;
+}
+
+// Resume exactness: the config j trained once into full_dir uninterrupted, then into cut_dir
+// interrupted twice, mid-epoch in the first stage (step 12: last checkpoint at step 7) and in the
+// TTQ stage (step 40 of the run), each time resumed, to the end. The two last checkpoints must be
+// equal byte for byte. Returns the resumed run's summary.
+inline RunSummary expect_resume_ends_where_the_uninterrupted_run_ends(json j, const std::string& full_dir,
+                                                                       const std::string& cut_dir) {
+  j["checkpoint"] = {{"every_steps", 7}};
+  j["output_dir"] = full_dir;
+  train_experiment(parse_experiment(j), quiet());
+  j["output_dir"] = cut_dir;
+  TrainOptions stop = quiet();
+  stop.stop_after_steps = 12;
+  train_experiment(parse_experiment(j), stop);
+  TrainOptions resume = quiet();
+  resume.resume = true;
+  resume.stop_after_steps = 30;
+  train_experiment(parse_experiment(j), resume);
+  resume.stop_after_steps = 0;
+  const RunSummary s = train_experiment(parse_experiment(j), resume);
+  const auto a = checkpoint_bytes(full_dir + "/last.safetensors"), b = checkpoint_bytes(cut_dir + "/last.safetensors");
+  EXPECT_EQ(a.size(), b.size());
+  for (const auto& [name, bytes] : a) EXPECT_TRUE(b.count(name) && b.at(name) == bytes) << name << " differs after resume";
+  return s;
 }
 
 }  // namespace ttq::testing

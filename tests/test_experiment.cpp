@@ -20,18 +20,9 @@ using namespace ttq;
 using ttq::testing::error_of;
 using ttq::testing::TempDir;
 using ttq::testing::checkpoint_bytes;
+using ttq::testing::quiet;
 using ttq::testing::two_stage_config;
 namespace fs = std::filesystem;
-
-namespace {
-
-TrainOptions quiet() {
-  TrainOptions o;
-  o.quiet = true;
-  return o;
-}
-
-}  // namespace
 
 TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
   TempDir d;
@@ -132,24 +123,8 @@ TEST(Experiment, TrainEvalExportEvalExported) {
 
 TEST(Experiment, ResumeEndsBitForBitWhereTheUninterruptedRunEnds) {
   TempDir full, cut;
-  json j = two_stage_config(full.path());
-  j["checkpoint"] = {{"every_steps", 7}};
-  train_experiment(parse_experiment(j), quiet());
-  // Interrupted twice: mid-epoch in the first stage (step 12: last checkpoint at step 7) and in
-  // the TTQ stage (step 40 of the whole run), then resumed to the end.
-  j["output_dir"] = cut.path();
-  TrainOptions stop = quiet();
-  stop.stop_after_steps = 12;
-  train_experiment(parse_experiment(j), stop);
-  TrainOptions resume = quiet();
-  resume.resume = true;
-  resume.stop_after_steps = 30;
-  train_experiment(parse_experiment(j), resume);
-  resume.stop_after_steps = 0;
-  const RunSummary s = train_experiment(parse_experiment(j), resume);
-  const auto a = checkpoint_bytes(full.file("last.safetensors")), b = checkpoint_bytes(cut.file("last.safetensors"));
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [name, bytes] : a) EXPECT_TRUE(b.at(name) == bytes) << name << " differs after resume";
+  const RunSummary s =
+      ttq::testing::expect_resume_ends_where_the_uninterrupted_run_ends(two_stage_config(""), full.path(), cut.path());
   EXPECT_EQ(s.stages.size(), 2u);
 }
 

@@ -22,17 +22,13 @@
 
 using namespace ttq;
 using ttq::testing::checkpoint_bytes;
+using ttq::testing::quiet;
 using ttq::testing::TempDir;
 using ttq::testing::two_stage_config;
 namespace fs = std::filesystem;
 
 namespace {
 
-TrainOptions quiet() {
-  TrainOptions o;
-  o.quiet = true;
-  return o;
-}
 
 json on(const std::string& out, const std::string& device, const std::string& precision = "fp32",
         const std::string& memory_format = "contiguous") {
@@ -93,24 +89,8 @@ TEST(GpuExperiment, ResumeEndsBitForBitWhereTheUninterruptedRunEnds) {
   for (const char* precision : {"fp32", "bf16"}) {
     SCOPED_TRACE(precision);
     TempDir full, cut;
-    json j = on(full.path(), "cuda", precision);
-    j["checkpoint"] = {{"every_steps", 7}};
-    train_experiment(parse_experiment(j), quiet());
-    // Interrupted in the first stage (step 12, last checkpoint at step 7) and in the TTQ stage (step
-    // 40 of the run), then resumed to the end.
-    j["output_dir"] = cut.path();
-    TrainOptions stop = quiet();
-    stop.stop_after_steps = 12;
-    train_experiment(parse_experiment(j), stop);
-    TrainOptions resume = quiet();
-    resume.resume = true;
-    resume.stop_after_steps = 30;
-    train_experiment(parse_experiment(j), resume);
-    resume.stop_after_steps = 0;
-    train_experiment(parse_experiment(j), resume);
-    const auto a = checkpoint_bytes(full.file("last.safetensors")), b = checkpoint_bytes(cut.file("last.safetensors"));
-    ASSERT_EQ(a.size(), b.size());
-    for (const auto& [name, bytes] : a) EXPECT_TRUE(b.at(name) == bytes) << name << " differs after resume";
+    ttq::testing::expect_resume_ends_where_the_uninterrupted_run_ends(on("", "cuda", precision), full.path(),
+                                                                       cut.path());
   }
 }
 
