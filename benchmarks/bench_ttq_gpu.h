@@ -17,6 +17,10 @@ namespace ttq::bench {
 // and every GPU.
 void fill_uniform(float* p, int64_t n, uint64_t seed, float lo, float hi, cudaStream_t stream);
 
+// Reads bytes of p (16-byte aligned) once, writing nothing but, never in practice, *sink: an L2
+// flush that leaves no dirty lines to be written back during the next timed kernel.
+void read_flush(const void* p, size_t bytes, unsigned* sink, cudaStream_t stream);
+
 // latent_grad[i] += latent_grad_term(codes[i], g[i], *wp, *wn, scale_latent) (kernels/ttq_math.h);
 // wp and wn may be null when scale_latent is false.
 void latent_grad_pass(const int8_t* codes, const float* g, int64_t n, const float* wp,

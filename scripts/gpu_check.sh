@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The one-call GPU check: configure for sm_90, build, run the GPU tests, compute-sanitizer on a
-# subset, a short training run, the TTQ kernel lab (build-gpu/benchmarks/bench_ttq_gpu, JSON in
-# LOG_DIR/ttq_kernels.json), the PyTorch peer (scripts/pytorch_peer.py, bf16 and fp32), and print
-# the engine's training throughput (build-gpu/ttq_throughput), and a short table last. Full logs go to the folder given
-# (default: gpu_check_logs). Works without Debian packages when third_party/ holds the json
-# headers and GoogleTest sources (scripts/gpu_carry.sh); finds cuDNN/NCCL in Python wheels.
+# The one-call GPU check, in this order: configure for sm_90, build, a short training run (fp32,
+# bf16), the TTQ kernel lab (build-gpu/benchmarks/bench_ttq_gpu, JSON in LOG_DIR/ttq_kernels.json),
+# the engine's training throughput (build-gpu/ttq_throughput), the PyTorch peer
+# (scripts/pytorch_peer.py), the GPU tests, compute-sanitizer on a subset, the CPU tests, and a
+# short table last. Full logs go to the folder given (default: gpu_check_logs). Works without
+# Debian packages when third_party/ holds the json headers and GoogleTest sources
+# (scripts/gpu_carry.sh); finds cuDNN/NCCL in Python wheels.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_check_logs}
@@ -53,24 +54,32 @@ train_device=auto
 step configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DTTQ_JSON_INCLUDE_DIR="$PWD/third_party" -DTTQ_GTEST_SOURCE_DIR="$PWD/third_party/googletest" "${hints[@]}"
 step build cmake --build "$build" -j "$(nproc)"
-# One process per test case (gtest_discover_tests), each creating its CUDA context: several at once.
-step gpu_tests bash -c "cd $build && ctest -L gpu -j 6 --timeout 120 --no-tests=error --output-on-failure"
+# The numbers first (each capped well above its expected time), then the GPU tests, so a slow
+# test run cannot starve the benchmarks. A training run end to end first: the quickest sign that
+# the GPU path works at all.
 step train "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=$train_device --set output_dir="$out/train_run"
 step train_bf16 "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=$train_device --set precision=bf16 \
   --set output_dir="$out/train_run_bf16"
 # TTQ kernels (fused / per-layer / unfused, every mode; verifies itself, exits 1 on a mismatch):
-# about 20-40 s on an H200. PyTorch peer: ResNet-18, batch 256, 10 warm-up + 30 timed steps each.
-step kernels timeout 240 "$build/benchmarks/bench_ttq_gpu" --mode all --json "$out/ttq_kernels.json"
-# The engine's training throughput on synthetic data (fp32), with a per-phase breakdown in each log.
-step thr_r18_ttq timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --warmup 5 --steps 30
-step thr_r18_fp timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 0 --warmup 5 --steps 30
-step thr_r18_ttq_bf16 timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --precision bf16 --warmup 5 --steps 30
-step thr_r18_ttq_cl timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 1 --precision bf16 --memory-format channels_last --warmup 5 --steps 30
-step thr_r18_fp_bf16 timeout 180 "$build/ttq_throughput" --device cuda --model resnet18 --image-size 224 --classes 1000 --batch 256 --ttq 0 --precision bf16 --warmup 5 --steps 30
-step thr_alex_ttq timeout 180 "$build/ttq_throughput" --device cuda --model alexnet --image-size 224 --classes 1000 --batch 128 --ttq 1 --warmup 5 --steps 30
-step thr_r20_ttq timeout 120 "$build/ttq_throughput" --device cuda --model resnet20 --image-size 32 --classes 10 --batch 128 --ttq 1 --warmup 10 --steps 50
-step peer_bf16 timeout 300 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --warmup 10 --steps 30
-step peer_fp32 timeout 300 python3 scripts/pytorch_peer.py --model resnet18 --precision fp32 --warmup 10 --steps 30
+# about 20-40 s on an H200.
+step kernels timeout 120 "$build/benchmarks/bench_ttq_gpu" --mode all --json "$out/ttq_kernels.json"
+# The engine's training throughput on synthetic data, with a per-phase breakdown in each log:
+# 5 warm-up + 30 timed steps, about 10-20 s each. PyTorch peer: ResNet-18, batch 256, 10 warm-up +
+# 30 timed steps, cudnn.benchmark on (the engine keeps to cuDNN's deterministic algorithms).
+thr() { local name=$1; shift; step "$name" timeout 90 "$build/ttq_throughput" --device cuda --warmup 5 --steps 30 "$@"; }
+r18=(--model resnet18 --image-size 224 --classes 1000 --batch 256)
+thr thr_r18_ttq "${r18[@]}" --ttq 1
+thr thr_r18_fp "${r18[@]}" --ttq 0
+thr thr_r18_ttq_bf16 "${r18[@]}" --ttq 1 --precision bf16
+thr thr_r18_ttq_cl "${r18[@]}" --ttq 1 --precision bf16 --memory-format channels_last
+thr thr_r18_fp_bf16 "${r18[@]}" --ttq 0 --precision bf16
+thr thr_alex_ttq --model alexnet --image-size 224 --classes 1000 --batch 128 --ttq 1
+thr thr_r20_ttq --model resnet20 --image-size 32 --classes 10 --batch 128 --ttq 1
+step peer_bf16 timeout 150 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --channels-last --warmup 10 --steps 30
+step peer_fp32 timeout 150 python3 scripts/pytorch_peer.py --model resnet18 --precision fp32 --warmup 10 --steps 30
+step peer_bf16_nchw timeout 150 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --no-channels-last --warmup 10 --steps 30
+# One process per test case (gtest_discover_tests), each creating its CUDA context: several at once.
+step gpu_tests bash -c "cd $build && ctest -L gpu -j 6 --timeout 120 --no-tests=error --output-on-failure"
 # compute-sanitizer (memcheck) on a small subset, after the numbers: it is the slowest step.
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 if [[ -n $sanitizer ]]; then
@@ -94,16 +103,19 @@ elif grep -q '^SKIPPED' "$out/kernels.log" 2>/dev/null; then
   kern="skipped (no GPU)"
 fi
 peer() {
-  local v
+  local v n
   v=$(sed -n 's/^THROUGHPUT .*images_per_s=\([0-9.]*\).*/\1 images\/s/p' "$out/$1.log" 2>/dev/null | tail -1)
   if [[ -z $v ]] && grep -q '^SKIPPED' "$out/$1.log" 2>/dev/null; then v="skipped (no GPU)"; fi
+  # Convolutions that ran on NCHW or f32 copies (no deterministic cuDNN algorithm): a slower path.
+  n=$(grep -c 'no deterministic cuDNN algorithm' "$out/$1.log" 2>/dev/null)
+  [[ ${n:-0} -gt 0 ]] && v="$v, $n conv directions on fallback copies"
   echo "${v:-?}"
 }
 echo
 echo "GPU check $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo '?') on ${gpu:-no GPU} ($(( $(date +%s) - started ))s)"
 printf '| %-16s | %s |\n' "step" "result"
 printf '|%s|%s|\n' "------------------" "------------------------------"
-for s in configure build gpu_tests train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_ttq_cl thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32 sanitizer cpu_tests; do printf '| %-16s | %s |\n' "$s" "${result[$s]}"; done
+for s in configure build train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_ttq_cl thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32 peer_bf16_nchw gpu_tests sanitizer cpu_tests; do printf '| %-16s | %s |\n' "$s" "${result[$s]}"; done
 printf '| %-16s | %s |\n' "gpu tests" "${passed:-?}, ${skipped} skipped"
 for t in train train_bf16; do  # the device and precision the run's first line names
   printf '| %-16s | %s |\n' "$t on" "$(sed -n 's/^ttq train .*(\(\(cpu\|cuda\)[^)]*\))$/\1/p' "$out/$t.log" 2>/dev/null | head -1) (asked: $train_device)"
@@ -116,5 +128,7 @@ printf '| %-16s | %s |\n' "r18 ttq cl" "$(peer thr_r18_ttq_cl) (engine bf16, cha
 printf '| %-16s | %s |\n' "r18 fp bf" "$(peer thr_r18_fp_bf16) (engine bf16)"
 printf '| %-16s | %s |\n' "alex ttq" "$(peer thr_alex_ttq) (engine fp32, batch 128)"
 printf '| %-16s | %s |\n' "r20 ttq" "$(peer thr_r20_ttq) (engine fp32, 32x32)"
-printf '| %-16s | %s |\n' "torch bf16" "$(peer peer_bf16)"
-printf '| %-16s | %s |\n' "torch fp32" "$(peer peer_fp32)"
+printf '| %-16s | %s |\n' "torch bf16 cl" "$(peer peer_bf16) (torch bf16 autocast, channels_last: beside r18 ttq cl)"
+printf '| %-16s | %s |\n' "torch fp32" "$(peer peer_fp32) (beside r18 ttq)"
+printf '| %-16s | %s |\n' "torch bf16" "$(peer peer_bf16_nchw) (contiguous: beside r18 ttq bf)"
+printf '| %-16s | %s |\n' "note" "torch: cudnn.benchmark; engine: cuDNN's heuristic, deterministic algorithms only"

@@ -6,6 +6,7 @@ autograd Function per quantized layer (shared/TTQ-SPEC.md, max mode), and prints
 lines, exactly one result line in the engine's format:
 
   THROUGHPUT impl=pytorch model=<name> precision=<fp32|bf16> ttq=<0|1> batch=<N> images_per_s=<float> step_ms=<float>
+             memory_format=<contiguous|channels_last> cudnn_benchmark=<0|1>
 
 TTQ per quantized layer: latent weights W (the conv/linear weight the optimizer updates), trainable
 scalars Wp, Wn (initialised to 1.0), D = t * max|W| (t = 0.05) recomputed every step,
@@ -368,8 +369,10 @@ def main(argv):
           % (warm_s, first, last, "" if math.isfinite(last) else "  [non-finite loss: timing still valid]"))
     if cuda:
         print("pytorch_peer: peak GPU memory %.1f GiB" % (torch.cuda.max_memory_allocated(device) / 2**30))
-    print("THROUGHPUT impl=pytorch model=%s precision=%s ttq=%d batch=%d images_per_s=%.1f step_ms=%.3f"
-          % (args.model, args.precision, 1 if args.ttq else 0, args.batch, images_per_s, step_ms))
+    print("THROUGHPUT impl=pytorch model=%s precision=%s ttq=%d batch=%d images_per_s=%.1f step_ms=%.3f "
+          "memory_format=%s cudnn_benchmark=%d"
+          % (args.model, args.precision, 1 if args.ttq else 0, args.batch, images_per_s, step_ms,
+             "channels_last" if args.channels_last else "contiguous", 1 if args.cudnn_benchmark else 0))
     return 0
 
 
