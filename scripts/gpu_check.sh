@@ -34,6 +34,9 @@ step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records ok/FAI
 }
 
 hints=()
+# cuBLAS comes with the toolkit; should it not, the CUDA 13 wheels hold it in nvidia/cu13.
+cu13=$(python3 -c "import nvidia.cu13 as m; print(list(m.__path__)[0])" 2>/dev/null || true)
+[[ -n $cu13 && -d $cu13/lib ]] && hints+=("-DCUBLAS_ROOT=$cu13")
 for pkg in cudnn nccl; do
   # nvidia.cudnn may be a namespace package (no __file__): take its folder from __path__.
   dir=$(python3 -c "import nvidia.$pkg as m; print(list(m.__path__)[0])" 2>/dev/null || true)
