@@ -40,9 +40,10 @@ inline std::vector<float> values_of(const Tensor& t) {
 }
 
 // Runs fn(rank, comm) for `world` ranks, each a thread with its own tcp communicator over the
-// rendezvous file; a rank's exception fails the test naming the rank.
+// rendezvous file; a rank's exception fails the test naming the rank. local_rank >= 0 gives every
+// rank that local rank (0: ranks sharing the one GPU), else they count up on this host.
 inline void run_ranks(int world, const std::string& rendezvous, double timeout_s,
-                      const std::function<void(int, std::shared_ptr<Communicator>)>& fn) {
+                      const std::function<void(int, std::shared_ptr<Communicator>)>& fn, int local_rank = -1) {
   std::vector<std::thread> threads;
   std::vector<std::string> errors(static_cast<size_t>(world));
   for (int r = 0; r < world; ++r)
@@ -53,6 +54,7 @@ inline void run_ranks(int world, const std::string& rendezvous, double timeout_s
         o.world = world;
         o.rendezvous = rendezvous;
         o.timeout_s = timeout_s;
+        o.local_rank = local_rank;
         fn(r, std::make_shared<TcpCommunicator>(o));
       } catch (const std::exception& e) {
         errors[static_cast<size_t>(r)] = e.what();

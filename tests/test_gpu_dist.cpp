@@ -32,9 +32,13 @@ TEST(GpuDataParallel, TwoRanksOnTheGpuMatchOneRankWithTheGlobalBatch) {
                                                   compute, Device::CPU);
     TempDir dir;
     std::vector<tt::DpRun> two(2);
-    run_ranks(2, dir.file("rdv"), 60, [&](int r, std::shared_ptr<Communicator> c) {
-      two[r] = tt::train_small_convnet(c, 16, true, 6, 6, compute, Device::CUDA);
-    });
+    // Both ranks local rank 0: they share GPU 0 (DataParallel binds each rank to its local rank's GPU).
+    run_ranks(
+        2, dir.file("rdv"), 60,
+        [&](int r, std::shared_ptr<Communicator> c) {
+          two[r] = tt::train_small_convnet(c, 16, true, 6, 6, compute, Device::CUDA);
+        },
+        0);
     ASSERT_EQ(two[0].tensors.size(), one.tensors.size());
     EXPECT_GE(two[0].buckets, 3u);
     EXPECT_EQ(tt::worst_mismatch(two[1], two[0], 0.0), 0.0) << "the replicas differ";
