@@ -65,14 +65,15 @@ TEST(GpuExperiment, TwoStagesTrainEvaluateAndExportLikeTheCpu) {
     for (const char* file : {"last.safetensors", "fp.safetensors", "ttq.safetensors", "metrics.jsonl"})
       EXPECT_TRUE(fs::exists(gpu_dir.file(file))) << file;
 
-    // The GPU run's checkpoint, evaluated on the GPU in the run's format: the number it reported.
+    // The GPU run's checkpoint, evaluated on the GPU in the run's format and evaluation batch (the
+    // same convolution algorithms): the number it reported.
     const Checkpoint ck = read_checkpoint(gpu_dir.file("last.safetensors"));
     const ExperimentConfig rcfg = parse_experiment(ck.config);
     DataSets data = load_data_sets(rcfg.data, rcfg.seed);
     Model m = build_model(rcfg.model, data.spec, 0);
     load_model(*m.net, ck);
     m.net->to(Device::CUDA);
-    const EvalResult e = evaluate(*m.net, data.test, 100, 0, nullptr, rcfg.compute_format());
+    const EvalResult e = evaluate(*m.net, data.test, rcfg.eval_batch_size, 0, nullptr, rcfg.compute_format());
     EXPECT_DOUBLE_EQ(e.top1_error, g.stages[1].test_top1_error);
     // Exported from the GPU and from the CPU: the same codes, scales and tensors, byte for byte.
     const ExportReport rep = export_ternary(gpu_dir.file("gpu.ttq.safetensors"), *m.net, ck.config);
