@@ -292,6 +292,10 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
         if (st == CUDNN_STATUS_SUCCESS) st = workspace_size(c.algo, &bytes);
         if (st == CUDNN_STATUS_SUCCESS && bytes > kMaxWorkspace) return CUDNN_STATUS_NOT_SUPPORTED;
         if (st == CUDNN_STATUS_SUCCESS) st = run(c.algo, ctx.workspace(bytes), bytes);
+        // A launch that failed inside cuDNN leaves a (non-sticky) CUDA error behind, which the next
+        // checked launch would report as its own: cleared here (a sticky one stays, and the stream
+        // query below then sees it).
+        if (st != CUDNN_STATUS_SUCCESS) (void)cudaGetLastError();
         return st;
       },
       [] {
