@@ -57,7 +57,7 @@
 // NHWC algorithm (every candidate fails) runs on NCHW copies instead (permuted in, the NCHW
 // convolution, permuted out), as kernels/ops.cpp does for the geometries it keeps. Batch
 // norm describes x as N x C x S x 1 in CUDNN_TENSOR_NHWC, and falls back the same way when cuDNN
-// answers NOT_SUPPORTED for that layout.
+// refuses that layout (a not-supported or bad-parameter status).
 #ifdef TTQ_HAVE_CUDNN
 
 #include <algorithm>
@@ -82,7 +82,6 @@ namespace {
 using conv_algos::ConvAlgo;
 using conv_algos::first_working;
 using conv_algos::keep_deterministic;
-using conv_algos::not_supported;
 using conv_algos::Outcome;
 
 const float kOne = 1.0f;
@@ -378,6 +377,13 @@ struct PoolSetup {
 };
 
 // ---- batch norm -----------------------------------------------------------------------------
+
+// Whether cuDNN refused a channels-last batch norm for its layout (not supported, or a parameter
+// it does not take in NHWC), rather than being unable to run at all: then NCHW copies run.
+bool nhwc_refused(cudnnStatus_t st) {
+  const cudnnStatus_t c = conv_algos::category(st);
+  return !conv_algos::environment_error(st) && (c == CUDNN_STATUS_NOT_SUPPORTED || c == CUDNN_STATUS_BAD_PARAM);
+}
 
 // x as N x C x S x 1 (S = H*W, or 1 for 1-d batch norm); per-channel tensors as 1 x C x 1 x 1.
 struct BnSetup {
@@ -703,7 +709,7 @@ void batchnorm_forward_train(const BatchNormShape& s, const float* x, const floa
   const cudnnStatus_t st = cudnnBatchNormalizationForwardTraining(
       h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, bs.x.get(), x, bs.x.get(), y, bs.param.get(), gamma, beta,
       static_cast<double>(momentum), running_mean, running_var, static_cast<double>(eps), mean, inv_std);
-  if (s.channels_last && not_supported(st)) {  // NCHW copies (see the file comment)
+  if (s.channels_last && nhwc_refused(st)) {  // NCHW copies (see the file comment)
     const DeviceBuffer xc = permuted(s.n, s.c, s.s, false, x);
     DeviceBuffer yc(f32_bytes(s.numel()));
     batchnorm_forward_train(nchw(s), xc.f32(), gamma, beta, eps, momentum, running_mean, running_var, yc.f32(), mean,
@@ -725,7 +731,7 @@ void batchnorm_forward_infer(const BatchNormShape& s, const float* x, const floa
   const cudnnStatus_t st = cudnnBatchNormalizationForwardInference(
       h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, bs.x.get(), x, bs.x.get(), y, bs.param.get(), gamma, beta,
       running_mean, running_var, static_cast<double>(eps));
-  if (s.channels_last && not_supported(st)) {
+  if (s.channels_last && nhwc_refused(st)) {
     const DeviceBuffer xc = permuted(s.n, s.c, s.s, false, x);
     DeviceBuffer yc(f32_bytes(s.numel()));
     batchnorm_forward_infer(nchw(s), xc.f32(), gamma, beta, running_mean, running_var, eps, yc.f32());
@@ -744,7 +750,7 @@ void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy
   const cudnnStatus_t st = cudnnBatchNormalizationBackward(
       h, CUDNN_BATCHNORM_SPATIAL, &kOne, &kZero, &kOne, &kZero, bs.x.get(), x, bs.x.get(), dy, bs.x.get(), dx,
       bs.param.get(), gamma, dgamma, dbeta, static_cast<double>(eps), mean, inv_std);
-  if (s.channels_last && not_supported(st)) {
+  if (s.channels_last && nhwc_refused(st)) {
     const DeviceBuffer xc = permuted(s.n, s.c, s.s, false, x), dyc = permuted(s.n, s.c, s.s, false, dy);
     DeviceBuffer dxc(f32_bytes(s.numel()));
     batchnorm_backward(nchw(s), xc.f32(), dyc.f32(), gamma, mean, inv_std, eps, dxc.f32(), dgamma, dbeta);
