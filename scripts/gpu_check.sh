@@ -2,8 +2,8 @@
 # The one-call GPU check, in this order: configure for sm_90, build, a short training run (fp32,
 # bf16), the TTQ kernel lab (build-gpu/benchmarks/bench_ttq_gpu, JSON in LOG_DIR/ttq_kernels.json),
 # the engine's training throughput (build-gpu/ttq_throughput), the PyTorch peer
-# (scripts/pytorch_peer.py), the GPU tests, compute-sanitizer on a subset, the CPU tests, and a
-# short table last. Full logs go to the folder given (default: gpu_check_logs). Works without
+# (scripts/pytorch_peer.py), then together the GPU tests, compute-sanitizer on a subset and the
+# CPU tests, and a short table last. Full logs go to the folder given (default: gpu_check_logs). Works without
 # Debian packages when third_party/ holds the json headers and GoogleTest sources
 # (scripts/gpu_carry.sh); finds cuDNN/NCCL in Python wheels.
 set -uo pipefail
@@ -81,19 +81,27 @@ thr thr_r20_ttq --model resnet20 --image-size 32 --classes 10 --batch 128 --ttq 
 step peer_bf16 timeout 150 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --channels-last --warmup 10 --steps 30
 step peer_fp32 timeout 150 python3 scripts/pytorch_peer.py --model resnet18 --precision fp32 --warmup 10 --steps 30
 step peer_bf16_nchw timeout 150 python3 scripts/pytorch_peer.py --model resnet18 --precision bf16 --no-channels-last --warmup 10 --steps 30
-# One process per test case (gtest_discover_tests), each creating its CUDA context: several at once.
-step gpu_tests bash -c "cd $build && ctest -L gpu -j 6 --timeout 120 --no-tests=error --output-on-failure"
-# compute-sanitizer (memcheck) on a small subset, after the numbers: it is the slowest step.
+# After the numbers, three things at once (nothing is timed any more): the GPU tests (one process
+# per test case, each creating its CUDA context: six at a time), compute-sanitizer (memcheck) on a
+# small subset, and the CPU tests (CI runs them on every change; here they check this machine's
+# build). A step in the background leaves its result in a file.
+background() {  # background NAME COMMAND...
+  local name=$1
+  ( step "$@"; echo "${result[$name]}" > "$out/.$name.result" ) &
+}
+collect() { local name; for name; do result[$name]=$(cat "$out/.$name.result" 2>/dev/null || echo "? (no result)"); rm -f "$out/.$name.result"; done; }
 sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
 if [[ -n $sanitizer ]]; then
-  step sanitizer timeout 180 bash -c "'$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq' --gtest_filter='*n1000*:*Ties*' &&
+  background sanitizer timeout 180 bash -c "'$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq' --gtest_filter='*n1000*:*Ties*' &&
     '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_bf16' --gtest_filter='*Casts*:*Relu*:*TtqMultiTensor*' &&
     '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_channels_last' --gtest_filter='*Permutation*:*bn2d_chunked_odd*'"
 else
-  result[sanitizer]="not found"
+  echo "not found" > "$out/.sanitizer.result"
 fi
-# The CPU tests last: CI runs them on every change; here they check the GPU machine's build.
-step cpu_tests bash -c "cd $build && ctest -L cpu -j $(nproc) --no-tests=error --output-on-failure"
+background cpu_tests bash -c "cd $build && ctest -L cpu -j $(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 )) --no-tests=error --output-on-failure"
+step gpu_tests bash -c "cd $build && ctest -L gpu -j 6 --timeout 120 --no-tests=error --output-on-failure"
+wait
+collect sanitizer cpu_tests
 
 passed=$(grep -oE "[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+" "$out/gpu_tests.log" | tail -1)
 skipped=$(grep -c '\*\*\*Skipped' "$out/gpu_tests.log" || true)
