@@ -372,7 +372,7 @@ def main(argv):
     print("THROUGHPUT impl=pytorch model=%s precision=%s ttq=%d batch=%d images_per_s=%.1f step_ms=%.3f "
           "memory_format=%s cudnn_benchmark=%d"
           % (args.model, args.precision, 1 if args.ttq else 0, args.batch, images_per_s, step_ms,
-             "channels_last" if args.channels_last else "contiguous", 1 if args.cudnn_benchmark else 0))
+             "channels_last" if args.channels_last else "contiguous", 1 if (cuda and args.cudnn_benchmark) else 0))
     return 0
 
 

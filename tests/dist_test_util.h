@@ -76,12 +76,12 @@ inline DpRun train_small_convnet(const std::shared_ptr<Communicator>& comm, int6
   auto data = std::make_shared<SyntheticDataset>(spec, 2048, 1.0f, 11);
   Model m = build_model(json{{"name", "small_convnet"}, {"width", 8}}, spec, 5);
   Module& net = *m.net;
-  net.to(device);
   DistConfig dc;
   dc.sync_bn = sync_bn;
   dc.bucket_mb = 0.0005;       // 128 floats
   dc.first_bucket_mb = 0.0002;  // 52 floats
-  DataParallel dp(comm, dc, device);
+  DataParallel dp(comm, dc, device);  // binds this rank to its GPU first, as the trainer does
+  net.to(device);
   dp.attach(m.net);
   LoaderConfig lc;
   lc.batch_size = per_rank_batch;

@@ -9,6 +9,7 @@
 
 #include "engine/config/json_reader.h"
 #include "engine/io/safetensors.h"
+#include "engine/train/checkpoint.h"
 #include "engine/train/trainer.h"
 
 namespace ttq::testing {
@@ -46,10 +47,11 @@ inline std::map<std::string, std::string> checkpoint_bytes(const std::string& pa
   return out;
 }
 
-// Resume exactness: the config j trained once into full_dir uninterrupted, then into cut_dir
-// interrupted twice, mid-epoch in the first stage (step 12: last checkpoint at step 7) and in the
-// TTQ stage (step 40 of the run), each time resumed, to the end. The two last checkpoints must be
-// equal byte for byte. Returns the resumed run's summary.
+// Resume exactness: the config j (two_stage_config: 64 steps per epoch, 2 epochs per stage)
+// trained once into full_dir uninterrupted, then into cut_dir interrupted twice and each time
+// resumed: mid-epoch in the first stage (step 12, last checkpoint at step 7), then mid-epoch in the
+// TTQ stage (step 7 + 131 = 138, last checkpoint at step 133: the resume loads a ternary model),
+// then to the end. The two last checkpoints must be equal byte for byte. Returns the summary.
 inline RunSummary expect_resume_ends_where_the_uninterrupted_run_ends(json j, const std::string& full_dir,
                                                                        const std::string& cut_dir) {
   j["checkpoint"] = {{"every_steps", 7}};
@@ -61,8 +63,11 @@ inline RunSummary expect_resume_ends_where_the_uninterrupted_run_ends(json j, co
   train_experiment(parse_experiment(j), stop);
   TrainOptions resume = quiet();
   resume.resume = true;
-  resume.stop_after_steps = 30;
+  resume.stop_after_steps = 131;
   train_experiment(parse_experiment(j), resume);
+  const TrainingState cut_at = read_checkpoint(cut_dir + "/last.safetensors").state;
+  EXPECT_EQ(cut_at.stage, 1) << "the second interruption should fall in the TTQ stage";
+  EXPECT_GT(cut_at.batch, 0) << "the second interruption should fall mid-epoch";
   resume.stop_after_steps = 0;
   const RunSummary s = train_experiment(parse_experiment(j), resume);
   const auto a = checkpoint_bytes(full_dir + "/last.safetensors"), b = checkpoint_bytes(cut_dir + "/last.safetensors");

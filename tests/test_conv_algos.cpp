@@ -113,6 +113,10 @@ TEST(ConvAlgos, StatusClasses) {
   EXPECT_TRUE(ca::skippable(CUDNN_STATUS_EXECUTION_FAILED_CUDART, healthy));
   EXPECT_FALSE(ca::skippable(CUDNN_STATUS_EXECUTION_FAILED_CUDART, broken));
   EXPECT_FALSE(ca::skippable(CUDNN_STATUS_EXECUTION_FAILED, broken));
+  EXPECT_TRUE(ca::permanent_failure(CUDNN_STATUS_NOT_SUPPORTED_SHAPE));
+  EXPECT_TRUE(ca::permanent_failure(CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH));
+  EXPECT_FALSE(ca::permanent_failure(CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED));
+  EXPECT_FALSE(ca::permanent_failure(CUDNN_STATUS_EXECUTION_FAILED));
   EXPECT_TRUE(ca::not_supported(CUDNN_STATUS_NOT_SUPPORTED_PADDING));
   EXPECT_FALSE(ca::not_supported(CUDNN_STATUS_BAD_PARAM));
 }
@@ -140,15 +144,31 @@ TEST(ConvAlgos, FirstWorkingSkipsFailedCandidatesAndStopsAtAFatalOne) {
     EXPECT_EQ(o.index, 1u);
     EXPECT_FALSE(o.fatal);
     EXPECT_EQ(o.status, CUDNN_STATUS_SUCCESS);
+    EXPECT_TRUE(o.permanent);  // candidate 0 can be forgotten
     EXPECT_EQ(tried, (std::vector<size_t>{0, 1}));
+  }
+  {
+    // An allocation inside cuDNN failed: skipped now, but not for good.
+    auto [o, tried] =
+        run({CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED, CUDNN_STATUS_SUCCESS, CUDNN_STATUS_SUCCESS}, healthy);
+    EXPECT_EQ(o.index, 1u);
+    EXPECT_FALSE(o.fatal);
+    EXPECT_FALSE(o.permanent);
   }
   {
     auto [o, tried] = run({CUDNN_STATUS_BAD_PARAM, CUDNN_STATUS_EXECUTION_FAILED, CUDNN_STATUS_NOT_SUPPORTED_LAYOUT},
                           healthy);
     EXPECT_EQ(o.index, cands.size());
     EXPECT_FALSE(o.fatal);
+    EXPECT_FALSE(o.permanent);  // the execution failure may not recur
     EXPECT_EQ(o.status, CUDNN_STATUS_NOT_SUPPORTED_LAYOUT);
     EXPECT_EQ(tried.size(), 3u);
+  }
+  {
+    auto [o, tried] = run({CUDNN_STATUS_BAD_PARAM, CUDNN_STATUS_NOT_SUPPORTED_SHAPE, CUDNN_STATUS_NOT_SUPPORTED},
+                          healthy);
+    EXPECT_EQ(o.index, cands.size());
+    EXPECT_TRUE(o.permanent);  // no candidate ever runs this geometry
   }
   {
     auto [o, tried] = run({CUDNN_STATUS_NOT_SUPPORTED, CUDNN_STATUS_EXECUTION_FAILED, CUDNN_STATUS_SUCCESS}, broken);

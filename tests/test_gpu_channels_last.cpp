@@ -135,8 +135,9 @@ TEST_P(GpuChannelsLastConv, MatchesTheContiguousCpuAndRepeats) {
 
 // When cuDNN offers no working algorithm, a channels-last convolution runs on NCHW copies and a
 // bf16 one on f32 copies (kernels/cuda/ops_cudnn.cpp). refuse_conv_algorithms_for_testing forces
-// both, for every layout and dtype; contiguous with a bias (the bf16 f32-copies path adds it), and
-// channels-last without (ops.cpp sends biased channels-last convolutions to NCHW copies itself).
+// both (f32 NCHW is not refused: it is where the copies end); contiguous with a bias (the bf16
+// f32-copies path adds it), and channels-last without (ops.cpp sends biased channels-last
+// convolutions to NCHW copies itself). The fallback counter proves the copies ran.
 TEST_P(GpuChannelsLastConv, FallbackCopiesMatchTheContiguousCpu) {
   TTQ_REQUIRE_CUDNN();
   struct Refuse {
@@ -161,9 +162,13 @@ TEST_P(GpuChannelsLastConv, FallbackCopiesMatchTheContiguousCpu) {
       auto out = [&](const Shape& sh) { return channels_last ? gpu_cl_garbage(sh, dt) : gpu_garbage(sh, dt); };
       const Tensor xg = act(x), wg = gpu(w), bg = gpu(b), dyg = act(dy);
       Tensor y = out(ys), dx = out(xs), dw = gpu_garbage(ws, dt), db = gpu_garbage(bs, DType::F32);
+      const int64_t fallbacks = cuda::conv_fallbacks_for_testing();
       ops::conv2d_forward(s, xg, wg, bias ? &bg : nullptr, y);
       ops::conv2d_backward_data(s, dyg, wg, dx);
       ops::conv2d_backward_weights(s, xg, dyg, dw, bias ? &db : nullptr);
+      // Every direction fell back, once per step down (channels-last bf16: to NCHW, then to f32).
+      const int64_t steps = (channels_last ? 1 : 0) + (dt == DType::BF16 ? 1 : 0);
+      EXPECT_EQ(cuda::conv_fallbacks_for_testing() - fallbacks, 3 * steps);
       const int64_t k_weights = s.n * s.out_h() * s.out_w();
       EXPECT_TRUE(close(y, y_ref, s.c_in_per_group() * s.kh * s.kw)) << "forward " << s.str();
       EXPECT_TRUE(close(dx, dx_ref, s.c_out_per_group() * s.kh * s.kw)) << "backward data " << s.str();

@@ -139,7 +139,7 @@ int run_eval(const std::vector<std::string>& argv) {
   Args a("eval RUN_DIR|CHECKPOINT|EXPORT", "Evaluates a checkpoint or an exported ternary model on its test set.");
   a.option("data-root", "", "override the data folder stored with the model")
       .option("batch", "500", "evaluation batch size")
-      .option("device", "auto", "cpu, cuda, or auto (the GPU when there is one)");
+      .option("device", "", "cpu, cuda or auto (default: the device the run was configured with)");
   std::vector<std::string> pos;
   a.parse(split_positional(argv, 1, "eval", pos));
   if (show_help(a)) return 0;
@@ -154,9 +154,14 @@ int run_eval(const std::vector<std::string>& argv) {
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   Model model = build_model(cfg.model, data.spec, cfg.seed);
   load_model(*model.net, ck);
-  const Device device = select_device(a.get("device"));
+  // The run's own device by default, so the result is the one its training reported.
+  const std::string device_arg = a.get("device").empty() ? cfg.device : a.get("device");
+  if (device_arg == "cuda" && a.get("device").empty() && cuda_device_count() == 0)
+    TTQ_FAIL("eval: the run was configured with device 'cuda' but there is no usable GPU here ("
+             << cuda_device_summary() << "); evaluate on the CPU with --device cpu");
+  const Device device = select_device(device_arg);
   model.net->to(device);
-  // In the run's precision, so that the result is the one its training reported.
+  // In the run's precision and memory format too.
   const EvalResult ev = evaluate(*model.net, data.test, a.get_int("batch"), cfg.data.workers, nullptr,
                                  cfg.compute_format());
   std::printf("%s (%s, %s, %s%s): %s\n", ck.file.path().c_str(), ck.format.c_str(), device_name(device),

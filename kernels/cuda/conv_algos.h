@@ -83,13 +83,23 @@ bool skippable(cudnnStatus_t st, StreamHealthy stream_healthy) {
   return c == CUDNN_STATUS_EXECUTION_FAILED && stream_healthy();
 }
 
+// Whether a skipped failure says the candidate can never run this geometry (not supported, or a
+// parameter it does not take), as opposed to a failure of the moment (an allocation inside cuDNN,
+// an execution failure) that the next call may not meet.
+inline bool permanent_failure(cudnnStatus_t st) {
+  const cudnnStatus_t c = category(st);
+  return c == CUDNN_STATUS_NOT_SUPPORTED || c == CUDNN_STATUS_BAD_PARAM;
+}
+
 // What trying the candidates in order gave: index = the first that succeeded; or index = the
 // candidate whose failure may not be skipped (fatal); or index = candidates.size() when every one
-// failed and may be skipped. status: that candidate's (the last one's) status.
+// failed and may be skipped. status: that candidate's (the last one's) status. permanent: every
+// candidate before index failed for good (permanent_failure), so a cache may forget them.
 struct Outcome {
   size_t index = 0;
   cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
   bool fatal = false;
+  bool permanent = true;
 };
 
 // attempt(candidate) returns the status of its workspace query and launch.
@@ -108,6 +118,7 @@ Outcome first_working(const std::vector<ConvAlgo>& candidates, Attempt attempt, 
       out.fatal = true;
       return out;
     }
+    out.permanent = out.permanent && permanent_failure(st);
   }
   return out;
 }

@@ -15,8 +15,10 @@ namespace ttq::cuda {
 
 // ---- cuDNN (kernels/cuda/ops_cudnn.cpp) -----------------------------------------------------
 // Tests only: while on, every bf16 or channels-last convolution acts as if cuDNN offered no working
-// algorithm for it, so the copies it then runs on (NCHW, then f32) are exercised.
+// algorithm for it, so the copies it then runs on (NCHW, then f32) are exercised; and how many
+// times, since the program started, a convolution direction ran on such copies.
 void refuse_conv_algorithms_for_testing(bool on);
+int64_t conv_fallbacks_for_testing();
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);
 void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias);

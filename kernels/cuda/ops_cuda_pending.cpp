@@ -22,6 +22,7 @@ void batchnorm_forward_infer(const BatchNormShape&, const float*, const float*, 
 void batchnorm_backward(const BatchNormShape&, const float*, const float*, const float*, const float*, const float*,
                         float, float*, float*, float*) { TTQ_CUDA_PENDING(batchnorm_backward); }
 void refuse_conv_algorithms_for_testing(bool) {}
+int64_t conv_fallbacks_for_testing() { return 0; }
 // bf16 convolutions (without cuDNN)
 void conv2d_forward(const Conv2dShape&, const bf16*, const bf16*, const float*, bf16*) { TTQ_CUDA_PENDING(conv2d_forward); }
 void conv2d_backward_data(const Conv2dShape&, const bf16*, const bf16*, bf16*) { TTQ_CUDA_PENDING(conv2d_backward_data); }

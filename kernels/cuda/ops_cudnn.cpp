@@ -24,13 +24,16 @@
 // the heuristic returns it, and the descriptor is set to that math type before its workspace query
 // and its launch. f32 keeps only CUDNN_FMA_MATH candidates (no TF32 tensor-core down-conversion,
 // so fp32 results match the CPU closely). The list is cached per device and geometry; the first
-// candidate whose workspace query and launch succeed is used, and the candidates before it are
-// dropped from the cache. A candidate that fails with a bad-parameter, not-supported or internal
-// status is skipped (an execution failure too, while the CUDA stream is still healthy); a status
-// that says cuDNN itself cannot run here (a sub-library that does not load, a driver, runtime or
-// architecture mismatch) is an error at once. When no candidate works: a channels-last geometry
-// runs on NCHW copies, a bf16 one on f32 copies (widened, the f32 convolution, rounded back: what
-// the CPU path computes), each said once on stderr; an f32 NCHW one is an error. Pooling forward,
+// candidate whose workspace query and launch succeed is used. A candidate that fails with a
+// bad-parameter, not-supported or internal status is skipped (an execution failure too, while the
+// CUDA stream is still healthy); a status that says cuDNN itself cannot run here (a sub-library
+// that does not load, a driver, runtime or architecture mismatch) is an error at once. Only
+// candidates that failed for good (not supported, bad parameter) are dropped from the cache; a
+// failure of the moment (an allocation inside cuDNN) is tried again at the next call. A heuristic
+// query that refuses the geometry leaves the fallback alone. When no candidate works: a
+// channels-last geometry runs on NCHW copies, a bf16 one on f32 copies (widened, the f32
+// convolution, rounded back: what the CPU path computes), each said once on stderr; an f32 NCHW
+// one is an error. Pooling forward,
 // average-pool backward, bias gradient and batch norm (CUDNN_BATCHNORM_SPATIAL) are
 // deterministic in cuDNN.
 //
@@ -213,6 +216,17 @@ std::mutex g_algo_mu;
 std::map<ConvKey, std::vector<ConvAlgo>> g_algo_cache;
 std::map<ConvKey, cudnnStatus_t> g_no_algo;  // geometries no candidate runs (the last status)
 std::atomic<bool> g_refuse_for_testing{false};
+std::atomic<int64_t> g_fallbacks{0};  // convolution directions run on copies
+
+// A heuristic query's status: success; a refusal (the geometry is not supported or a parameter is
+// not taken), after which only the fallback candidate is tried; anything else is an error.
+bool heuristic_answered(cudnnStatus_t st, const char* call) {
+  if (st == CUDNN_STATUS_SUCCESS) return true;
+  TTQ_CHECK(!conv_algos::environment_error(st) && conv_algos::permanent_failure(st),
+            call << " failed: " << cudnnGetErrorString(st) << " (" << static_cast<int>(st) << ") "
+                 << detail::cudnn_last_error());
+  return false;
+}
 
 // cuDNN's heuristic ranking, deterministic algorithms only, then the fallback.
 std::vector<ConvAlgo> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSetup& cs) {
@@ -222,8 +236,10 @@ std::vector<ConvAlgo> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSe
     case ConvDir::Forward: {
       CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithmMaxCount(h, &max_count));
       std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, cs.x.get(), cs.w.get(), cs.conv.get(), cs.y.get(),
-                                                         max_count, &returned, perf.data()));
+      if (!heuristic_answered(cudnnGetConvolutionForwardAlgorithm_v7(h, cs.x.get(), cs.w.get(), cs.conv.get(),
+                                                                     cs.y.get(), max_count, &returned, perf.data()),
+                              "cudnnGetConvolutionForwardAlgorithm_v7"))
+        returned = 0;
       keep_deterministic(perf, returned, {}, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, cs.dtype, kMaxWorkspace,
                          out);
       break;
@@ -231,8 +247,11 @@ std::vector<ConvAlgo> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSe
     case ConvDir::BackwardData: {
       CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &max_count));
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cs.w.get(), cs.y.get(), cs.conv.get(), cs.x.get(),
-                                                              max_count, &returned, perf.data()));
+      if (!heuristic_answered(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, cs.w.get(), cs.y.get(), cs.conv.get(),
+                                                                          cs.x.get(), max_count, &returned,
+                                                                          perf.data()),
+                              "cudnnGetConvolutionBackwardDataAlgorithm_v7"))
+        returned = 0;
       keep_deterministic(perf, returned, {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0}, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
                          cs.dtype, kMaxWorkspace, out);
       break;
@@ -240,8 +259,11 @@ std::vector<ConvAlgo> rank_algorithms(ConvDir dir, cudnnHandle_t h, const ConvSe
     case ConvDir::BackwardFilter: {
       CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &max_count));
       std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(static_cast<size_t>(std::max(max_count, 1)));
-      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, cs.x.get(), cs.y.get(), cs.conv.get(),
-                                                                cs.w.get(), max_count, &returned, perf.data()));
+      if (!heuristic_answered(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, cs.x.get(), cs.y.get(),
+                                                                            cs.conv.get(), cs.w.get(), max_count,
+                                                                            &returned, perf.data()),
+                              "cudnnGetConvolutionBackwardFilterAlgorithm_v7"))
+        returned = 0;
       keep_deterministic(perf, returned, {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3},
                          CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, cs.dtype, kMaxWorkspace, out);
       break;
@@ -308,7 +330,7 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
                            << ") " << detail::cudnn_last_error() << " for " << s.str());
   }
   if (o.index < candidates.size()) {
-    if (o.index > 0) {  // remember that the earlier candidates do not work for this geometry
+    if (o.index > 0 && o.permanent) {  // remember that the earlier candidates never work here
       std::lock_guard<std::mutex> lock(g_algo_mu);
       g_algo_cache[key] =
           std::vector<ConvAlgo>(candidates.begin() + static_cast<std::ptrdiff_t>(o.index), candidates.end());
@@ -316,12 +338,12 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
     return;
   }
   const cudnnStatus_t last = o.status;
-  {
+  if (o.permanent) {  // else a failure of the moment: the next call tries the candidates again
     std::lock_guard<std::mutex> lock(g_algo_mu);
     g_no_algo[key] = last;
   }
   const bool bf16 = cs.dtype == CUDNN_DATA_BFLOAT16;
-  if (s.channels_last || bf16)
+  if ((s.channels_last || bf16) && o.permanent)
     note_fallback(dir, s, bf16 ? "bf16" : "f32", last, s.channels_last ? "NCHW copies" : "f32 copies");
   throw NoAlgorithm{last};
 }
@@ -378,11 +400,12 @@ struct PoolSetup {
 
 // ---- batch norm -----------------------------------------------------------------------------
 
-// Whether cuDNN refused a channels-last batch norm for its layout (not supported, or a parameter
-// it does not take in NHWC), rather than being unable to run at all: then NCHW copies run.
+// Whether cuDNN refused a channels-last batch norm for its layout (not supported, or the generic
+// bad-parameter status; not a null or misaligned pointer), rather than being unable to run at all:
+// then NCHW copies run.
 bool nhwc_refused(cudnnStatus_t st) {
-  const cudnnStatus_t c = conv_algos::category(st);
-  return !conv_algos::environment_error(st) && (c == CUDNN_STATUS_NOT_SUPPORTED || c == CUDNN_STATUS_BAD_PARAM);
+  return !conv_algos::environment_error(st) &&
+         (conv_algos::category(st) == CUDNN_STATUS_NOT_SUPPORTED || st == CUDNN_STATUS_BAD_PARAM);
 }
 
 // x as N x C x S x 1 (S = H*W, or 1 for 1-d batch norm); per-channel tensors as 1 x C x 1 x 1.
@@ -559,12 +582,14 @@ void conv2d_forward_any(const Conv2dShape& s, const T* x, const T* w, const floa
     last = e.last;
   }
   if (s.channels_last) {
+    ++g_fallbacks;
     const int64_t ohw = s.out_h() * s.out_w();
     const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
     DeviceBuffer yc(bytes_of<T>(s.out_numel()));
     conv2d_forward_any(nchw(s), static_cast<const T*>(xc.get()), w, bias, static_cast<T*>(yc.get()));
     permute_layout(s.n, s.c_out, ohw, true, sizeof(T), yc.get(), y);
   } else if constexpr (std::is_same_v<T, bf16>) {
+    ++g_fallbacks;
     const DeviceBuffer xf = widened(s.in_numel(), x), wf = widened(s.weight_numel(), w);
     DeviceBuffer yf(f32_bytes(s.out_numel()));
     conv2d_forward_any(s, xf.f32(), wf.f32(), nullptr, yf.f32());
@@ -584,11 +609,13 @@ void conv2d_backward_data_any(const Conv2dShape& s, const T* dy, const T* w, T* 
     last = e.last;
   }
   if (s.channels_last) {
+    ++g_fallbacks;
     const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
     DeviceBuffer dxc(bytes_of<T>(s.in_numel()));
     conv2d_backward_data_any(nchw(s), static_cast<const T*>(dyc.get()), w, static_cast<T*>(dxc.get()));
     permute_layout(s.n, s.c_in, s.h * s.w, true, sizeof(T), dxc.get(), dx);
   } else if constexpr (std::is_same_v<T, bf16>) {
+    ++g_fallbacks;
     const DeviceBuffer dyf = widened(s.out_numel(), dy), wf = widened(s.weight_numel(), w);
     DeviceBuffer dxf(f32_bytes(s.in_numel()));
     conv2d_backward_data_any(s, dyf.f32(), wf.f32(), dxf.f32());
@@ -607,11 +634,13 @@ void conv2d_backward_weights_any(const Conv2dShape& s, const T* x, const T* dy, 
     last = e.last;
   }
   if (s.channels_last) {
+    ++g_fallbacks;
     const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
     const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
     conv2d_backward_weights_any(nchw(s), static_cast<const T*>(xc.get()), static_cast<const T*>(dyc.get()), dw,
                                 dbias);
   } else if constexpr (std::is_same_v<T, bf16>) {
+    ++g_fallbacks;
     // The bias gradient stays the bf16 path's fixed-order sum of the bf16 dy.
     const DeviceBuffer xf = widened(s.in_numel(), x), dyf = widened(s.out_numel(), dy);
     DeviceBuffer dwf(f32_bytes(s.weight_numel()));
@@ -625,6 +654,7 @@ void conv2d_backward_weights_any(const Conv2dShape& s, const T* x, const T* dy, 
 }  // namespace
 
 void refuse_conv_algorithms_for_testing(bool on) { g_refuse_for_testing = on; }
+int64_t conv_fallbacks_for_testing() { return g_fallbacks; }
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   conv2d_forward_any(s, x, w, bias, y);
