@@ -23,7 +23,10 @@ step() {  # step NAME COMMAND...: runs it, logs to $out/NAME.log, records ok/FAI
   local name=$1; shift
   local t0=$(date +%s)
   local left=$(( limit - (t0 - started) - keep ))
-  if (( left < 30 )); then result[$name]="not started (time limit ${limit}s)"; return; fi
+  if (( left < 30 )); then
+    result[$name]="not started (time limit ${limit}s$( (( keep > 0 )) && echo ", ${keep}s kept for the GPU tests"))"
+    return
+  fi
   set -- timeout -k 10 "$left" "$@"  # SIGTERM at the limit, SIGKILL 10 s later
   "$@" > "$out/$name.log" 2>&1
   case $? in
