@@ -61,6 +61,7 @@ train_device=auto
 step configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DTTQ_JSON_INCLUDE_DIR="$PWD/third_party" -DTTQ_GTEST_SOURCE_DIR="$PWD/third_party/googletest" "${hints[@]}"
 step build cmake --build "$build" -j "$(nproc)"
+"$build/ttq" info > "$out/info.log" 2>&1  # versions built against and loaded, the GPUs found
 # The numbers first (each capped well above its expected time), then the GPU tests, so a slow
 # test run cannot starve the benchmarks; 150 s stay kept for the tests, so the numbers cannot
 # starve them either. A training run end to end first: the quickest sign that the GPU path works.
@@ -131,6 +132,9 @@ printf '| %-16s | %s |\n' "step" "result"
 printf '|%s|%s|\n' "------------------" "------------------------------"
 for s in configure build train train_bf16 kernels thr_r18_ttq thr_r18_fp thr_r18_ttq_bf16 thr_r18_ttq_cl thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq peer_bf16 peer_fp32 peer_bf16_nchw gpu_tests sanitizer cpu_tests; do printf '| %-16s | %s |\n' "$s" "${result[$s]}"; done
 printf '| %-16s | %s |\n' "gpu tests" "${passed:-?}, ${skipped} skipped"
+for lib in CUDA cuDNN NCCL; do
+  printf '| %-16s | %s |\n' "$lib" "$(sed -n "s/^  $lib *: //p" "$out/info.log" 2>/dev/null | head -1)"
+done
 for t in train train_bf16; do  # the device and precision the run's first line names
   printf '| %-16s | %s |\n' "$t on" "$(sed -n 's/^ttq train .*(\(\(cpu\|cuda\)[^)]*\))$/\1/p' "$out/$t.log" 2>/dev/null | head -1) (asked: $train_device)"
 done

@@ -13,6 +13,16 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/device.h"
 
+#ifdef TTQ_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+#ifdef TTQ_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+#ifdef TTQ_HAVE_NCCL
+#include <nccl.h>
+#endif
+
 namespace ttq::cli {
 int run_train(const std::vector<std::string>& argv);
 int run_eval(const std::vector<std::string>& argv);
@@ -34,21 +44,39 @@ const char* kUsage =
     "\n"
     "Run `ttq COMMAND --help` for the options of a command.\n";
 
+#ifdef TTQ_HAVE_CUDA
+// "13.0" from CUDA's 13000; "none" for 0 (no driver).
+std::string cuda_version(int v) {
+  return v > 0 ? std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10) : std::string("none");
+}
+#endif
+
 int run_info() {
   std::printf("ttq build:\n");
   std::printf("  CPU kernels : %s\n", ttq::cpu::onednn_built() ? "oneDNN (reference kernels also built)" : "reference");
+  // Versions: what the build compiled against, and what this machine loads (they may differ when
+  // cuDNN or NCCL come from another installation at run time).
 #ifdef TTQ_HAVE_CUDA
-  std::printf("  CUDA        : built\n");
+  int runtime = 0, driver = 0;
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+  std::printf("  CUDA        : built against %s; runtime %s, driver %s\n", cuda_version(CUDART_VERSION).c_str(),
+              cuda_version(runtime).c_str(), cuda_version(driver).c_str());
 #else
   std::printf("  CUDA        : not built\n");
 #endif
 #ifdef TTQ_HAVE_CUDNN
-  std::printf("  cuDNN       : built\n");
+  const size_t cudnn = cudnnGetVersion();
+  std::printf("  cuDNN       : built against %d.%d.%d; loaded %zu.%zu.%zu\n", CUDNN_MAJOR, CUDNN_MINOR,
+              CUDNN_PATCHLEVEL, cudnn / 10000, cudnn % 10000 / 100, cudnn % 100);
 #else
   std::printf("  cuDNN       : not built\n");
 #endif
 #ifdef TTQ_HAVE_NCCL
-  std::printf("  NCCL        : built\n");
+  int nccl = 0;
+  if (ncclGetVersion(&nccl) != ncclSuccess) nccl = 0;
+  std::printf("  NCCL        : built against %d.%d.%d; loaded %d.%d.%d\n", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH,
+              nccl / 10000, nccl % 10000 / 100, nccl % 100);
 #else
   std::printf("  NCCL        : not built\n");
 #endif
