@@ -61,7 +61,7 @@ train_device=auto
 step configure cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DTTQ_JSON_INCLUDE_DIR="$PWD/third_party" -DTTQ_GTEST_SOURCE_DIR="$PWD/third_party/googletest" "${hints[@]}"
 step build cmake --build "$build" -j "$(nproc)"
-"$build/ttq" info > "$out/info.log" 2>&1  # versions built against and loaded, the GPUs found
+timeout 30 "$build/ttq" info > "$out/info.log" 2>&1  # versions built against and loaded, the GPUs found
 # The numbers first (each capped well above its expected time), then the GPU tests, so a slow
 # test run cannot starve the benchmarks; 150 s stay kept for the tests, so the numbers cannot
 # starve them either. A training run end to end first: the quickest sign that the GPU path works.
@@ -122,8 +122,9 @@ peer() {
   v=$(sed -n 's/^THROUGHPUT .*images_per_s=\([0-9.]*\).*/\1 images\/s/p' "$out/$1.log" 2>/dev/null | tail -1)
   if [[ -z $v ]] && grep -q '^SKIPPED' "$out/$1.log" 2>/dev/null; then v="skipped (no GPU)"; fi
   # Convolutions that ran on NCHW or f32 copies (no deterministic cuDNN algorithm): a slower path.
+  v=${v:-?}
   n=$(grep -c '; running on ' "$out/$1.log" 2>/dev/null)
-  [[ ${n:-0} -gt 0 ]] && v="$v, $n fallbacks to copies (see the log)"
+  [[ ${n:-0} -gt 0 ]] && v="$v, $n convolution geometries fell back to copies (see the log)"
   echo "${v:-?}"
 }
 echo

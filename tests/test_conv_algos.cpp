@@ -113,10 +113,17 @@ TEST(ConvAlgos, StatusClasses) {
   EXPECT_TRUE(ca::skippable(CUDNN_STATUS_EXECUTION_FAILED_CUDART, healthy));
   EXPECT_FALSE(ca::skippable(CUDNN_STATUS_EXECUTION_FAILED_CUDART, broken));
   EXPECT_FALSE(ca::skippable(CUDNN_STATUS_EXECUTION_FAILED, broken));
-  EXPECT_TRUE(ca::permanent_failure(CUDNN_STATUS_NOT_SUPPORTED_SHAPE));
-  EXPECT_TRUE(ca::permanent_failure(CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH));
-  EXPECT_FALSE(ca::permanent_failure(CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED));
-  EXPECT_FALSE(ca::permanent_failure(CUDNN_STATUS_EXECUTION_FAILED));
+  // For good: the geometry is not supported, or a shape is not taken. Not: what belongs to the call
+  // (a pointer, a stream) or to the moment (an allocation, an execution), nor the environment.
+  for (cudnnStatus_t st : {CUDNN_STATUS_NOT_SUPPORTED_SHAPE, CUDNN_STATUS_NOT_SUPPORTED_LAYOUT, CUDNN_STATUS_BAD_PARAM,
+                           CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH, CUDNN_STATUS_BAD_PARAM_OUT_OF_BOUND})
+    EXPECT_TRUE(ca::permanent_failure(st)) << static_cast<int>(st);
+  for (cudnnStatus_t st :
+       {CUDNN_STATUS_BAD_PARAM_NULL_POINTER, CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER,
+        CUDNN_STATUS_BAD_PARAM_STREAM_MISMATCH, CUDNN_STATUS_BAD_PARAM_CUDA_GRAPH_MISMATCH,
+        CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED, CUDNN_STATUS_EXECUTION_FAILED,
+        CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE})
+    EXPECT_FALSE(ca::permanent_failure(st)) << static_cast<int>(st);
   EXPECT_TRUE(ca::not_supported(CUDNN_STATUS_NOT_SUPPORTED_PADDING));
   EXPECT_FALSE(ca::not_supported(CUDNN_STATUS_BAD_PARAM));
 }
@@ -145,7 +152,20 @@ TEST(ConvAlgos, FirstWorkingSkipsFailedCandidatesAndStopsAtAFatalOne) {
     EXPECT_FALSE(o.fatal);
     EXPECT_EQ(o.status, CUDNN_STATUS_SUCCESS);
     EXPECT_TRUE(o.permanent);  // candidate 0 can be forgotten
+    EXPECT_EQ(o.failed_for_good, (std::vector<size_t>{0}));
+    EXPECT_EQ(ca::without_failed(cands, o), (std::vector<ca::ConvAlgo>{cands[1], cands[2]}));
     EXPECT_EQ(tried, (std::vector<size_t>{0, 1}));
+  }
+  {
+    // Not supported, then a misaligned pointer (the call's), then success: only the first is
+    // forgotten; the second stays a candidate for the next call.
+    auto [o, tried] =
+        run({CUDNN_STATUS_NOT_SUPPORTED_SHAPE, CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, CUDNN_STATUS_SUCCESS},
+            healthy);
+    EXPECT_EQ(o.index, 2u);
+    EXPECT_FALSE(o.permanent);
+    EXPECT_EQ(o.failed_for_good, (std::vector<size_t>{0}));
+    EXPECT_EQ(ca::without_failed(cands, o), (std::vector<ca::ConvAlgo>{cands[1], cands[2]}));
   }
   {
     // An allocation inside cuDNN failed: skipped now, but not for good.
@@ -154,6 +174,7 @@ TEST(ConvAlgos, FirstWorkingSkipsFailedCandidatesAndStopsAtAFatalOne) {
     EXPECT_EQ(o.index, 1u);
     EXPECT_FALSE(o.fatal);
     EXPECT_FALSE(o.permanent);
+    EXPECT_TRUE(o.failed_for_good.empty());
   }
   {
     auto [o, tried] = run({CUDNN_STATUS_BAD_PARAM, CUDNN_STATUS_EXECUTION_FAILED, CUDNN_STATUS_NOT_SUPPORTED_LAYOUT},

@@ -138,7 +138,7 @@ std::string resolve_checkpoint(const std::string& arg) {
 int run_eval(const std::vector<std::string>& argv) {
   Args a("eval RUN_DIR|CHECKPOINT|EXPORT", "Evaluates a checkpoint or an exported ternary model on its test set.");
   a.option("data-root", "", "override the data folder stored with the model")
-      .option("batch", "500", "evaluation batch size")
+      .option("batch", "", "evaluation batch size (default: the run's eval.batch_size)")
       .option("device", "", "cpu, cuda or auto (default: the device the run was configured with)");
   std::vector<std::string> pos;
   a.parse(split_positional(argv, 1, "eval", pos));
@@ -162,8 +162,9 @@ int run_eval(const std::vector<std::string>& argv) {
   const Device device = select_device(device_arg);
   model.net->to(device);
   // In the run's precision and memory format too.
-  const EvalResult ev = evaluate(*model.net, data.test, a.get_int("batch"), cfg.data.workers, nullptr,
-                                 cfg.compute_format());
+  // And with the run's evaluation batch: on the GPU the convolution algorithms depend on it.
+  const int64_t batch = a.get("batch").empty() ? cfg.eval_batch_size : a.get_int("batch");
+  const EvalResult ev = evaluate(*model.net, data.test, batch, cfg.data.workers, nullptr, cfg.compute_format());
   std::printf("%s (%s, %s, %s%s): %s\n", ck.file.path().c_str(), ck.format.c_str(), device_name(device),
               cfg.precision.c_str(),
               cfg.memory_format == "contiguous" ? "" : (", " + cfg.memory_format).c_str(),

@@ -75,8 +75,9 @@ int run_info() {
 #ifdef TTQ_HAVE_NCCL
   int nccl = 0;
   if (ncclGetVersion(&nccl) != ncclSuccess) nccl = 0;
+  const int scale = nccl >= 20900 ? 10000 : 1000;  // NCCL before 2.9 encodes X*1000 + Y*100 + Z
   std::printf("  NCCL        : built against %d.%d.%d; loaded %d.%d.%d\n", NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH,
-              nccl / 10000, nccl % 10000 / 100, nccl % 100);
+              nccl / scale, nccl % scale / 100, nccl % 100);
 #else
   std::printf("  NCCL        : not built\n");
 #endif

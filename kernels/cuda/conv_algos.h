@@ -84,23 +84,41 @@ bool skippable(cudnnStatus_t st, StreamHealthy stream_healthy) {
 }
 
 // Whether a skipped failure says the candidate can never run this geometry (not supported, or a
-// parameter it does not take), as opposed to a failure of the moment (an allocation inside cuDNN,
-// an execution failure) that the next call may not meet.
+// shape it does not take), as opposed to one that belongs to the call (a null or misaligned
+// pointer, a stream) or to the moment (an allocation inside cuDNN, an execution failure), which
+// the next call may not meet.
 inline bool permanent_failure(cudnnStatus_t st) {
-  const cudnnStatus_t c = category(st);
-  return c == CUDNN_STATUS_NOT_SUPPORTED || c == CUDNN_STATUS_BAD_PARAM;
+  if (environment_error(st)) return false;
+  if (category(st) == CUDNN_STATUS_NOT_SUPPORTED) return true;
+#ifdef CUDNN_STATUS_CATEGORY
+  return st == CUDNN_STATUS_BAD_PARAM || st == CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH ||
+         st == CUDNN_STATUS_BAD_PARAM_OUT_OF_BOUND;
+#else
+  return st == CUDNN_STATUS_BAD_PARAM;
+#endif
 }
 
 // What trying the candidates in order gave: index = the first that succeeded; or index = the
 // candidate whose failure may not be skipped (fatal); or index = candidates.size() when every one
-// failed and may be skipped. status: that candidate's (the last one's) status. permanent: every
-// candidate before index failed for good (permanent_failure), so a cache may forget them.
+// failed and may be skipped. status: that candidate's (the last one's) status. failed_for_good:
+// the candidates before index that failed for good (permanent_failure), which a cache may forget;
+// permanent: every candidate before index did.
 struct Outcome {
   size_t index = 0;
   cudnnStatus_t status = CUDNN_STATUS_SUCCESS;
   bool fatal = false;
   bool permanent = true;
+  std::vector<size_t> failed_for_good;
 };
+
+// The candidates without those that failed for good.
+inline std::vector<ConvAlgo> without_failed(const std::vector<ConvAlgo>& candidates, const Outcome& o) {
+  std::vector<ConvAlgo> out;
+  for (size_t i = 0; i < candidates.size(); ++i)
+    if (std::find(o.failed_for_good.begin(), o.failed_for_good.end(), i) == o.failed_for_good.end())
+      out.push_back(candidates[i]);
+  return out;
+}
 
 // attempt(candidate) returns the status of its workspace query and launch.
 template <class Attempt, class StreamHealthy>
@@ -118,7 +136,10 @@ Outcome first_working(const std::vector<ConvAlgo>& candidates, Attempt attempt, 
       out.fatal = true;
       return out;
     }
-    out.permanent = out.permanent && permanent_failure(st);
+    if (permanent_failure(st))
+      out.failed_for_good.push_back(out.index);
+    else
+      out.permanent = false;
   }
   return out;
 }

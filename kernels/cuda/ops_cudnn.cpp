@@ -28,8 +28,9 @@
 // bad-parameter, not-supported or internal status is skipped (an execution failure too, while the
 // CUDA stream is still healthy); a status that says cuDNN itself cannot run here (a sub-library
 // that does not load, a driver, runtime or architecture mismatch) is an error at once. Only
-// candidates that failed for good (not supported, bad parameter) are dropped from the cache; a
-// failure of the moment (an allocation inside cuDNN) is tried again at the next call. A heuristic
+// candidates that failed for good (not supported, a shape not taken) are dropped from the cache;
+// one whose failure belongs to the call (a pointer) or the moment (an allocation inside cuDNN) is
+// tried again at the next call. A heuristic
 // query that refuses the geometry leaves the fallback alone. When no candidate works: a
 // channels-last geometry runs on NCHW copies, a bf16 one on f32 copies (widened, the f32
 // convolution, rounded back: what the CPU path computes), each said once on stderr; an f32 NCHW
@@ -215,6 +216,7 @@ ConvKey conv_key(ConvDir dir, int device, const Conv2dShape& s, const ConvSetup&
 std::mutex g_algo_mu;
 std::map<ConvKey, std::vector<ConvAlgo>> g_algo_cache;
 std::map<ConvKey, cudnnStatus_t> g_no_algo;  // geometries no candidate runs (the last status)
+std::set<ConvKey> g_noted;                    // geometries whose fallback was said on stderr
 std::atomic<bool> g_refuse_for_testing{false};
 std::atomic<int64_t> g_fallbacks{0};  // convolution directions run on copies
 
@@ -329,21 +331,22 @@ void run_convolution(ConvDir dir, const Conv2dShape& s, const ConvSetup& cs, Dev
                            << ") failed: " << cudnnGetErrorString(o.status) << " (" << static_cast<int>(o.status)
                            << ") " << detail::cudnn_last_error() << " for " << s.str());
   }
-  if (o.index < candidates.size()) {
-    if (o.index > 0 && o.permanent) {  // remember that the earlier candidates never work here
-      std::lock_guard<std::mutex> lock(g_algo_mu);
-      g_algo_cache[key] =
-          std::vector<ConvAlgo>(candidates.begin() + static_cast<std::ptrdiff_t>(o.index), candidates.end());
-    }
-    return;
-  }
-  const cudnnStatus_t last = o.status;
-  if (o.permanent) {  // else a failure of the moment: the next call tries the candidates again
+  if (!o.failed_for_good.empty()) {  // forget the candidates that never work here
     std::lock_guard<std::mutex> lock(g_algo_mu);
-    g_no_algo[key] = last;
+    g_algo_cache[key] = conv_algos::without_failed(candidates, o);
+  }
+  if (o.index < candidates.size()) return;
+  const cudnnStatus_t last = o.status;
+  bool first_time = true;
+  {
+    std::lock_guard<std::mutex> lock(g_algo_mu);
+    // Failed for good: marked, never tried again. Else (a failure of the moment, e.g. an
+    // allocation inside cuDNN) the next call tries the candidates again; said once either way.
+    if (o.permanent) g_no_algo[key] = last;
+    first_time = g_noted.insert(key).second;
   }
   const bool bf16 = cs.dtype == CUDNN_DATA_BFLOAT16;
-  if ((s.channels_last || bf16) && o.permanent)
+  if ((s.channels_last || bf16) && first_time)
     note_fallback(dir, s, bf16 ? "bf16" : "f32", last, s.channels_last ? "NCHW copies" : "f32 copies");
   throw NoAlgorithm{last};
 }
@@ -567,8 +570,8 @@ DeviceBuffer widened(int64_t count, const bf16* src) {
 }
 
 [[noreturn]] void no_algorithm(ConvDir dir, const Conv2dShape& s, cudnnStatus_t last) {
-  TTQ_FAIL(dir_name(dir) << ": no deterministic cuDNN algorithm supports " << s.str() << " (last status "
-                         << cudnnGetErrorString(last) << ")");
+  TTQ_FAIL(dir_name(dir) << ": no deterministic cuDNN algorithm ran " << s.str() << " (last status "
+                         << cudnnGetErrorString(last) << " (" << static_cast<int>(last) << "))");
 }
 
 // Each entry point: the convolution as asked; when no candidate runs it, channels-last on NCHW
