@@ -46,6 +46,12 @@ TTQ_HD float bits_float(uint32_t u) {
 #endif
 }
 
+// |x| as bits, the sign bit cleared (-0 is +0): for non-negative floats, and +inf and then NaN
+// after them, the unsigned order of these patterns is the order of the values, and equal values
+// give equal patterns. The sparsity threshold's k-th smallest |w| is selected on them (the CPU's
+// radix select and nth_element, the GPU's radix select).
+TTQ_HD uint32_t abs_bits(float x) { return float_bits(x) & 0x7fffffffu; }
+
 // c ? a : b, picked with an all-ones/all-zeros mask: the exact bits of a or b (sign of zero and
 // NaN payloads included), no branch.
 TTQ_HD float select(bool c, float a, float b) {

@@ -89,7 +89,7 @@ void add_lanes(Lanes& acc, int64_t n, const Term& term) {
 // the bit patterns of |w|, which for non-NaN values order like the values: an exact integer max,
 // the same in any order. 16 running maxima so the vectorized loop is not one dependency chain.
 int32_t abs_key_no_nan(float x) {
-  const auto k = static_cast<int32_t>(math::detail::float_bits(x) & 0x7fffffffu);
+  const auto k = static_cast<int32_t>(math::detail::abs_bits(x));
   return k > 0x7f800000 ? 0 : k;
 }
 
@@ -213,16 +213,15 @@ MeansPartial set_means_chunk(const float* __restrict w, int64_t n, float d) {
 
 // ---- sparsity: k-th smallest |w| -------------------------------------------------------------
 
-// |w| as bits: for non-NaN values the unsigned order of these is the order of |w|, and equal |w|
-// (+0 and -0 included) give equal bits; NaN keys come after +inf's.
-uint32_t abs_key(float x) { return math::detail::float_bits(x) & 0x7fffffffu; }
+// Keys: |w| as bits (math::detail::abs_bits), ordered like |w|, NaN after +inf.
+using math::detail::abs_bits;
 constexpr uint32_t kInfKey = 0x7f800000u;  // keys above this are NaN
 
 // On the keys, not on fabs(w): NaN has no place in a float order (nth_element's result would be
 // unspecified), while its key sorts after +inf, as in the GPU's radix select.
 float kth_smallest_abs_nth_element(const float* w, int64_t n, int64_t k) {
   std::vector<uint32_t> a(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) a[i] = abs_key(w[i]);
+  for (int64_t i = 0; i < n; ++i) a[i] = abs_bits(w[i]);
   std::nth_element(a.begin(), a.begin() + k, a.end());
   return math::detail::bits_float(a[k]);
 }
@@ -259,7 +258,7 @@ float kth_smallest_abs(const float* w, int64_t n, int64_t k) {
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t end = std::min(n, (c + 1) * kChunk);
         for (int64_t i = c * kChunk; i < end; ++i) {
-          const uint32_t key = abs_key(w[i]);
+          const uint32_t key = abs_bits(w[i]);
           ++local[key >> kDigitShift[0]];
           nans += key > kInfKey;
         }
@@ -289,7 +288,7 @@ float kth_smallest_abs(const float* w, int64_t n, int64_t k) {
       for (int64_t c = 0; c < chunks; ++c) {
         const int64_t end = std::min(n, (c + 1) * kChunk);
         for (int64_t i = c * kChunk; i < end; ++i) {
-          const uint32_t key = abs_key(w[i]);
+          const uint32_t key = abs_bits(w[i]);
           out[m] = key;
           m += (key >> kDigitShift[0]) == top;
         }

@@ -576,82 +576,71 @@ DeviceBuffer widened(int64_t count, const bf16* src) {
 
 // Each entry point: the convolution as asked; when no candidate runs it, channels-last on NCHW
 // copies (which may go on to f32), bf16 on f32 copies, and f32 NCHW is an error.
+
+// Runs one direction (an _impl call): true when a cuDNN candidate ran it. Otherwise counts the
+// fallback the caller then takes, or fails for an f32 NCHW geometry, which has none.
+template <class T, class Impl>
+bool ran_natively(ConvDir dir, const Conv2dShape& s, Impl impl) {
+  try {
+    impl();
+    return true;
+  } catch (const NoAlgorithm& e) {
+    if (!s.channels_last && !std::is_same_v<T, bf16>) no_algorithm(dir, s, e.last);
+  }
+  ++g_fallbacks;
+  return false;
+}
+
 template <class T>
 void conv2d_forward_any(const Conv2dShape& s, const T* x, const T* w, const float* bias, T* y) {
-  cudnnStatus_t last = CUDNN_STATUS_SUCCESS;
-  try {
-    return conv2d_forward_impl(s, x, w, bias, y);
-  } catch (const NoAlgorithm& e) {
-    last = e.last;
-  }
+  if (ran_natively<T>(ConvDir::Forward, s, [&] { conv2d_forward_impl(s, x, w, bias, y); })) return;
   if (s.channels_last) {
-    ++g_fallbacks;
     const int64_t ohw = s.out_h() * s.out_w();
     const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
     DeviceBuffer yc(bytes_of<T>(s.out_numel()));
     conv2d_forward_any(nchw(s), static_cast<const T*>(xc.get()), w, bias, static_cast<T*>(yc.get()));
     permute_layout(s.n, s.c_out, ohw, true, sizeof(T), yc.get(), y);
   } else if constexpr (std::is_same_v<T, bf16>) {
-    ++g_fallbacks;
     const DeviceBuffer xf = widened(s.in_numel(), x), wf = widened(s.weight_numel(), w);
     DeviceBuffer yf(f32_bytes(s.out_numel()));
     conv2d_forward_any(s, xf.f32(), wf.f32(), nullptr, yf.f32());
     cast(s.out_numel(), yf.f32(), y);
     if (bias) helpers::add_channel_bias(s.n, s.c_out, s.out_h() * s.out_w(), bias, y);  // as the bf16 path
-  } else {
-    no_algorithm(ConvDir::Forward, s, last);
   }
 }
 
 template <class T>
 void conv2d_backward_data_any(const Conv2dShape& s, const T* dy, const T* w, T* dx) {
-  cudnnStatus_t last = CUDNN_STATUS_SUCCESS;
-  try {
-    return conv2d_backward_data_impl(s, dy, w, dx);
-  } catch (const NoAlgorithm& e) {
-    last = e.last;
-  }
+  if (ran_natively<T>(ConvDir::BackwardData, s, [&] { conv2d_backward_data_impl(s, dy, w, dx); })) return;
   if (s.channels_last) {
-    ++g_fallbacks;
     const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
     DeviceBuffer dxc(bytes_of<T>(s.in_numel()));
     conv2d_backward_data_any(nchw(s), static_cast<const T*>(dyc.get()), w, static_cast<T*>(dxc.get()));
     permute_layout(s.n, s.c_in, s.h * s.w, true, sizeof(T), dxc.get(), dx);
   } else if constexpr (std::is_same_v<T, bf16>) {
-    ++g_fallbacks;
     const DeviceBuffer dyf = widened(s.out_numel(), dy), wf = widened(s.weight_numel(), w);
     DeviceBuffer dxf(f32_bytes(s.in_numel()));
     conv2d_backward_data_any(s, dyf.f32(), wf.f32(), dxf.f32());
     cast(s.in_numel(), dxf.f32(), dx);
-  } else {
-    no_algorithm(ConvDir::BackwardData, s, last);
   }
 }
 
 template <class T>
 void conv2d_backward_weights_any(const Conv2dShape& s, const T* x, const T* dy, T* dw, float* dbias) {
-  cudnnStatus_t last = CUDNN_STATUS_SUCCESS;
-  try {
-    return conv2d_backward_weights_impl(s, x, dy, dw, dbias);
-  } catch (const NoAlgorithm& e) {
-    last = e.last;
-  }
+  if (ran_natively<T>(ConvDir::BackwardFilter, s, [&] { conv2d_backward_weights_impl(s, x, dy, dw, dbias); }))
+    return;
   if (s.channels_last) {
-    ++g_fallbacks;
     const DeviceBuffer xc = permuted(s.n, s.c_in, s.h * s.w, false, x);
     const DeviceBuffer dyc = permuted(s.n, s.c_out, s.out_h() * s.out_w(), false, dy);
     conv2d_backward_weights_any(nchw(s), static_cast<const T*>(xc.get()), static_cast<const T*>(dyc.get()), dw,
                                 dbias);
   } else if constexpr (std::is_same_v<T, bf16>) {
-    ++g_fallbacks;
     // The bias gradient stays the bf16 path's fixed-order sum of the bf16 dy.
     const DeviceBuffer xf = widened(s.in_numel(), x), dyf = widened(s.out_numel(), dy);
     DeviceBuffer dwf(f32_bytes(s.weight_numel()));
     conv2d_backward_weights_any(s, xf.f32(), dyf.f32(), dwf.f32(), nullptr);
     cast(s.weight_numel(), dwf.f32(), dw);
     if (dbias) helpers::channel_sums(s.n, s.c_out, s.out_h() * s.out_w(), dy, dbias);
-  } else {
-    no_algorithm(ConvDir::BackwardFilter, s, last);
   }
 }
 }  // namespace

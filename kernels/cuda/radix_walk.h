@@ -9,9 +9,9 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "kernels/host_device.h"
+#include "kernels/ttq_math.h"
 
 namespace ttq::cuda::radix {
 
@@ -19,26 +19,9 @@ constexpr int kBits = 8;
 constexpr int kBins = 1 << kBits;
 constexpr int kPasses = 32 / kBits;
 
-// The bit pattern of |w| (the sign bit cleared: -0 is +0).
-TTQ_HD uint32_t abs_bits(float w) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(w) & 0x7fffffffu;
-#else
-  uint32_t u = 0;
-  std::memcpy(&u, &w, sizeof u);
-  return u & 0x7fffffffu;
-#endif
-}
-
-TTQ_HD float from_bits(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f = 0.0f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
-}
+// The bit pattern of |w| (kernels/ttq_math.h), and the float of a pattern.
+using ::ttq::math::detail::abs_bits;
+TTQ_HD float from_bits(uint32_t u) { return ::ttq::math::detail::bits_float(u); }
 
 // The shift of pass p's digit.
 TTQ_HD int shift(int pass) { return 32 - kBits * (pass + 1); }
