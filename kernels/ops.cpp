@@ -54,8 +54,8 @@ void expect(const char* op, const Tensor& t, int64_t numel, const char* what) {
   } while (0)
 #endif
 
-const float* cptr(const Tensor* t) { return t ? t->data<float>() : nullptr; }
-float* mptr(Tensor* t) { return t ? t->data<float>() : nullptr; }
+const float* cptr(const Tensor* t) { return t ? t->data_ptr<float>() : nullptr; }
+float* mptr(Tensor* t) { return t ? t->data_ptr<float>() : nullptr; }
 
 // ---- bf16 ------------------------------------------------------------------------------------
 // The activation dtype of an op: the listed tensors (nulls skipped) are all f32 or all bf16.
@@ -120,8 +120,8 @@ void narrow_into(const Tensor& f, Tensor& dst) {
     }                                              \
   } while (0)
 
-const bf16* cbptr(const Tensor& t) { return t.data<bf16>(); }
-bf16* mbptr(const Tensor& t) { return t.data<bf16>(); }
+const bf16* cbptr(const Tensor& t) { return t.data_ptr<bf16>(); }
+bf16* mbptr(const Tensor& t) { return t.data_ptr<bf16>(); }
 
 // ---- channels-last -------------------------------------------------------------------------
 // The layout of an op's activations: the listed tensors (nulls skipped) share one.
@@ -237,8 +237,8 @@ void conv2d_forward(const Conv2dShape& shape, const Tensor& x, const Tensor& w, 
                       cuda::conv2d_forward(s, cbptr(x), cbptr(w), cptr(bias), mbptr(y)));
     return;
   }
-  TTQ_DISPATCH(dev, cpu::conv2d_forward(s, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()),
-               cuda::conv2d_forward(s, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()));
+  TTQ_DISPATCH(dev, cpu::conv2d_forward(s, x.data_ptr<float>(), w.data_ptr<float>(), cptr(bias), y.data_ptr<float>()),
+               cuda::conv2d_forward(s, x.data_ptr<float>(), w.data_ptr<float>(), cptr(bias), y.data_ptr<float>()));
 }
 
 void conv2d_backward_data(const Conv2dShape& shape, const Tensor& dy, const Tensor& w, Tensor& dx) {
@@ -259,8 +259,8 @@ void conv2d_backward_data(const Conv2dShape& shape, const Tensor& dy, const Tens
                       cuda::conv2d_backward_data(s, cbptr(dy), cbptr(w), mbptr(dx)));
     return;
   }
-  TTQ_DISPATCH(dev, cpu::conv2d_backward_data(s, dy.data<float>(), w.data<float>(), dx.data<float>()),
-               cuda::conv2d_backward_data(s, dy.data<float>(), w.data<float>(), dx.data<float>()));
+  TTQ_DISPATCH(dev, cpu::conv2d_backward_data(s, dy.data_ptr<float>(), w.data_ptr<float>(), dx.data_ptr<float>()),
+               cuda::conv2d_backward_data(s, dy.data_ptr<float>(), w.data_ptr<float>(), dx.data_ptr<float>()));
 }
 
 void conv2d_backward_weights(const Conv2dShape& shape, const Tensor& x, const Tensor& dy, Tensor& dw,
@@ -281,8 +281,8 @@ void conv2d_backward_weights(const Conv2dShape& shape, const Tensor& x, const Te
                       cuda::conv2d_backward_weights(s, cbptr(x), cbptr(dy), mbptr(dw), mptr(dbias)));
     return;
   }
-  TTQ_DISPATCH(dev, cpu::conv2d_backward_weights(s, x.data<float>(), dy.data<float>(), dw.data<float>(), mptr(dbias)),
-               cuda::conv2d_backward_weights(s, x.data<float>(), dy.data<float>(), dw.data<float>(), mptr(dbias)));
+  TTQ_DISPATCH(dev, cpu::conv2d_backward_weights(s, x.data_ptr<float>(), dy.data_ptr<float>(), dw.data_ptr<float>(), mptr(dbias)),
+               cuda::conv2d_backward_weights(s, x.data_ptr<float>(), dy.data_ptr<float>(), dw.data_ptr<float>(), mptr(dbias)));
 }
 
 void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor& y) {
@@ -299,8 +299,8 @@ void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor
                       cuda::pool2d_forward(kind, s, cbptr(x), mbptr(y)));
     return;
   }
-  TTQ_DISPATCH(dev, cpu::pool2d_forward(kind, s, x.data<float>(), y.data<float>()),
-               cuda::pool2d_forward(kind, s, x.data<float>(), y.data<float>()));
+  TTQ_DISPATCH(dev, cpu::pool2d_forward(kind, s, x.data_ptr<float>(), y.data_ptr<float>()),
+               cuda::pool2d_forward(kind, s, x.data_ptr<float>(), y.data_ptr<float>()));
 }
 
 void pool2d_backward(PoolKind kind, const Pool2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dx) {
@@ -318,8 +318,8 @@ void pool2d_backward(PoolKind kind, const Pool2dShape& s, const Tensor& x, const
                       cuda::pool2d_backward(kind, s, cbptr(x), cbptr(dy), mbptr(dx)));
     return;
   }
-  TTQ_DISPATCH(dev, cpu::pool2d_backward(kind, s, x.data<float>(), dy.data<float>(), dx.data<float>()),
-               cuda::pool2d_backward(kind, s, x.data<float>(), dy.data<float>(), dx.data<float>()));
+  TTQ_DISPATCH(dev, cpu::pool2d_backward(kind, s, x.data_ptr<float>(), dy.data_ptr<float>(), dx.data_ptr<float>()),
+               cuda::pool2d_backward(kind, s, x.data_ptr<float>(), dy.data_ptr<float>(), dx.data_ptr<float>()));
 }
 
 namespace {
@@ -361,20 +361,20 @@ void batchnorm_forward_train(const BatchNormShape& shape, const Tensor& x, const
                       batchnorm_forward_train(s, widen(x), gamma, beta, eps, momentum, running_mean, running_var, yf,
                                               mean, var, inv_std);
                       narrow_into(yf, y),
-                      cuda::batchnorm_forward_train(s, cbptr(x), gamma.data<float>(), beta.data<float>(), eps, momentum,
-                                                    running_mean.data<float>(), running_var.data<float>(), mbptr(y),
-                                                    mean.data<float>(), var.data<float>(), inv_std.data<float>()));
+                      cuda::batchnorm_forward_train(s, cbptr(x), gamma.data_ptr<float>(), beta.data_ptr<float>(), eps, momentum,
+                                                    running_mean.data_ptr<float>(), running_var.data_ptr<float>(), mbptr(y),
+                                                    mean.data_ptr<float>(), var.data_ptr<float>(), inv_std.data_ptr<float>()));
     return;
   }
   TTQ_DISPATCH(dev,
-               cpu::batchnorm_forward_train(s, x.data<float>(), gamma.data<float>(), beta.data<float>(), eps,
-                                            y.data<float>(), mean.data<float>(), var.data<float>(),
-                                            inv_std.data<float>());
+               cpu::batchnorm_forward_train(s, x.data_ptr<float>(), gamma.data_ptr<float>(), beta.data_ptr<float>(), eps,
+                                            y.data_ptr<float>(), mean.data_ptr<float>(), var.data_ptr<float>(),
+                                            inv_std.data_ptr<float>());
                update_running_stats_cpu(s, momentum, mean, var, running_mean, running_var),
-               cuda::batchnorm_forward_train(s, x.data<float>(), gamma.data<float>(), beta.data<float>(), eps,
-                                             momentum, running_mean.data<float>(), running_var.data<float>(),
-                                             y.data<float>(), mean.data<float>(), var.data<float>(),
-                                             inv_std.data<float>()));
+               cuda::batchnorm_forward_train(s, x.data_ptr<float>(), gamma.data_ptr<float>(), beta.data_ptr<float>(), eps,
+                                             momentum, running_mean.data_ptr<float>(), running_var.data_ptr<float>(),
+                                             y.data_ptr<float>(), mean.data_ptr<float>(), var.data_ptr<float>(),
+                                             inv_std.data_ptr<float>()));
 }
 
 void batchnorm_forward_infer(const BatchNormShape& shape, const Tensor& x, const Tensor& gamma, const Tensor& beta,
@@ -394,18 +394,18 @@ void batchnorm_forward_infer(const BatchNormShape& shape, const Tensor& x, const
     TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y);
                       batchnorm_forward_infer(s, widen(x), gamma, beta, running_mean, running_var, eps, yf);
                       narrow_into(yf, y),
-                      cuda::batchnorm_forward_infer(s, cbptr(x), gamma.data<float>(), beta.data<float>(),
-                                                    running_mean.data<float>(), running_var.data<float>(), eps,
+                      cuda::batchnorm_forward_infer(s, cbptr(x), gamma.data_ptr<float>(), beta.data_ptr<float>(),
+                                                    running_mean.data_ptr<float>(), running_var.data_ptr<float>(), eps,
                                                     mbptr(y)));
     return;
   }
   TTQ_DISPATCH(dev,
-               cpu::batchnorm_forward_infer(s, x.data<float>(), gamma.data<float>(), beta.data<float>(),
-                                            running_mean.data<float>(), running_var.data<float>(), eps,
-                                            y.data<float>()),
-               cuda::batchnorm_forward_infer(s, x.data<float>(), gamma.data<float>(), beta.data<float>(),
-                                             running_mean.data<float>(), running_var.data<float>(), eps,
-                                             y.data<float>()));
+               cpu::batchnorm_forward_infer(s, x.data_ptr<float>(), gamma.data_ptr<float>(), beta.data_ptr<float>(),
+                                            running_mean.data_ptr<float>(), running_var.data_ptr<float>(), eps,
+                                            y.data_ptr<float>()),
+               cuda::batchnorm_forward_infer(s, x.data_ptr<float>(), gamma.data_ptr<float>(), beta.data_ptr<float>(),
+                                             running_mean.data_ptr<float>(), running_var.data_ptr<float>(), eps,
+                                             y.data_ptr<float>()));
 }
 
 void batchnorm_backward(const BatchNormShape& shape, const Tensor& x, const Tensor& dy, const Tensor& gamma,
@@ -427,18 +427,18 @@ void batchnorm_backward(const BatchNormShape& shape, const Tensor& x, const Tens
     TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx);
                       batchnorm_backward(s, widen(x), widen(dy), gamma, mean, inv_std, eps, dxf, dgamma, dbeta);
                       narrow_into(dxf, dx),
-                      cuda::batchnorm_backward(s, cbptr(x), cbptr(dy), gamma.data<float>(), mean.data<float>(),
-                                               inv_std.data<float>(), eps, mbptr(dx), dgamma.data<float>(),
-                                               dbeta.data<float>()));
+                      cuda::batchnorm_backward(s, cbptr(x), cbptr(dy), gamma.data_ptr<float>(), mean.data_ptr<float>(),
+                                               inv_std.data_ptr<float>(), eps, mbptr(dx), dgamma.data_ptr<float>(),
+                                               dbeta.data_ptr<float>()));
     return;
   }
   TTQ_DISPATCH(dev,
-               cpu::batchnorm_backward(s, x.data<float>(), dy.data<float>(), gamma.data<float>(), mean.data<float>(),
-                                       inv_std.data<float>(), dx.data<float>(), dgamma.data<float>(),
-                                       dbeta.data<float>()),
-               cuda::batchnorm_backward(s, x.data<float>(), dy.data<float>(), gamma.data<float>(), mean.data<float>(),
-                                        inv_std.data<float>(), eps, dx.data<float>(), dgamma.data<float>(),
-                                        dbeta.data<float>()));
+               cpu::batchnorm_backward(s, x.data_ptr<float>(), dy.data_ptr<float>(), gamma.data_ptr<float>(), mean.data_ptr<float>(),
+                                       inv_std.data_ptr<float>(), dx.data_ptr<float>(), dgamma.data_ptr<float>(),
+                                       dbeta.data_ptr<float>()),
+               cuda::batchnorm_backward(s, x.data_ptr<float>(), dy.data_ptr<float>(), gamma.data_ptr<float>(), mean.data_ptr<float>(),
+                                        inv_std.data_ptr<float>(), eps, dx.data_ptr<float>(), dgamma.data_ptr<float>(),
+                                        dbeta.data_ptr<float>()));
 }
 
 // ---- synchronised batch norm pieces ------------------------------------------------------------
@@ -531,7 +531,7 @@ void expect_f64(const char* op, const Tensor& t, int64_t n, const char* what) {
   expect(op, t, n, what);
 }
 
-const double* cdptr(const Tensor* t) { return t ? t->data<double>() : nullptr; }
+const double* cdptr(const Tensor* t) { return t ? t->data_ptr<double>() : nullptr; }
 
 }  // namespace
 
@@ -546,11 +546,11 @@ void bn_channel_sums(const BatchNormShape& shape, const Tensor& x, const Tensor*
   expect_f64(op, sums, s.c, "sums");
   if (act_dtype(op, {&x}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, bn_channel_sums(s, widen(x), mean, sums),
-                      cuda::bn_channel_sums(s, cbptr(x), cdptr(mean), sums.data<double>()));
+                      cuda::bn_channel_sums(s, cbptr(x), cdptr(mean), sums.data_ptr<double>()));
     return;
   }
-  TTQ_DISPATCH(dev, bn_channel_sums_cpu(s, x.data<float>(), cdptr(mean), sums.data<double>()),
-               cuda::bn_channel_sums(s, x.data<float>(), cdptr(mean), sums.data<double>()));
+  TTQ_DISPATCH(dev, bn_channel_sums_cpu(s, x.data_ptr<float>(), cdptr(mean), sums.data_ptr<double>()),
+               cuda::bn_channel_sums(s, x.data_ptr<float>(), cdptr(mean), sums.data_ptr<double>()));
 }
 
 void bn_backward_sums(const BatchNormShape& shape, const Tensor& x, const Tensor& dy, const Tensor& mean,
@@ -568,15 +568,15 @@ void bn_backward_sums(const BatchNormShape& shape, const Tensor& x, const Tensor
   expect_f64(op, sums, 2 * s.c, "sums");
   if (act_dtype(op, {&x, &dy}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, bn_backward_sums(s, widen(x), widen(dy), mean, inv_std, sums),
-                      cuda::bn_backward_sums(s, cbptr(x), cbptr(dy), mean.data<float>(), inv_std.data<float>(),
-                                             sums.data<double>()));
+                      cuda::bn_backward_sums(s, cbptr(x), cbptr(dy), mean.data_ptr<float>(), inv_std.data_ptr<float>(),
+                                             sums.data_ptr<double>()));
     return;
   }
   TTQ_DISPATCH(dev,
-               bn_backward_sums_cpu(s, x.data<float>(), dy.data<float>(), mean.data<float>(), inv_std.data<float>(),
-                                    sums.data<double>()),
-               cuda::bn_backward_sums(s, x.data<float>(), dy.data<float>(), mean.data<float>(),
-                                      inv_std.data<float>(), sums.data<double>()));
+               bn_backward_sums_cpu(s, x.data_ptr<float>(), dy.data_ptr<float>(), mean.data_ptr<float>(), inv_std.data_ptr<float>(),
+                                    sums.data_ptr<double>()),
+               cuda::bn_backward_sums(s, x.data_ptr<float>(), dy.data_ptr<float>(), mean.data_ptr<float>(),
+                                      inv_std.data_ptr<float>(), sums.data_ptr<double>()));
 }
 
 void bn_normalize(const BatchNormShape& shape, const Tensor& x, const Tensor& mean, const Tensor& inv_std,
@@ -601,15 +601,15 @@ void bn_normalize(const BatchNormShape& shape, const Tensor& x, const Tensor& me
   if (act_dtype(op, {&x, &y}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor yf = f32_like(y); bn_normalize(s, widen(x), mean, inv_std, gamma, beta, yf);
                       narrow_into(yf, y),
-                      cuda::bn_normalize(s, cbptr(x), mean.data<double>(), inv_std.data<double>(),
-                                         gamma.data<float>(), beta.data<float>(), mbptr(y)));
+                      cuda::bn_normalize(s, cbptr(x), mean.data_ptr<double>(), inv_std.data_ptr<double>(),
+                                         gamma.data_ptr<float>(), beta.data_ptr<float>(), mbptr(y)));
     return;
   }
   TTQ_DISPATCH(dev,
-               bn_normalize_cpu(s, x.data<float>(), mean.data<double>(), inv_std.data<double>(), gamma.data<float>(),
-                                beta.data<float>(), y.data<float>()),
-               cuda::bn_normalize(s, x.data<float>(), mean.data<double>(), inv_std.data<double>(),
-                                  gamma.data<float>(), beta.data<float>(), y.data<float>()));
+               bn_normalize_cpu(s, x.data_ptr<float>(), mean.data_ptr<double>(), inv_std.data_ptr<double>(), gamma.data_ptr<float>(),
+                                beta.data_ptr<float>(), y.data_ptr<float>()),
+               cuda::bn_normalize(s, x.data_ptr<float>(), mean.data_ptr<double>(), inv_std.data_ptr<double>(),
+                                  gamma.data_ptr<float>(), beta.data_ptr<float>(), y.data_ptr<float>()));
 }
 
 void bn_backward_dx(const BatchNormShape& shape, const Tensor& x, const Tensor& dy, const Tensor& mean,
@@ -637,15 +637,15 @@ void bn_backward_dx(const BatchNormShape& shape, const Tensor& x, const Tensor& 
     TTQ_BF16_DISPATCH(dev, Tensor dxf = f32_like(dx);
                       bn_backward_dx(s, widen(x), widen(dy), mean, inv_std, gamma, sums, count, dxf);
                       narrow_into(dxf, dx),
-                      cuda::bn_backward_dx(s, cbptr(x), cbptr(dy), mean.data<float>(), inv_std.data<float>(),
-                                           gamma.data<float>(), sums.data<double>(), count, mbptr(dx)));
+                      cuda::bn_backward_dx(s, cbptr(x), cbptr(dy), mean.data_ptr<float>(), inv_std.data_ptr<float>(),
+                                           gamma.data_ptr<float>(), sums.data_ptr<double>(), count, mbptr(dx)));
     return;
   }
   TTQ_DISPATCH(dev,
-               bn_backward_dx_cpu(s, x.data<float>(), dy.data<float>(), mean.data<float>(), inv_std.data<float>(),
-                                  gamma.data<float>(), sums.data<double>(), count, dx.data<float>()),
-               cuda::bn_backward_dx(s, x.data<float>(), dy.data<float>(), mean.data<float>(), inv_std.data<float>(),
-                                    gamma.data<float>(), sums.data<double>(), count, dx.data<float>()));
+               bn_backward_dx_cpu(s, x.data_ptr<float>(), dy.data_ptr<float>(), mean.data_ptr<float>(), inv_std.data_ptr<float>(),
+                                  gamma.data_ptr<float>(), sums.data_ptr<double>(), count, dx.data_ptr<float>()),
+               cuda::bn_backward_dx(s, x.data_ptr<float>(), dy.data_ptr<float>(), mean.data_ptr<float>(), inv_std.data_ptr<float>(),
+                                    gamma.data_ptr<float>(), sums.data_ptr<double>(), count, dx.data_ptr<float>()));
 }
 
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& y) {
@@ -660,8 +660,8 @@ void linear_forward(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor
                       cuda::linear_forward(n, in, out, cbptr(x), cbptr(w), cptr(bias), mbptr(y)));
     return;
   }
-  TTQ_DISPATCH(dev, cpu::linear_forward(n, in, out, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()),
-               cuda::linear_forward(n, in, out, x.data<float>(), w.data<float>(), cptr(bias), y.data<float>()));
+  TTQ_DISPATCH(dev, cpu::linear_forward(n, in, out, x.data_ptr<float>(), w.data_ptr<float>(), cptr(bias), y.data_ptr<float>()),
+               cuda::linear_forward(n, in, out, x.data_ptr<float>(), w.data_ptr<float>(), cptr(bias), y.data_ptr<float>()));
 }
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor* dx, Tensor& dw, Tensor* dbias) {
@@ -684,10 +684,10 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
     return;
   }
   TTQ_DISPATCH(dev,
-               cpu::linear_backward(n, in, out, x.data<float>(), w.data<float>(), dy.data<float>(), mptr(dx),
-                                    dw.data<float>(), mptr(dbias)),
-               cuda::linear_backward(n, in, out, x.data<float>(), w.data<float>(), dy.data<float>(), mptr(dx),
-                                     dw.data<float>(), mptr(dbias)));
+               cpu::linear_backward(n, in, out, x.data_ptr<float>(), w.data_ptr<float>(), dy.data_ptr<float>(), mptr(dx),
+                                    dw.data_ptr<float>(), mptr(dbias)),
+               cuda::linear_backward(n, in, out, x.data_ptr<float>(), w.data_ptr<float>(), dy.data_ptr<float>(), mptr(dx),
+                                     dw.data_ptr<float>(), mptr(dbias)));
 }
 
 void global_avgpool_forward(const Tensor& x, Tensor& y) {
@@ -700,8 +700,8 @@ void global_avgpool_forward(const Tensor& x, Tensor& y) {
                       cuda::global_avgpool_forward(n, c, hw, cbptr(x), mbptr(y)));
     return;
   }
-  TTQ_DISPATCH(dev, ref::global_avgpool_forward(n, c, hw, x.data<float>(), y.data<float>()),
-               cuda::global_avgpool_forward(n, c, hw, x.data<float>(), y.data<float>()));
+  TTQ_DISPATCH(dev, ref::global_avgpool_forward(n, c, hw, x.data_ptr<float>(), y.data_ptr<float>()),
+               cuda::global_avgpool_forward(n, c, hw, x.data_ptr<float>(), y.data_ptr<float>()));
 }
 
 void global_avgpool_backward(const Tensor& dy, Tensor& dx) {
@@ -719,8 +719,8 @@ void global_avgpool_backward(const Tensor& dy, Tensor& dx) {
                       cuda::global_avgpool_backward(n, c, hw, cbptr(dy), mbptr(dx)));
     return;
   }
-  TTQ_DISPATCH(dev, ref::global_avgpool_backward(n, c, hw, dy.data<float>(), dx.data<float>()),
-               cuda::global_avgpool_backward(n, c, hw, dy.data<float>(), dx.data<float>()));
+  TTQ_DISPATCH(dev, ref::global_avgpool_backward(n, c, hw, dy.data_ptr<float>(), dx.data_ptr<float>()),
+               cuda::global_avgpool_backward(n, c, hw, dy.data_ptr<float>(), dx.data_ptr<float>()));
 }
 
 void relu_forward(const Tensor& x, Tensor& y) {
@@ -732,8 +732,8 @@ void relu_forward(const Tensor& x, Tensor& y) {
                       cuda::relu_forward(x.numel(), cbptr(x), mbptr(y)));
     return;
   }
-  TTQ_DISPATCH(dev, ref::relu_forward(x.numel(), x.data<float>(), y.data<float>()),
-               cuda::relu_forward(x.numel(), x.data<float>(), y.data<float>()));
+  TTQ_DISPATCH(dev, ref::relu_forward(x.numel(), x.data_ptr<float>(), y.data_ptr<float>()),
+               cuda::relu_forward(x.numel(), x.data_ptr<float>(), y.data_ptr<float>()));
 }
 
 void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) {
@@ -746,8 +746,8 @@ void relu_backward(const Tensor& y, const Tensor& dy, Tensor& dx) {
                       cuda::relu_backward(y.numel(), cbptr(y), cbptr(dy), mbptr(dx)));
     return;
   }
-  TTQ_DISPATCH(dev, ref::relu_backward(y.numel(), y.data<float>(), dy.data<float>(), dx.data<float>()),
-               cuda::relu_backward(y.numel(), y.data<float>(), dy.data<float>(), dx.data<float>()));
+  TTQ_DISPATCH(dev, ref::relu_backward(y.numel(), y.data_ptr<float>(), dy.data_ptr<float>(), dx.data_ptr<float>()),
+               cuda::relu_backward(y.numel(), y.data_ptr<float>(), dy.data_ptr<float>(), dx.data_ptr<float>()));
 }
 
 void shortcut_a_forward(int64_t stride, const Tensor& x, Tensor& y) {
@@ -766,10 +766,10 @@ void shortcut_a_forward(int64_t stride, const Tensor& x, Tensor& y) {
     return;
   }
   TTQ_DISPATCH(dev,
-               ref::shortcut_a_forward(x.dim(0), x.dim(1), x.dim(2), x.dim(3), c_out, pad, stride, x.data<float>(),
-                                       y.data<float>()),
-               cuda::shortcut_a_forward(x.dim(0), x.dim(1), x.dim(2), x.dim(3), c_out, pad, stride, x.data<float>(),
-                                        y.data<float>()));
+               ref::shortcut_a_forward(x.dim(0), x.dim(1), x.dim(2), x.dim(3), c_out, pad, stride, x.data_ptr<float>(),
+                                       y.data_ptr<float>()),
+               cuda::shortcut_a_forward(x.dim(0), x.dim(1), x.dim(2), x.dim(3), c_out, pad, stride, x.data_ptr<float>(),
+                                        y.data_ptr<float>()));
 }
 
 void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx) {
@@ -789,9 +789,9 @@ void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx) {
   }
   TTQ_DISPATCH(dev,
                ref::shortcut_a_backward(dx.dim(0), dx.dim(1), dx.dim(2), dx.dim(3), c_out, pad, stride,
-                                        dy.data<float>(), dx.data<float>()),
+                                        dy.data_ptr<float>(), dx.data_ptr<float>()),
                cuda::shortcut_a_backward(dx.dim(0), dx.dim(1), dx.dim(2), dx.dim(3), c_out, pad, stride,
-                                         dy.data<float>(), dx.data<float>()));
+                                         dy.data_ptr<float>(), dx.data_ptr<float>()));
 }
 
 namespace {
@@ -833,15 +833,15 @@ void softmax_xent_backward(const Tensor& probs, const Tensor& labels, float labe
   if (act_dtype("softmax_xent_backward", {&dlogits}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor df = f32_like(dlogits); softmax_xent_backward(probs, labels, label_smoothing, df);
                       narrow_into(df, dlogits),
-                      cuda::softmax_xent_backward(n, c, probs.data<float>(), labels.data<int32_t>(), label_smoothing,
+                      cuda::softmax_xent_backward(n, c, probs.data_ptr<float>(), labels.data_ptr<int32_t>(), label_smoothing,
                                                   mbptr(dlogits)));
     return;
   }
   TTQ_DISPATCH(dev,
-               ref::softmax_xent_backward(n, c, probs.data<float>(), labels.data<int32_t>(), label_smoothing,
-                                          dlogits.data<float>()),
-               cuda::softmax_xent_backward(n, c, probs.data<float>(), labels.data<int32_t>(), label_smoothing,
-                                           dlogits.data<float>()));
+               ref::softmax_xent_backward(n, c, probs.data_ptr<float>(), labels.data_ptr<int32_t>(), label_smoothing,
+                                          dlogits.data_ptr<float>()),
+               cuda::softmax_xent_backward(n, c, probs.data_ptr<float>(), labels.data_ptr<int32_t>(), label_smoothing,
+                                           dlogits.data_ptr<float>()));
 }
 
 void softmax_xent_forward_into(const Tensor& logits, const Tensor& labels, float label_smoothing, Tensor& probs,
@@ -858,13 +858,13 @@ void softmax_xent_forward_into(const Tensor& logits, const Tensor& labels, float
   expect("softmax_xent_forward_into", probs, n * c, "probabilities");
   expect_f32("softmax_xent_forward_into", {&probs});
   if (act_dtype("softmax_xent_forward_into", {&logits}) == DType::BF16) {
-    TTQ_CUDA_CALL(cuda::softmax_xent_forward(n, c, cbptr(logits), labels.data<int32_t>(), label_smoothing,
-                                             probs.data<float>(), loss_out.data<float>()));
+    TTQ_CUDA_CALL(cuda::softmax_xent_forward(n, c, cbptr(logits), labels.data_ptr<int32_t>(), label_smoothing,
+                                             probs.data_ptr<float>(), loss_out.data_ptr<float>()));
     return;
   }
   TTQ_DISPATCH(dev, (void)0,
-               cuda::softmax_xent_forward(n, c, logits.data<float>(), labels.data<int32_t>(), label_smoothing,
-                                          probs.data<float>(), loss_out.data<float>()));
+               cuda::softmax_xent_forward(n, c, logits.data_ptr<float>(), labels.data_ptr<int32_t>(), label_smoothing,
+                                          probs.data_ptr<float>(), loss_out.data_ptr<float>()));
 }
 
 void count_topk_correct_into(const Tensor& logits, const Tensor& labels, int k, Tensor& correct_out) {
@@ -879,12 +879,12 @@ void count_topk_correct_into(const Tensor& logits, const Tensor& labels, int k, 
   (void)c;  // used by the CUDA call only
   expect("count_topk_correct_into", labels, n, "labels");
   if (act_dtype("count_topk_correct_into", {&logits}) == DType::BF16) {
-    TTQ_CUDA_CALL(cuda::count_topk_correct(n, c, cbptr(logits), labels.data<int32_t>(), k, correct_out.data<int64_t>()));
+    TTQ_CUDA_CALL(cuda::count_topk_correct(n, c, cbptr(logits), labels.data_ptr<int32_t>(), k, correct_out.data_ptr<int64_t>()));
     return;
   }
   TTQ_DISPATCH(dev, (void)0,
-               cuda::count_topk_correct(n, c, logits.data<float>(), labels.data<int32_t>(), k,
-                                        correct_out.data<int64_t>()));
+               cuda::count_topk_correct(n, c, logits.data_ptr<float>(), labels.data_ptr<int32_t>(), k,
+                                        correct_out.data_ptr<int64_t>()));
 }
 
 int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k) {
@@ -919,8 +919,8 @@ void add(const Tensor& a, const Tensor& b, Tensor& out) {
                       cuda::add(a.numel(), cbptr(a), cbptr(b), mbptr(out)));
     return;
   }
-  TTQ_DISPATCH(dev, add_cpu(a.numel(), a.data<float>(), b.data<float>(), out.data<float>()),
-               cuda::add(a.numel(), a.data<float>(), b.data<float>(), out.data<float>()));
+  TTQ_DISPATCH(dev, add_cpu(a.numel(), a.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>()),
+               cuda::add(a.numel(), a.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>()));
 }
 
 void add_accumulate(Tensor& dst, const Tensor& src) {
@@ -929,7 +929,7 @@ void add_accumulate(Tensor& dst, const Tensor& src) {
   act_layout("add_accumulate", {&dst, &src});
   if (dst.dtype() == DType::F32 && src.dtype() == DType::BF16) {  // an f32 gradient += a bf16 one
     TTQ_BF16_DISPATCH(dev, add_accumulate(dst, widen(src)),
-                      cuda::add_accumulate(dst.numel(), dst.data<float>(), cbptr(src)));
+                      cuda::add_accumulate(dst.numel(), dst.data_ptr<float>(), cbptr(src)));
     return;
   }
   if (act_dtype("add_accumulate", {&dst, &src}) == DType::BF16) {
@@ -937,8 +937,8 @@ void add_accumulate(Tensor& dst, const Tensor& src) {
                       cuda::add_accumulate(dst.numel(), mbptr(dst), cbptr(src)));
     return;
   }
-  TTQ_DISPATCH(dev, add_cpu(dst.numel(), dst.data<float>(), src.data<float>(), dst.data<float>()),
-               cuda::add_accumulate(dst.numel(), dst.data<float>(), src.data<float>()));
+  TTQ_DISPATCH(dev, add_cpu(dst.numel(), dst.data_ptr<float>(), src.data_ptr<float>(), dst.data_ptr<float>()),
+               cuda::add_accumulate(dst.numel(), dst.data_ptr<float>(), src.data_ptr<float>()));
 }
 
 void cast(const Tensor& src, Tensor& dst) {
@@ -951,11 +951,11 @@ void cast(const Tensor& src, Tensor& dst) {
   }
   const int64_t n = src.numel();
   if (src.dtype() == DType::F32 && dst.dtype() == DType::BF16) {
-    TTQ_BF16_DISPATCH(dev, f32_to_bf16_cpu(n, src.data<float>(), mbptr(dst)),
-                      cuda::cast(n, src.data<float>(), mbptr(dst)));
+    TTQ_BF16_DISPATCH(dev, f32_to_bf16_cpu(n, src.data_ptr<float>(), mbptr(dst)),
+                      cuda::cast(n, src.data_ptr<float>(), mbptr(dst)));
   } else if (src.dtype() == DType::BF16 && dst.dtype() == DType::F32) {
-    TTQ_BF16_DISPATCH(dev, bf16_to_f32_cpu(n, cbptr(src), dst.data<float>()),
-                      cuda::cast(n, cbptr(src), dst.data<float>()));
+    TTQ_BF16_DISPATCH(dev, bf16_to_f32_cpu(n, cbptr(src), dst.data_ptr<float>()),
+                      cuda::cast(n, cbptr(src), dst.data_ptr<float>()));
   } else {
     TTQ_FAIL("cast: " << src.str() << " to " << dst.str() << " is not supported (f32 <-> bf16 only)");
   }
@@ -970,7 +970,7 @@ Tensor cast_to(const Tensor& src, DType dtype) {
 
 void clamp_min_inplace(Tensor& t, float lo) {
   const Device dev = common_device("clamp_min_inplace", {&t});
-  TTQ_DISPATCH(dev, clamp_cpu(t.numel(), t.data<float>(), lo), cuda::clamp_min_inplace(t.numel(), t.data<float>(), lo));
+  TTQ_DISPATCH(dev, clamp_cpu(t.numel(), t.data_ptr<float>(), lo), cuda::clamp_min_inplace(t.numel(), t.data_ptr<float>(), lo));
 }
 
 namespace {
@@ -1005,15 +1005,15 @@ void ttq_forward(math::ThresholdMode mode, float t, double r, const Tensor& late
   if (w_t.dtype() == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor wf = f32_like(w_t);
                       ttq_forward_cpu(mode, t, r, latent, wp, wn, threshold, twn_scale, wf, codes); narrow_into(wf, w_t),
-                      cuda::ttq_forward(mode, t, r, latent.data<float>(), n, wp.data<float>(), wn.data<float>(),
-                                        threshold.data<float>(), twn_scale.data<float>(), mbptr(w_t),
-                                        codes.data<int8_t>()));
+                      cuda::ttq_forward(mode, t, r, latent.data_ptr<float>(), n, wp.data_ptr<float>(), wn.data_ptr<float>(),
+                                        threshold.data_ptr<float>(), twn_scale.data_ptr<float>(), mbptr(w_t),
+                                        codes.data_ptr<int8_t>()));
     return;
   }
   TTQ_DISPATCH(dev, ttq_forward_cpu(mode, t, r, latent, wp, wn, threshold, twn_scale, w_t, codes),
-               cuda::ttq_forward(mode, t, r, latent.data<float>(), n, wp.data<float>(), wn.data<float>(),
-                                 threshold.data<float>(), twn_scale.data<float>(), w_t.data<float>(),
-                                 codes.data<int8_t>()));
+               cuda::ttq_forward(mode, t, r, latent.data_ptr<float>(), n, wp.data_ptr<float>(), wn.data_ptr<float>(),
+                                 threshold.data_ptr<float>(), twn_scale.data_ptr<float>(), w_t.data_ptr<float>(),
+                                 codes.data_ptr<int8_t>()));
 }
 
 void ttq_backward_accumulate(const Tensor& codes, const Tensor& g, const Tensor& wp, const Tensor& wn,
@@ -1023,9 +1023,9 @@ void ttq_backward_accumulate(const Tensor& codes, const Tensor& g, const Tensor&
   expect("ttq_backward_accumulate", g, n, "gradient");
   expect("ttq_backward_accumulate", latent_grad, n, "latent gradient");
   TTQ_DISPATCH(dev, ttq_backward_cpu(codes, g, wp, wn, scale_latent, latent_grad, dwp, dwn),
-               cuda::ttq_backward_accumulate(codes.data<int8_t>(), g.data<float>(), n, wp.data<float>(),
-                                             wn.data<float>(), scale_latent, latent_grad.data<float>(),
-                                             dwp.data<float>(), dwn.data<float>()));
+               cuda::ttq_backward_accumulate(codes.data_ptr<int8_t>(), g.data_ptr<float>(), n, wp.data_ptr<float>(),
+                                             wn.data_ptr<float>(), scale_latent, latent_grad.data_ptr<float>(),
+                                             dwp.data_ptr<float>(), dwn.data_ptr<float>()));
 }
 
 namespace {
@@ -1045,9 +1045,9 @@ void sgd_update(Tensor& p, const Tensor& g, Tensor* momentum_buf, float lr, floa
   const Device dev = common_device("sgd_update", {&p, &g, momentum_buf});
   expect("sgd_update", g, p.numel(), "gradient");
   TTQ_DISPATCH(dev,
-               sgd_cpu(p.numel(), p.data<float>(), g.data<float>(), mptr(momentum_buf), lr, momentum, wd, nesterov,
+               sgd_cpu(p.numel(), p.data_ptr<float>(), g.data_ptr<float>(), mptr(momentum_buf), lr, momentum, wd, nesterov,
                        first_step),
-               cuda::sgd_update(p.numel(), p.data<float>(), g.data<float>(), mptr(momentum_buf), lr, momentum, wd,
+               cuda::sgd_update(p.numel(), p.data_ptr<float>(), g.data_ptr<float>(), mptr(momentum_buf), lr, momentum, wd,
                                 nesterov, first_step));
 }
 
@@ -1056,9 +1056,9 @@ void adam_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, float lr, flo
   const Device dev = common_device("adam_update", {&p, &g, &m, &v});
   expect("adam_update", g, p.numel(), "gradient");
   TTQ_DISPATCH(dev,
-               adam_cpu(p.numel(), p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), lr, beta1,
+               adam_cpu(p.numel(), p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(), lr, beta1,
                         beta2, eps, wd, bc1, bc2),
-               cuda::adam_update(p.numel(), p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), lr,
+               cuda::adam_update(p.numel(), p.data_ptr<float>(), g.data_ptr<float>(), m.data_ptr<float>(), v.data_ptr<float>(), lr,
                                  beta1, beta2, eps, wd, bc1, bc2));
 }
 

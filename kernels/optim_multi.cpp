@@ -49,10 +49,10 @@ void MultiTensorOptimizer::refresh() {
     TTQ_CHECK(t.p->device() == Device::CUDA && t.g->device() == Device::CUDA,
               "multi-tensor optimizer: a tensor left the GPU (" << t.p->str() << ")");
     cuda::OptimMultiTensorEntry e;
-    e.p = t.p->data<float>();
-    e.g = t.g->data<float>();
-    e.s1 = t.s1 ? t.s1->data<float>() : nullptr;
-    e.s2 = t.s2 ? t.s2->data<float>() : nullptr;
+    e.p = t.p->data_ptr<float>();
+    e.g = t.g->data_ptr<float>();
+    e.s1 = t.s1 ? t.s1->data_ptr<float>() : nullptr;
+    e.s2 = t.s2 ? t.s2->data_ptr<float>() : nullptr;
     e.n = t.p->numel();
     e.group = t.group;
     entries.push_back(e);

@@ -95,16 +95,16 @@ void TtqLayerSet::plan() {
 #ifdef TTQ_HAVE_CUDA
   std::vector<cuda::TtqMultiLayer> ml;
   ml.reserve(layers_.size());
-  auto fp = [](const Tensor* t) { return t ? t->data<float>() : nullptr; };
+  auto fp = [](const Tensor* t) { return t ? t->data_ptr<float>() : nullptr; };
   for (const auto& l : layers_) {
     cuda::TtqMultiLayer m;
     m.w = fp(l.latent);
     m.n = l.latent->numel();
     if (l.w_t->dtype() == DType::BF16)
-      m.w_t_bf16 = l.w_t->data<bf16>();
+      m.w_t_bf16 = l.w_t->data_ptr<bf16>();
     else
       m.w_t = fp(l.w_t);
-    m.codes = l.codes->data<int8_t>();
+    m.codes = l.codes->data_ptr<int8_t>();
     m.wp = twn(l) ? nullptr : fp(l.wp);
     m.wn = twn(l) ? nullptr : fp(l.wn);
     m.d = fp(l.threshold);

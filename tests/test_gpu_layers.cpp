@@ -45,7 +45,7 @@ Tensor cpu_empty(const Shape& s) { return Tensor::empty(s); }
   return ::testing::AssertionSuccess();
 }
 
-float* dp(const Tensor& t) { return t.data<float>(); }
+float* dp(const Tensor& t) { return t.data_ptr<float>(); }  // either device
 
 // ---- convolution ----------------------------------------------------------------------------
 

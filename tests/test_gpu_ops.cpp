@@ -377,14 +377,14 @@ TEST(GpuOps, SoftmaxCrossEntropy) {
     const Tensor logits_dev = gpu(logits), labels_dev = gpu(labels);
     Tensor probs_dev = Tensor::empty({c.n, c.classes}, DType::F32, Device::CUDA);
     Tensor loss_dev = Tensor::empty({1}, DType::F32, Device::CUDA);
-    cuda::softmax_xent_forward(c.n, c.classes, logits_dev.data<float>(), labels_dev.data<int32_t>(), c.smoothing,
-                               probs_dev.data<float>(), loss_dev.data<float>());
+    cuda::softmax_xent_forward(c.n, c.classes, logits_dev.data_ptr<float>(), labels_dev.data_ptr<int32_t>(), c.smoothing,
+                               probs_dev.data_ptr<float>(), loss_dev.data_ptr<float>());
     const float loss = value(loss_dev);
     EXPECT_NEAR(loss, want, 1e-6 * std::fabs(want) + 1e-7);
     EXPECT_TRUE(close(probs_dev, probs, 1e-12, 1e-6));
     const Tensor first_probs = host(probs_dev);
-    cuda::softmax_xent_forward(c.n, c.classes, logits_dev.data<float>(), labels_dev.data<int32_t>(), c.smoothing,
-                               probs_dev.data<float>(), loss_dev.data<float>());
+    cuda::softmax_xent_forward(c.n, c.classes, logits_dev.data_ptr<float>(), labels_dev.data_ptr<int32_t>(), c.smoothing,
+                               probs_dev.data_ptr<float>(), loss_dev.data_ptr<float>());
     EXPECT_TRUE(same_bits(value(loss_dev), loss));
     EXPECT_TRUE(bitwise_equal(probs_dev, first_probs));
 
@@ -394,8 +394,8 @@ TEST(GpuOps, SoftmaxCrossEntropy) {
                                dlogits.data<float>());
     const Tensor probs_cpu_dev = gpu(probs);
     Tensor dlogits_dev = Tensor::empty({c.n, c.classes}, DType::F32, Device::CUDA);
-    cuda::softmax_xent_backward(c.n, c.classes, probs_cpu_dev.data<float>(), labels_dev.data<int32_t>(), c.smoothing,
-                                dlogits_dev.data<float>());
+    cuda::softmax_xent_backward(c.n, c.classes, probs_cpu_dev.data_ptr<float>(), labels_dev.data_ptr<int32_t>(), c.smoothing,
+                                dlogits_dev.data_ptr<float>());
     EXPECT_TRUE(bitwise_equal(dlogits_dev, dlogits));
 
     // The same through the device-dispatching tensor ops.
@@ -440,9 +440,9 @@ TEST(GpuOps, CountTopkCorrect) {
       for (int k : {1, 5}) {
         SCOPED_TRACE("classes=" + std::to_string(classes) + " n=" + std::to_string(n) + " k=" + std::to_string(k));
         const int64_t want = count_topk_host(logits, labels, k);
-        cuda::count_topk_correct(n, classes, logits_dev.data<float>(), labels_dev.data<int32_t>(), k, correct.get());
+        cuda::count_topk_correct(n, classes, logits_dev.data_ptr<float>(), labels_dev.data_ptr<int32_t>(), k, correct.get());
         EXPECT_EQ(correct.read(), want);
-        cuda::count_topk_correct(n, classes, logits_dev.data<float>(), labels_dev.data<int32_t>(), k, correct.get());
+        cuda::count_topk_correct(n, classes, logits_dev.data_ptr<float>(), labels_dev.data_ptr<int32_t>(), k, correct.get());
         EXPECT_EQ(correct.read(), want);
         EXPECT_EQ(ops::count_topk_correct(logits_dev, labels_dev, k), want);  // the tensor op
       }

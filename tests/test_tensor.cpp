@@ -50,6 +50,28 @@ TEST(Tensor, DtypeChecks) {
   EXPECT_THROW(undefined.raw(), Error);
 }
 
+// Host code reading a device tensor's elements is an error naming the tensor, not a read of a
+// device address; data_ptr() is the address on the tensor's own device, for its kernels. A
+// non-owning tensor labelled CUDA stands in for device memory (nothing dereferences it).
+TEST(Tensor, HostAccessToADeviceTensorIsAnError) {
+  float buf[6] = {};
+  const Tensor dev = Tensor::from_blob(buf, {2, 3}, DType::F32, Device::CUDA);
+  try {
+    dev.data<float>();
+    FAIL() << "data<f32>() on a CUDA tensor returned";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("data<f32>() on f32[2, 3] cuda"), std::string::npos) << m;
+    EXPECT_NE(m.find("to(Device::CPU)"), std::string::npos) << m;
+  }
+  EXPECT_EQ(dev.data_ptr<float>(), buf);
+  EXPECT_EQ(dev.slice(1, 2).data_ptr<float>(), buf + 3);
+  EXPECT_EQ(dev.raw(), static_cast<void*>(buf));
+  EXPECT_THROW(dev.data_ptr<int8_t>(), Error);  // the dtype is still checked
+  const Tensor host = Tensor::from_blob(buf, {2, 3}, DType::F32);
+  EXPECT_EQ(host.data<float>(), host.data_ptr<float>());
+}
+
 TEST(Tensor, FromBlobDoesNotOwn) {
   float buf[4] = {1, 2, 3, 4};
   {

@@ -95,12 +95,25 @@ class Tensor {
   Layout layout() const { return layout_; }
   bool channels_last() const { return layout_ == Layout::ChannelsLast; }
 
+  // The elements, for host code: only a CPU tensor has them in host memory. A CUDA tensor is an
+  // error that names it (copy it with to(Device::CPU), or hand data_ptr<T>() to a device kernel).
   template <typename T> T* data() const {
+    T* p = data_ptr<T>();
+    TTQ_CHECK(storage_->device() == Device::CPU,
+              "data<" << dtype_name(dtype_) << ">() on " << str()
+                      << ": host code cannot read device memory; copy the tensor with to(Device::CPU) first");
+    return p;
+  }
+  // The address of the first element on the tensor's own device (a device pointer for a CUDA
+  // tensor): what the dispatch in kernels/ passes to a CPU or CUDA kernel. Never dereferenced by
+  // host code unless the tensor is known to be on the CPU.
+  template <typename T> T* data_ptr() const {
     TTQ_CHECK(defined(), "data() on an undefined tensor");
     TTQ_CHECK(dtype_of<T>() == dtype_, "data<" << dtype_name(dtype_of<T>()) << ">() on a "
                                                << dtype_name(dtype_) << " tensor");
     return reinterpret_cast<T*>(static_cast<char*>(storage_->data()) + offset_);
   }
+  // The untyped data_ptr(): the address on the tensor's own device.
   void* raw() const;
 
   // Same storage, new shape (numel must agree). A channels-last tensor only views itself: its

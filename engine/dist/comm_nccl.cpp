@@ -302,7 +302,7 @@ std::unique_ptr<CommWork> NcclCommunicator::all_reduce_average_async(Tensor& dat
   CUDA_CHECK(cudaEventRecord(ready, cudaStreamPerThread));
   CUDA_CHECK(cudaStreamWaitEvent(stream_, ready, 0));
   CUDA_CHECK(cudaEventDestroy(ready));  // released once the recorded work completes
-  float* p = data.data<float>();
+  float* p = data.data_ptr<float>();
   launched(ncclAllReduce(p, p, static_cast<size_t>(data.numel()), ncclFloat32, ncclAvg, comm_, stream_),
            "ncclAllReduce");
   wait_ready("enqueueing the " + what);
