@@ -158,8 +158,8 @@ void TtqLayerSet::backward() {
         cpu::ttq_backward(l.codes->data<int8_t>(), l.g->data<float>(), l.latent->numel(),
                           scale ? l.wp->data<float>()[0] : 1.0f, scale ? l.wn->data<float>()[0] : 1.0f, scale,
                           l.latent_grad->data<float>());
-    if (scale && l.dwp) l.dwp->data<float>()[0] = static_cast<float>(s.wp);
-    if (scale && l.dwn) l.dwn->data<float>()[0] = static_cast<float>(s.wn);
+    if (scale && l.dwp) l.dwp->data<float>()[0] += static_cast<float>(s.wp);
+    if (scale && l.dwn) l.dwn->data<float>()[0] += static_cast<float>(s.wn);
   }
 }
 

@@ -32,8 +32,8 @@ struct TtqLayerRefs {
   // backward
   const Tensor* g = nullptr;       // dL/dw_t
   Tensor* latent_grad = nullptr;   // += Wp*g / g / Wn*g (Twn: plain g)
-  Tensor* dwp = nullptr;           // out [1]: dL/dWp, overwritten (null in Twn mode)
-  Tensor* dwn = nullptr;           // out [1]: dL/dWn with its minus sign, overwritten
+  Tensor* dwp = nullptr;           // in/out [1]: dL/dWp, added into (null in Twn mode)
+  Tensor* dwn = nullptr;           // in/out [1]: dL/dWn with its minus sign, added into
 };
 
 class TtqLayerSet {
@@ -46,8 +46,8 @@ class TtqLayerSet {
 
   // D, codes and w_t of every layer from its latent weights and current Wp/Wn.
   void forward();
-  // From each layer's g and the codes of the last forward: latent_grad += scaled g; dwp, dwn = the
-  // scale gradients (written, not added).
+  // From each layer's g and the codes of the last forward: latent_grad += scaled g, dwp += dL/dWp,
+  // dwn += dL/dWn (gradients accumulate until they are zeroed, as everywhere).
   void backward();
 
   Device device() const { return device_; }

@@ -45,7 +45,8 @@ Tensor cpu_empty(const Shape& s) { return Tensor::empty(s); }
   return ::testing::AssertionSuccess();
 }
 
-float* dp(const Tensor& t) { return t.data_ptr<float>(); }  // either device
+float* dp(const Tensor& t) { return t.data_ptr<float>(); }  // for a CUDA kernel
+float* hp(const Tensor& t) { return t.data<float>(); }      // host code: a CPU tensor
 
 // ---- convolution ----------------------------------------------------------------------------
 
@@ -64,9 +65,9 @@ TEST_P(GpuConv, MatchesReferenceAndRepeats) {
 
   // Reference.
   Tensor y_ref = cpu_empty(ys), dx_ref = cpu_empty(xs), dw_ref = cpu_empty(ws), db_ref = cpu_empty(bs);
-  ref::conv2d_forward(s, dp(x), dp(w), c.bias ? dp(b) : nullptr, dp(y_ref));
-  ref::conv2d_backward_data(s, dp(dy), dp(w), dp(dx_ref));
-  ref::conv2d_backward_weights(s, dp(x), dp(dy), dp(dw_ref), c.bias ? dp(db_ref) : nullptr);
+  ref::conv2d_forward(s, hp(x), hp(w), c.bias ? hp(b) : nullptr, hp(y_ref));
+  ref::conv2d_backward_data(s, hp(dy), hp(w), hp(dx_ref));
+  ref::conv2d_backward_weights(s, hp(x), hp(dy), hp(dw_ref), c.bias ? hp(db_ref) : nullptr);
 
   const Tensor xg = gpu(x), wg = gpu(w), bg = gpu(b), dyg = gpu(dy);
   Runs y(ys, DType::F32), dx(xs, DType::F32), dw(ws, DType::F32), db(bs, DType::F32);
@@ -124,13 +125,13 @@ TEST_P(GpuPool, MatchesReferenceAndRepeats) {
   Tensor x = testing::random_tensor(xs, 31);
   if (c.kind == PoolKind::Max) {
     // A few levels only: windows with several equal maxima check first-maximum routing.
-    float* p = dp(x);
+    float* p = hp(x);
     for (int64_t i = 0; i < x.numel(); ++i) p[i] = std::round(p[i] * 2.0f) / 2.0f;
   }
   const Tensor dy = testing::random_tensor(ys, 32);
   Tensor y_ref = cpu_empty(ys), dx_ref = cpu_empty(xs);
-  ref::pool2d_forward(c.kind, s, dp(x), dp(y_ref));
-  ref::pool2d_backward(c.kind, s, dp(x), dp(dy), dp(dx_ref));
+  ref::pool2d_forward(c.kind, s, hp(x), hp(y_ref));
+  ref::pool2d_backward(c.kind, s, hp(x), hp(dy), hp(dx_ref));
 
   const Tensor xg = gpu(x), dyg = gpu(dy);
   Runs y(ys, DType::F32), dx(xs, DType::F32);
@@ -187,13 +188,13 @@ TEST_P(GpuBatchNorm, TrainingForwardMatchesReferenceAndRepeats) {
   const Tensor rm0 = testing::random_tensor(cs, 44), rv0 = testing::random_tensor(cs, 45, 0.5f, 2.0f);
 
   Tensor y_ref = cpu_empty(xs), mean_ref = cpu_empty(cs), var_ref = cpu_empty(cs), is_ref = cpu_empty(cs);
-  ref::batchnorm_forward_train(s, dp(x), dp(gamma), dp(beta), eps, dp(y_ref), dp(mean_ref), dp(var_ref), dp(is_ref));
+  ref::batchnorm_forward_train(s, hp(x), hp(gamma), hp(beta), eps, hp(y_ref), hp(mean_ref), hp(var_ref), hp(is_ref));
   // Running statistics as the CPU path updates them (kernels/ops.cpp), unbiased variance.
   Tensor rm_ref = cpu_empty(cs), rv_ref = cpu_empty(cs);
   const double m = static_cast<double>(s.n * s.s);
   for (int64_t c = 0; c < s.c; ++c) {
-    dp(rm_ref)[c] = (1.0f - momentum) * dp(rm0)[c] + momentum * dp(mean_ref)[c];
-    dp(rv_ref)[c] = static_cast<float>((1.0 - momentum) * dp(rv0)[c] + momentum * dp(var_ref)[c] * m / (m - 1.0));
+    hp(rm_ref)[c] = (1.0f - momentum) * hp(rm0)[c] + momentum * hp(mean_ref)[c];
+    hp(rv_ref)[c] = static_cast<float>((1.0 - momentum) * hp(rv0)[c] + momentum * hp(var_ref)[c] * m / (m - 1.0));
   }
 
   const Tensor xg = gpu(x), gg = gpu(gamma), bg = gpu(beta);
@@ -221,7 +222,7 @@ TEST_P(GpuBatchNorm, InferenceMatchesReference) {
   const Tensor gamma = testing::random_tensor(cs, 52, 0.5f, 1.5f), beta = testing::random_tensor(cs, 53);
   const Tensor rm = testing::random_tensor(cs, 54), rv = testing::random_tensor(cs, 55, 0.5f, 2.0f);
   Tensor y_ref = cpu_empty(xs);
-  ref::batchnorm_forward_infer(s, dp(x), dp(gamma), dp(beta), dp(rm), dp(rv), eps, dp(y_ref));
+  ref::batchnorm_forward_infer(s, hp(x), hp(gamma), hp(beta), hp(rm), hp(rv), eps, hp(y_ref));
   const Tensor xg = gpu(x), gg = gpu(gamma), bg = gpu(beta), rmg = gpu(rm), rvg = gpu(rv);
   Tensor y = gpu_garbage(xs);
   cuda::batchnorm_forward_infer(s, dp(xg), dp(gg), dp(bg), dp(rmg), dp(rvg), eps, dp(y));
@@ -237,9 +238,9 @@ TEST_P(GpuBatchNorm, BackwardMatchesReferenceAndRepeats) {
   const Tensor gamma = testing::random_tensor(cs, 63, 0.5f, 1.5f), beta = testing::random_tensor(cs, 64);
   // Saved statistics from the reference forward pass (what the layer hands to the backward).
   Tensor y_ref = cpu_empty(xs), mean = cpu_empty(cs), var = cpu_empty(cs), inv_std = cpu_empty(cs);
-  ref::batchnorm_forward_train(s, dp(x), dp(gamma), dp(beta), eps, dp(y_ref), dp(mean), dp(var), dp(inv_std));
+  ref::batchnorm_forward_train(s, hp(x), hp(gamma), hp(beta), eps, hp(y_ref), hp(mean), hp(var), hp(inv_std));
   Tensor dx_ref = cpu_empty(xs), dg_ref = cpu_empty(cs), db_ref = cpu_empty(cs);
-  ref::batchnorm_backward(s, dp(x), dp(dy), dp(gamma), dp(mean), dp(inv_std), dp(dx_ref), dp(dg_ref), dp(db_ref));
+  ref::batchnorm_backward(s, hp(x), hp(dy), hp(gamma), hp(mean), hp(inv_std), hp(dx_ref), hp(dg_ref), hp(db_ref));
 
   const Tensor xg = gpu(x), dyg = gpu(dy), gg = gpu(gamma), mg = gpu(mean), isg = gpu(inv_std);
   Runs dx(xs, DType::F32), dg(cs, DType::F32), db(cs, DType::F32);
@@ -268,8 +269,8 @@ TEST_P(GpuLinear, MatchesReferenceAndRepeats) {
   const Tensor x = testing::random_tensor(xs, 71), w = testing::random_tensor(ws, 72);
   const Tensor b = testing::random_tensor(bs, 73), dy = testing::random_tensor(ys, 74);
   Tensor y_ref = cpu_empty(ys), dx_ref = cpu_empty(xs), dw_ref = cpu_empty(ws), db_ref = cpu_empty(bs);
-  ref::linear_forward(c.n, c.in, c.out, dp(x), dp(w), c.bias ? dp(b) : nullptr, dp(y_ref));
-  ref::linear_backward(c.n, c.in, c.out, dp(x), dp(w), dp(dy), dp(dx_ref), dp(dw_ref), c.bias ? dp(db_ref) : nullptr);
+  ref::linear_forward(c.n, c.in, c.out, hp(x), hp(w), c.bias ? hp(b) : nullptr, hp(y_ref));
+  ref::linear_backward(c.n, c.in, c.out, hp(x), hp(w), hp(dy), hp(dx_ref), hp(dw_ref), c.bias ? hp(db_ref) : nullptr);
 
   const Tensor xg = gpu(x), wg = gpu(w), bg = gpu(b), dyg = gpu(dy);
   Runs y(ys, DType::F32), dx(xs, DType::F32), dw(ws, DType::F32), db(bs, DType::F32);

@@ -172,6 +172,8 @@ class Model {
       testing::fill_random(latent0_.data() + off, n, 300 + l);
       scalar0(l, kWp) = 1.0f + 0.05f * static_cast<float>(l);
       scalar0(l, kWn) = 0.6f + 0.03f * static_cast<float>(l);
+      // The backward adds into the scale gradients: they start at zero, as zero_grad leaves them.
+      scalar0(l, kDwp) = scalar0(l, kDwn) = 0.0f;
     }
     w_dev_.upload(w_);
     g_dev_.upload(g_);
@@ -225,6 +227,14 @@ class Model {
     scalars_dev_.upload(scalars0_);
     multi.forward(kStream);
     multi.backward(kStream);
+    return outputs();
+  }
+  // One more backward on what the last run left (a second micro-batch with the same gradient).
+  Outputs backward_again(cuda::TtqMultiTensor& multi) {
+    multi.backward(kStream);
+    return outputs();
+  }
+  Outputs outputs() const {
     return {scalars_dev_.download(), w_t_dev_.download(), latent_dev_.download(),
             codes_dev_.download()};
   }
@@ -409,6 +419,35 @@ TEST(GpuTtqMulti, SmallLimitsSplitPassesAcrossLaunches) {
     EXPECT_TRUE(same_bits(out_scalar(first, l, kD), out_scalar(ref, l, kD)));
   }
   EXPECT_TRUE(bitwise_equal(first.latent, ref.latent));
+}
+
+// The backward adds into the latent and scale gradients, as the per-tensor kernels and the CPU
+// do: a second backward over the same codes and g doubles dL/dWp and dL/dWn (bitwise: s + s is
+// exact) and adds the scaled g to the latent gradient once more, as the CPU loop run twice does.
+TEST(GpuTtqMulti, BackwardAddsIntoTheGradients) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
+  Model m(mixed_layers());
+  cuda::TtqMultiTensor multi(m.layers());
+  const Outputs once = m.run(multi);
+  const Outputs twice = m.backward_again(multi);
+  EXPECT_TRUE(bitwise_equal(twice.w_t, once.w_t)) << "the backward left w_t alone";
+  for (size_t l = 0; l < m.size(); ++l) {
+    SCOPED_TRACE(layer_name(m, l));
+    for (Scalar s : {kDwp, kDwn}) {
+      const float one = out_scalar(once, l, s);
+      if (m.spec(l).n >= 1000) {
+        EXPECT_NE(one, 0.0f);
+      }
+      EXPECT_TRUE(same_bits(out_scalar(twice, l, s), one + one)) << out_scalar(twice, l, s) << " vs 2 x " << one;
+    }
+    const int64_t n = m.spec(l).n, off = m.offset(l);
+    const float wp = m.twn(l) ? out_scalar(once, l, kTwnScale) : m.scalar0(l, kWp);
+    const float wn = m.twn(l) ? out_scalar(once, l, kTwnScale) : m.scalar0(l, kWn);
+    std::vector<float> latent(m.latent0(l), m.latent0(l) + n);
+    for (int k = 0; k < 2; ++k)
+      cpu::ttq_backward(once.codes.data() + off, m.g(l), n, wp, wn, !m.twn(l), latent.data());
+    EXPECT_TRUE(testing::all_close(twice.latent.data() + off, latent.data(), n, 0.0, 1e-6)) << "latent gradient";
+  }
 }
 
 TEST(GpuTtqMulti, RejectsIncompleteLayers) {

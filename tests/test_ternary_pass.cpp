@@ -128,6 +128,47 @@ TEST(TernaryPass, LayersDeferOnlyWhileThePassExists) {
   for (auto* l : quantizable_layers(*m.net)) EXPECT_FALSE(l->defers_ternary_backward()) << l->path();
 }
 
+// Gradients add up over micro-batches (forward/backward twice, one zero_grad) with the pass as
+// without it: the latent weights' and the Wp/Wn gradients hold the sum of both micro-batches'.
+TEST(TernaryPass, GradientsAddUpOverMicroBatchesLikeThePerLayerPath) {
+  for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Twn}) {
+    SCOPED_TRACE(threshold_mode_name(mode));
+    SyntheticDataset data(kSpec, 64, 1.0f, 9);
+    auto grads = [&](bool with_pass, int micro_batches) {
+      Model m = make(mode);
+      std::unique_ptr<TernaryPass> pass;
+      if (with_pass) pass = std::make_unique<TernaryPass>(*m.net);
+      CrossEntropyLoss loss;
+      m.net->zero_grad();
+      for (int k = 0; k < micro_batches; ++k) {
+        const Batch b = data.batch(8 * k, 8);
+        if (pass) pass->forward();
+        loss.forward(m.net->forward(b.images), b.labels);
+        m.net->backward(loss.backward());
+        if (pass) pass->backward();
+      }
+      std::vector<std::pair<std::string, std::vector<float>>> out;
+      for (auto& np : m.net->named_parameters()) {
+        const Tensor g = np.param->grad.to(Device::CPU);
+        out.emplace_back(np.name, std::vector<float>(g.data<float>(), g.data<float>() + g.numel()));
+      }
+      return out;
+    };
+    const auto with = grads(true, 2), without = grads(false, 2), one = grads(true, 1);
+    ASSERT_EQ(with.size(), without.size());
+    int scales = 0;
+    for (size_t i = 0; i < with.size(); ++i) {
+      EXPECT_EQ(with[i].second, without[i].second) << with[i].first;
+      EXPECT_NE(with[i].second, one[i].second) << with[i].first << ": the second micro-batch added nothing";
+      const std::string& name = with[i].first;
+      scales += name.size() > 3 && name.compare(name.size() - 3, 3, ".wp") == 0;
+    }
+    if (mode == math::ThresholdMode::Max) {
+      EXPECT_GT(scales, 0);
+    }
+  }
+}
+
 TEST(TernaryPass, EmptyForAFullPrecisionModel) {
   Model m = build_model(json{{"name", "small_convnet"}}, kSpec, 3);
   TernaryPass pass(*m.net);

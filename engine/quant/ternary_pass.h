@@ -5,7 +5,7 @@
 //   pass.forward();            // D, codes and w_t of every ternary layer (GPU: a few fused launches)
 //   net.forward(x); loss; net.backward(dy);   // ternary layers leave dL/dw_t, nothing else
 //   [all-reduce the gradients]               // data parallel: dL/dw_t in place of latent/Wp/Wn grads
-//   pass.backward();           // latent grads += scaled dL/dw_t, dL/dWp, dL/dWn (GPU: fused)
+//   pass.backward();           // latent grads += scaled dL/dw_t, Wp/Wn grads += dL/dWp, dL/dWn (GPU: fused)
 //   optimizer.step(lr);
 //
 // and gives the same numbers as the per-layer path. While a pass exists its layers defer their
@@ -35,8 +35,9 @@ class TernaryPass {
   // Starts a step: D, codes and w_t for the next forward; each layer's dL/dw_t starts afresh (the
   // next backward writes it in place).
   void forward();
-  // Ends a step's backward: turns each layer's dL/dw_t into the latent weight's gradient (added)
-  // and the gradients of Wp and Wn (written).
+  // Ends a step's backward: turns each layer's dL/dw_t into the gradients of the latent weight,
+  // Wp and Wn, added into them (like every gradient, they accumulate until zero_grad: two
+  // forward/backward/pass.backward rounds give the gradient of both micro-batches).
   void backward();
 
   bool empty() const { return layers_.empty(); }

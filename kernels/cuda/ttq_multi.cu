@@ -208,8 +208,10 @@ __global__ void __launch_bounds__(kThreads)
       *layer.twn_scale = r.b > 0.0 ? static_cast<float>(r.a / r.b) : 0.0f;
       break;
     case Finish::Backward:
-      if (layer.dwp) *layer.dwp = static_cast<float>(r.a);
-      if (layer.dwn) *layer.dwn = static_cast<float>(r.b);
+      // Added, like the latent gradient and every parameter gradient (they accumulate until
+      // zero_grad); one thread per layer, so the order is fixed.
+      if (layer.dwp) *layer.dwp += static_cast<float>(r.a);
+      if (layer.dwn) *layer.dwn += static_cast<float>(r.b);
       break;
   }
 }

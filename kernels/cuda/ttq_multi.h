@@ -17,7 +17,7 @@
 //             5. ternarize: codes and w_t for every layer, one launch per plan launch.
 //   backward: 1. per (layer, chunk) block: latent_grad += scale * g and the partial sums (double)
 //                of the dL/dWp and dL/dWn terms (minus sign for Wn), one launch per plan launch;
-//             2. one finishing launch writing dL/dWp and dL/dWn per layer.
+//             2. one finishing launch adding dL/dWp and dL/dWn into each layer's gradients.
 //
 // Deterministic: which block handles which (layer, chunk) is fixed by the plan, a thread walks its
 // elements of the chunk in a fixed order, a block combines its threads in a fixed tree
@@ -60,8 +60,8 @@ struct TtqMultiLayer {
   // ---- backward (needed only by backward(); may be null while only forward() is used) ----
   const float* g = nullptr;      // dL/dw_t, n elements
   float* latent_grad = nullptr;  // dL/dW~ is ADDED here (Wp*g / g / Wn*g; Twn: plain g)
-  float* dwp = nullptr;          // out: device scalar dL/dWp, written (not accumulated); may be null
-  float* dwn = nullptr;          // out: device scalar dL/dWn (minus sign included); may be null
+  float* dwp = nullptr;          // in/out: device scalar, dL/dWp added into it; may be null
+  float* dwn = nullptr;          // in/out: device scalar, dL/dWn (minus sign included) added; may be null
 };
 
 namespace detail {
