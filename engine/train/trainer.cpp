@@ -489,7 +489,7 @@ std::string format_summary_table(const RunSummary& s) {
     os << line;
   }
   os << "\n";
-  std::snprintf(line, sizeof line, "%-12s %-8s %12s %12s %10s\n", "stage", "weights", "test top-1", "test top-5", "sparsity");
+  std::snprintf(line, sizeof line, "%-12s %-8s %12s %12s %10s\n", "stage", "weights", "top-1 error", "top-5 error", "sparsity");
   os << line;
   for (const auto& st : s.stages) {
     std::snprintf(line, sizeof line, "%-12s %-8s %11.2f%% %11.2f%% %9.1f%%\n", st.name.c_str(),
