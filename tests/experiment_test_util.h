@@ -2,7 +2,9 @@
 // tensors as bytes: shared by the experiment tests on the CPU and on the GPU.
 #pragma once
 
+#include <fstream>
 #include <map>
+#include <vector>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -47,6 +49,8 @@ inline std::map<std::string, std::string> checkpoint_bytes(const std::string& pa
   return out;
 }
 
+inline std::vector<std::string> metrics_records(const std::string& dir);
+
 // Resume exactness: the config j (two_stage_config: 64 steps per epoch, 2 epochs per stage)
 // trained once into full_dir uninterrupted, then into cut_dir interrupted twice and each time
 // resumed: mid-epoch in the first stage (step 12, last checkpoint at step 7), then mid-epoch in the
@@ -73,7 +77,23 @@ inline RunSummary expect_resume_ends_where_the_uninterrupted_run_ends(json j, co
   const auto a = checkpoint_bytes(full_dir + "/last.safetensors"), b = checkpoint_bytes(cut_dir + "/last.safetensors");
   EXPECT_EQ(a.size(), b.size());
   for (const auto& [name, bytes] : a) EXPECT_TRUE(b.count(name) && b.at(name) == bytes) << name << " differs after resume";
+  // The records too: those written past the last checkpoint before an interruption are not
+  // repeated, none is missing, and each holds what the uninterrupted run wrote (but the timing).
+  EXPECT_EQ(metrics_records(cut_dir), metrics_records(full_dir));
   return s;
+}
+
+// metrics.jsonl's records without their timing (images/s), one JSON text per record.
+inline std::vector<std::string> metrics_records(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<std::string> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    json r = json::parse(line);
+    r.erase("images_per_s");
+    out.push_back(r.dump());
+  }
+  return out;
 }
 
 }  // namespace ttq::testing

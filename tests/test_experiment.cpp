@@ -4,7 +4,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "engine/io/safetensors.h"
 #include "engine/nn/quantizable.h"
@@ -36,6 +38,9 @@ TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
   json wrong_type = j;
   wrong_type["stages"][0]["epochs"] = "two";
   EXPECT_NE(err(wrong_type).find("'stages.0.epochs' must be an integer"), std::string::npos) << err(wrong_type);
+  json too_big = j;
+  too_big["stages"][0]["epochs"] = 4294967297LL;  // would wrap to 1 in an int
+  EXPECT_NE(err(too_big).find("'stages.0.epochs' is 4294967297, out of range"), std::string::npos) << err(too_big);
   json bad_value = j;
   bad_value["stages"][0]["batch_size"] = 1;
   EXPECT_NE(err(bad_value).find("'stages.0.batch_size' must be >= 2"), std::string::npos) << err(bad_value);
@@ -137,8 +142,82 @@ TEST(Experiment, ResumeRefusesAChangedConfigOrMissingCheckpoint) {
   j["stages"][0]["epochs"] = 1;
   j["stages"].erase(1);
   train_experiment(parse_experiment(j), quiet());
+  // What does not change the computation may differ (workers, logging, the transport's timeout).
+  json free = j;
+  free["data"]["workers"] = 1;
+  free["log"]["every_steps"] = 3;
+  free["distributed"] = {{"timeout_s", 600.0}};
+  free["description"] = "moved";
+  EXPECT_EQ(train_experiment(parse_experiment(free), r).stages.size(), 1u);
   j["stages"][0]["optimizer"]["lr"] = 0.1;
-  EXPECT_NE(error_of([&] { train_experiment(parse_experiment(j), r); }).find("configuration differs"), std::string::npos);
+  const std::string e = error_of([&] { train_experiment(parse_experiment(j), r); });
+  EXPECT_NE(e.find("'stages.0.optimizer.lr' is 0.1, but"), std::string::npos) << e;
+  EXPECT_NE(e.find("was trained with 0.05"), std::string::npos) << e;
+}
+
+// A checkpoint whose position lies outside the run (damaged metadata) is refused, not indexed.
+TEST(Experiment, ResumeRefusesAPositionOutsideTheRun) {
+  TempDir d;
+  json j = two_stage_config(d.path());
+  j["stages"].erase(1);
+  j["stages"][0]["epochs"] = 1;
+  j["checkpoint"] = {{"every_steps", 7}};
+  TrainOptions stop = quiet();
+  stop.stop_after_steps = 10;
+  train_experiment(parse_experiment(j), stop);
+  const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
+  TrainOptions r = quiet();
+  r.resume = true;
+  for (auto [stage, epoch, batch] : {std::tuple{-1, 0, 7}, {0, 1, 7}, {0, 0, 64}, {2, 0, 0}, {0, -1, 7}}) {
+    SCOPED_TRACE(std::to_string(stage) + " " + std::to_string(epoch) + " " + std::to_string(batch));
+    TrainingState s = ck.state;
+    s.stage = stage;
+    s.epoch = epoch;
+    s.batch = batch;
+    SafeTensorsFile f = SafeTensorsFile::read(d.file("last.safetensors"));
+    SafeTensorsWriter w;
+    for (const auto& n : f.names()) w.add(n, f.tensor(n));
+    for (const auto& [k, v] : f.metadata()) w.add_metadata(k, k == "state" ? s.to_json().dump() : v);
+    w.write(d.file("last.safetensors"));
+    const std::string e = error_of([&] { train_experiment(parse_experiment(j), r); });
+    EXPECT_NE(e.find("the checkpoint is damaged"), std::string::npos) << e;
+  }
+}
+
+// Results bookkeeping across an interruption in a folder that already holds a finished run: the
+// stages are those of this run only, each stage's best error is its own, and the summary's best
+// is the last stage's.
+TEST(Experiment, ResumedRunInAReusedFolderReportsItsOwnStages) {
+  TempDir d;
+  json j = two_stage_config(d.path());
+  j["stages"][0]["epochs"] = 1;
+  j["stages"][1]["epochs"] = 1;
+  j["checkpoint"] = {{"every_steps", 20}};
+  train_experiment(parse_experiment(j), quiet());  // an earlier, finished run in the folder
+  TrainOptions stop = quiet();
+  stop.stop_after_steps = 30;
+  train_experiment(parse_experiment(j), stop);
+  TrainOptions r = quiet();
+  r.resume = true;
+  const RunSummary s = train_experiment(parse_experiment(j), r);
+  ASSERT_EQ(s.stages.size(), 2u);
+  EXPECT_EQ(s.stages[0].name, "fp");
+  EXPECT_EQ(s.stages[1].name, "ttq");
+  const json stages = json::parse(std::ifstream(d.file("stages.json")));
+  ASSERT_EQ(stages.size(), 2u);
+  // Each stage's best is the best of its own epoch records.
+  std::map<std::string, double> best;
+  for (const std::string& rec : ttq::testing::metrics_records(d.path())) {
+    const json e = json::parse(rec);
+    if (e["type"] != "epoch" || !e.contains("test_top1_error")) continue;
+    const std::string st = e["stage"];
+    best[st] = std::min(best.count(st) ? best[st] : 1.0, e["test_top1_error"].get<double>());
+  }
+  ASSERT_EQ(best.size(), 2u);
+  EXPECT_EQ(s.stages[0].best_test_top1_error, best["fp"]);
+  EXPECT_EQ(s.stages[1].best_test_top1_error, best["ttq"]);
+  EXPECT_EQ(s.best_test_top1_error, best["ttq"]);
+  EXPECT_EQ(stages[1]["best_test_top1_error"].get<double>(), best["ttq"]);
 }
 
 TEST(Experiment, InitFromAFullPrecisionCheckpoint) {

@@ -95,6 +95,23 @@ TEST(SafeTensors, DamagedFilesAreRefusedWithTheFileName) {
             std::string::npos);
 }
 
+// A header whose shape multiplies past 2^63 (here to 0 modulo 2^64, matching empty offsets) is
+// refused before the product could overflow.
+TEST(SafeTensors, ShapesTooLargeForAnyFileAreRefused) {
+  for (const char* shape : {"[4611686018427387904,4]", "[18446744073709551615]", "[4294967296,4294967296]"}) {
+    SCOPED_TRACE(shape);
+    const std::string header = std::string("{\"x\":{\"dtype\":\"F32\",\"shape\":") + shape +
+                               ",\"data_offsets\":[0,0]}}";
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+    const std::string p = temp_path("bigshape.safetensors");
+    write_all(p, bytes + header);
+    const std::string e = error_of([&] { SafeTensorsFile::read(p); });
+    EXPECT_NE(e.find("bigshape.safetensors"), std::string::npos) << e;
+    EXPECT_TRUE(e.find("bad dimension") != std::string::npos || e.find("more elements") != std::string::npos) << e;
+  }
+}
+
 TEST(SafeTensors, FailedWriteLeavesThePreviousFileIntact) {
   const std::string p = temp_path("keep.safetensors");
   SafeTensorsWriter w;

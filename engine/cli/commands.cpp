@@ -101,7 +101,13 @@ int run_train(const std::vector<std::string>& argv) {
     if (!opt.comm)
       opt.comm = make_communicator(cfg.distributed, cfg.device != "cpu" && cuda_device_count() > 0);
     root = opt.comm->is_root();
-    RunSummary s = train_experiment(cfg, opt);
+    TrainOptions run_opt = opt;
+    if (opt.resume && runs.size() > 1 && !fs::exists(cfg.output_dir + "/last.safetensors")) {
+      // A sweep resumed after an interruption: the runs it had not reached yet start afresh.
+      run_opt.resume = false;
+      if (root) std::printf("%s: no checkpoint yet, starting it\n", name.c_str());
+    }
+    RunSummary s = train_experiment(cfg, run_opt);
     if (root) {
       std::printf("\n%s", format_summary_table(s).c_str());
       std::printf("results in %s\n", cfg.output_dir.c_str());
@@ -194,7 +200,7 @@ int run_export(const std::vector<std::string>& argv) {
   Model model = build_model(cfg.model, data.spec, cfg.seed);
   load_model(*model.net, ck);
   std::string out = a.get("out");
-  if (out.empty()) out = fs::path(ck_path).parent_path().string() + "/model.ttq.safetensors";
+  if (out.empty()) out = fs::path(ck_path).replace_filename("model.ttq.safetensors").string();
   const ExportReport r = export_ternary(out, *model.net, ck.config);
   std::printf("wrote %s: %d ternary layers, %d full-precision layers\n", out.c_str(), r.ternary_layers,
               r.full_precision_layers);

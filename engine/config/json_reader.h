@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <limits>
 #include <set>
 #include <string>
 #include <vector>
@@ -75,6 +76,15 @@ class JsonReader {
     } else if constexpr (std::is_integral_v<T>) {
       ok = v.is_number_integer();
       want = "an integer";
+      if (ok) {  // in T's range (nlohmann would wrap 4294967297 to 1 for an int)
+        const bool fits = v.is_number_unsigned()
+                              ? v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())
+                              : v.get<int64_t>() >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+                                    (std::is_unsigned_v<T> ||
+                                     v.get<int64_t>() <= static_cast<int64_t>(std::numeric_limits<T>::max()));
+        TTQ_CHECK(fits, "config: '" << path_of(key) << "' is " << v.dump() << ", out of range (at most "
+                                    << +std::numeric_limits<T>::max() << ")");
+      }
     } else if constexpr (std::is_floating_point_v<T>) {
       ok = v.is_number();
       want = "a number";

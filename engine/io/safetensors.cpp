@@ -55,10 +55,11 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     }
     done += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int err = errno;
+  const int synced = ::fsync(fd) == 0 ? 0 : errno;
+  const int closed = ::close(fd) == 0 ? 0 : errno;  // closed whether or not fsync worked
+  if (synced != 0 || closed != 0) {
     ::unlink(tmp.c_str());
-    TTQ_FAIL("cannot flush '" << tmp << "': " << std::strerror(err));
+    TTQ_FAIL("cannot flush '" << tmp << "': " << std::strerror(synced != 0 ? synced : closed));
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     const int err = errno;
@@ -142,9 +143,14 @@ SafeTensorsFile SafeTensorsFile::read(const std::string& path) {
     int64_t numel = 1;
     TTQ_CHECK(v["shape"].is_array(), "'" << path << "': tensor '" << it.key() << "' shape is not a list");
     for (const auto& d : v["shape"]) {
-      TTQ_CHECK(d.is_number_unsigned(), "'" << path << "': tensor '" << it.key() << "' has a bad dimension " << d.dump());
+      // A dimension, or the product, too large for the bytes a file can hold is a bad shape (the
+      // product is checked before it could overflow).
+      TTQ_CHECK(d.is_number_unsigned() && d.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX),
+                "'" << path << "': tensor '" << it.key() << "' has a bad dimension " << d.dump());
       e.shape.push_back(d.get<int64_t>());
-      numel *= e.shape.back();
+      TTQ_CHECK(!__builtin_mul_overflow(numel, e.shape.back(), &numel) && numel <= INT64_MAX / 8,
+                "'" << path << "': tensor '" << it.key() << "' has a shape of more elements than any file holds: "
+                    << v["shape"].dump());
     }
     const auto& off = v["data_offsets"];
     TTQ_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),

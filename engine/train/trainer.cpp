@@ -27,12 +27,21 @@ namespace ttq {
 
 namespace fs = std::filesystem;
 
+namespace {
+json stage_json(const StageResult& s) {
+  return {{"name", s.name},
+          {"ternary", s.ternary},
+          {"test_loss", s.test_loss},
+          {"test_top1_error", s.test_top1_error},
+          {"test_top5_error", s.test_top5_error},
+          {"best_test_top1_error", s.best_test_top1_error},
+          {"sparsity", s.sparsity}};
+}
+}  // namespace
+
 json RunSummary::to_json() const {
   json st = json::array();
-  for (const auto& s : stages)
-    st.push_back({{"name", s.name}, {"ternary", s.ternary}, {"test_loss", s.test_loss},
-                  {"test_top1_error", s.test_top1_error}, {"test_top5_error", s.test_top5_error},
-                  {"sparsity", s.sparsity}});
+  for (const auto& s : stages) st.push_back(stage_json(s));
   json j = {{"name", name}, {"stages", st}, {"best_test_top1_error", best_test_top1_error},
             {"model_size", {{"fp32_bytes", fp32_bytes}, {"deployed_bytes", deployed_bytes}}},
             {"wall_seconds", wall_seconds}};
@@ -137,21 +146,65 @@ std::string fmt(const char* f, double v) {
 
 class MetricsLog {
  public:
-  // enabled = false (ranks other than 0) writes nothing.
-  MetricsLog(const std::string& path, bool append, bool enabled = true) {
+  // enabled = false (ranks other than 0) writes nothing. resumed_at >= 0: a resumed run, whose
+  // checkpoint was taken at that global step; the records the interrupted run wrote after it (they
+  // are written again) and a last line cut short are dropped, the others kept.
+  MetricsLog(const std::string& path, int64_t resumed_at, bool enabled = true) : path_(path) {
     if (!enabled) return;
-    out_.open(path, append ? std::ios::app : std::ios::trunc);
+    if (resumed_at >= 0) {
+      std::ifstream in(path);
+      std::string line, kept;
+      while (std::getline(in, line)) {
+        const json r = json::parse(line, nullptr, false);
+        if (r.is_object() && r.contains("step") && r["step"].is_number_integer() &&
+            r["step"].get<int64_t>() <= resumed_at)
+          kept += line + "\n";
+      }
+      write_file_atomic(path, kept);
+    }
+    out_.open(path, resumed_at >= 0 ? std::ios::app : std::ios::trunc);
     TTQ_CHECK(out_, "cannot write metrics file '" << path << "'");
   }
   void write(const json& j) {
     if (!out_.is_open()) return;
     out_ << j.dump() << "\n";
     out_.flush();
+    TTQ_CHECK(out_, "cannot write metrics file '" << path_ << "' (disk full?)");
   }
 
  private:
+  std::string path_;
   std::ofstream out_;
 };
+
+// The first place where two resolved configurations differ, as a JSON path ("" if nowhere),
+// leaving out the keys that do not change what a run computes.
+std::string first_difference(const json& a, const json& b, const std::string& path = "") {
+  static const char* const kFree[] = {"/name", "/description", "/output_dir", "/data/root", "/data/workers",
+                                      "/data/prefetch", "/log/every_steps", "/distributed/backend",
+                                      "/distributed/timeout_s", "/distributed/bucket_mb",
+                                      "/distributed/first_bucket_mb"};
+  for (const char* f : kFree)
+    if (path == f) return "";
+  if (a.is_object() && b.is_object()) {
+    for (const auto& [k, v] : a.items()) {
+      if (!b.contains(k)) return path + "/" + k;
+      const std::string d = first_difference(v, b.at(k), path + "/" + k);
+      if (!d.empty()) return d;
+    }
+    for (const auto& [k, v] : b.items())
+      if (!a.contains(k)) return path + "/" + k;
+    return "";
+  }
+  if (a.is_array() && b.is_array() && a.size() == b.size()) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      const std::string d = first_difference(a[i], b[i], path + "/" + std::to_string(i));
+      if (!d.empty()) return d;
+    }
+    return "";
+  }
+  return a == b ? "" : (path.empty() ? std::string("/") : path);
+}
 
 }  // namespace
 
@@ -188,6 +241,24 @@ void fold_epoch_sums(DataParallel& dp, TrainingState& state) {
     state.epoch_loss_sum = 0.0;
     state.epoch_correct = state.epoch_seen = 0;
   }
+}
+
+// A finished stage's results: into the summary, and stages.json rewritten (rank 0).
+void record_stage(RunSummary& summary, const StageResult& result, const std::string& output_dir, bool root) {
+  summary.stages.push_back(result);
+  json all = json::array();
+  for (const auto& s : summary.stages) all.push_back(stage_json(s));
+  if (root) write_file_atomic(output_dir + "/stages.json", all.dump(2) + "\n");
+}
+
+// The position a checkpoint resumes at lies inside the configured run.
+void check_resumable(const TrainingState& s, const ExperimentConfig& cfg, const std::string& path) {
+  const auto stages = static_cast<int64_t>(cfg.stages.size());
+  TTQ_CHECK(s.stage >= 0 && s.stage <= stages && s.epoch >= 0 && s.batch >= 0 && s.global_step >= 0 &&
+                (s.stage == stages ? s.epoch == 0 && s.batch == 0 : s.epoch < cfg.stages[s.stage].epochs),
+            "--resume: '" << path << "' resumes at stage " << s.stage << ", epoch " << s.epoch << ", batch " << s.batch
+                          << ", which is not a point of this run (" << stages << " stage" << (stages == 1 ? "" : "s")
+                          << "); the checkpoint is damaged");
 }
 
 }  // namespace
@@ -228,9 +299,18 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     TTQ_CHECK(fs::exists(last_path), "--resume: no checkpoint '" << last_path << "' to resume from");
     resume_ck = std::make_unique<Checkpoint>(read_checkpoint(last_path));
     TTQ_CHECK(resume_ck->format == "ttq-checkpoint", "--resume: '" << last_path << "' is not a training checkpoint");
-    TTQ_CHECK(resume_ck->config == cfg.resolved,
-              "--resume: the configuration differs from the one '" << last_path << "' was trained with; resume with "
-                                                                     "the same config (see " << config_path << ")");
+    const std::string differs = first_difference(resume_ck->config, cfg.resolved);
+    if (!differs.empty()) {
+      const json::json_pointer at(differs == "/" ? "" : differs);
+      auto value = [&](const json& j) { return j.contains(at) ? j.at(at).dump() : std::string("(absent)"); };
+      std::string key = differs.substr(1);
+      std::replace(key.begin(), key.end(), '/', '.');
+      TTQ_FAIL("--resume: '" << key << "' is " << value(cfg.resolved) << ", but '" << last_path
+                             << "' was trained with " << value(resume_ck->config)
+                             << "; resume with the same settings (see " << config_path
+                             << "; only paths, names, workers, logging and the distributed transport may change)");
+    }
+    check_resumable(resume_ck->state, cfg, last_path);
     TTQ_CHECK(resume_ck->state.world == dp.world(),
               "--resume: '" << last_path << "' was written by a run of " << resume_ck->state.world << " rank"
                             << (resume_ck->state.world == 1 ? "" : "s") << ", this run has " << dp.world()
@@ -244,8 +324,9 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     }
     progress.line("Resuming " + cfg.name + " at stage " + std::to_string(state.stage) + ", epoch " +
                   std::to_string(state.epoch) + ", batch " + std::to_string(state.batch));
-  } else {
-    if (root) write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
+  }
+  if (root) write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
+  if (!opt.resume) {
     if (!cfg.init_from.empty()) {
       const Checkpoint init = read_checkpoint(cfg.init_from);
       load_model(net, init);
@@ -255,7 +336,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   net.to(device);
   state.world = dp.world();
   dp.attach(model.net);  // rank 0's weights everywhere, the gradient reducer
-  MetricsLog metrics(cfg.output_dir + "/metrics.jsonl", opt.resume, root);
+  MetricsLog metrics(cfg.output_dir + "/metrics.jsonl", opt.resume ? state.global_step : -1, root);
   progress.line("ttq train " + cfg.name + ": " + model.name + " on " + data.description + " -> " + cfg.output_dir +
                 " (" + device_name(device) + ", " + cfg.precision +
                 (cfg.memory_format == "contiguous" ? "" : ", " + cfg.memory_format) + ")");
@@ -267,14 +348,18 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   summary.name = cfg.name;
   summary.output_dir = cfg.output_dir;
   if (opt.resume) {
-    // Earlier stages' results from the interrupted run.
+    // The results of the stages the checkpoint has finished (a stages.json from a later point of
+    // the interrupted run, or from an earlier run in this folder, may hold more).
     std::ifstream in(cfg.output_dir + "/stages.json");
     if (in) {
       json st = json::parse(in, nullptr, false);
       if (st.is_array())
-        for (const auto& s : st)
+        for (const auto& s : st) {
+          if (static_cast<int64_t>(summary.stages.size()) >= state.stage) break;
           summary.stages.push_back({s.at("name"), s.at("ternary"), s.at("test_loss"), s.at("test_top1_error"),
-                                    s.at("test_top5_error"), s.at("sparsity")});
+                                    s.at("test_top5_error"), s.value("best_test_top1_error", 1.0),
+                                    s.at("sparsity")});
+        }
     }
   }
   const double elapsed_before = state.elapsed_seconds;
@@ -294,6 +379,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     TernaryPass ternary_pass(net, cfg.compute_dtype());
     const bool mid_stage = resume_ck && si == state.stage && (state.epoch > 0 || state.batch > 0);
     if (mid_stage) load_optimizer(*optimizer, *resume_ck);
+    if (!mid_stage) state.best_error = 1.0;  // the best test error of this stage
     LoaderConfig lc;
     lc.batch_size = st.batch_size;
     lc.workers = cfg.data.workers;
@@ -306,10 +392,13 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     const int64_t nb = loader.batches_per_epoch();
     CrossEntropyLoss loss(static_cast<float>(st.label_smoothing));
     StepLog step_log(device, std::clamp<int64_t>(cfg.log_every_steps, 1, 1000));
-    StageResult result{st.name, st.quantize, 0.0, 1.0, 1.0, 0.0};
+    StageResult result{st.name, st.quantize, 0.0, 1.0, 1.0, state.best_error, 0.0};
+    bool stage_recorded = false;
 
     for (int64_t epoch = (si == state.stage ? state.epoch : 0); epoch < st.epochs; ++epoch) {
       const int64_t first = (si == state.stage && epoch == state.epoch) ? state.batch : 0;
+      TTQ_CHECK(first < nb, "--resume: '" << last_path << "' resumes at batch " << first << " of an epoch of " << nb
+                                          << " batches; the checkpoint is damaged");
       if (first == 0) {
         state.epoch_loss_sum = 0.0;
         state.epoch_correct = state.epoch_seen = 0;
@@ -418,6 +507,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         rec["test_top1_error"] = ev.top1_error;
         rec["test_top5_error"] = ev.top5_error;
         state.best_error = std::min(state.best_error, ev.top1_error);
+        result.best_test_top1_error = state.best_error;
         result.test_loss = ev.loss;
         result.test_top1_error = ev.top1_error;
         result.test_top5_error = ev.top5_error;
@@ -442,18 +532,18 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         s.batch = 0;
         s.optimizer_steps = optimizer->steps();
         s.elapsed_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
+        if (last_epoch) {
+          // The stage's own checkpoint and results first: last.safetensors, written last, is what
+          // a resume trusts, so an interruption in between redoes this stage end, not skips it.
+          if (root)
+            save_checkpoint(cfg.output_dir + "/" + st.name + ".safetensors", net, optimizer.get(), s, cfg.resolved);
+          record_stage(summary, result, cfg.output_dir, root);
+          stage_recorded = true;
+        }
         if (root) save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
-        if (root && last_epoch)
-          save_checkpoint(cfg.output_dir + "/" + st.name + ".safetensors", net, optimizer.get(), s, cfg.resolved);
       }
     }
-    summary.stages.push_back(result);
-    json stages_json = json::array();
-    for (const auto& s : summary.stages)
-      stages_json.push_back({{"name", s.name}, {"ternary", s.ternary}, {"test_loss", s.test_loss},
-                             {"test_top1_error", s.test_top1_error}, {"test_top5_error", s.test_top5_error},
-                             {"sparsity", s.sparsity}});
-    if (root) write_file_atomic(cfg.output_dir + "/stages.json", stages_json.dump(2) + "\n");
+    if (!stage_recorded) record_stage(summary, result, cfg.output_dir, root);
     state.stage = si + 1;
     state.epoch = state.batch = 0;
   }
@@ -461,7 +551,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   const ModelSize size = model_size(net);
   summary.fp32_bytes = size.fp32_bytes;
   summary.deployed_bytes = size.deployed_bytes;
-  summary.best_test_top1_error = state.best_error;
+  summary.best_test_top1_error = summary.stages.empty() ? 1.0 : summary.stages.back().best_test_top1_error;
   summary.wall_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
   for (auto* l : quantizable_layers(net)) {
     if (!l->is_ternary()) {

@@ -4,7 +4,8 @@
 //   metrics.jsonl     one JSON object per line: "step" records every log.every_steps steps,
 //                     "epoch" records with train/test loss, top-1/top-5 error, per-layer D/Wp/Wn/sparsity
 //   last.safetensors  the latest checkpoint (atomic), <stage>.safetensors at each stage's end
-//   summary.json      final and best test error, sparsity, model sizes, wall time
+//   stages.json       each finished stage's final and best test error and sparsity
+//   summary.json      final and best test error (of the last stage), sparsity, model sizes, wall time
 // Data parallel (engine/dist/): every rank trains on its share of each global batch (batch_size
 // per rank x ranks); only rank 0 prints and writes these files. Epoch records and evaluation are
 // over all ranks; a step record's loss is rank 0's, its images/s counts all ranks.
@@ -23,14 +24,15 @@ namespace ttq {
 struct StageResult {
   std::string name;
   bool ternary = false;
-  double test_loss = 0.0, test_top1_error = 1.0, test_top5_error = 1.0;
-  double sparsity = 0.0;  // zeros over all ternary weights
+  double test_loss = 0.0, test_top1_error = 1.0, test_top5_error = 1.0;  // the last evaluation's
+  double best_test_top1_error = 1.0;  // the best of the stage's evaluations
+  double sparsity = 0.0;              // zeros over all ternary weights
 };
 
 struct RunSummary {
   std::string name, output_dir;
   std::vector<StageResult> stages;
-  double best_test_top1_error = 1.0;
+  double best_test_top1_error = 1.0;  // the last stage's best evaluation
   int64_t fp32_bytes = 0, deployed_bytes = 0;
   double wall_seconds = 0.0;
   std::vector<std::vector<std::string>> layer_table;  // layer, D, Wp, Wn, sparsity (last stage)
