@@ -231,6 +231,42 @@ TEST(TcpBackend, MissingRanksEndTheRendezvousWithAnError) {
   EXPECT_NE(err.find("missing ranks: 1 2"), std::string::npos) << err;
 }
 
+TEST(TcpBackend, ABadRendezvousPortIsAnError) {
+  TempDir dir;
+  TcpOptions o;
+  o.world = 2;  // rank 0 parses the port before it listens
+  o.rendezvous = dir.file("rdv");
+  o.timeout_s = 0.5;
+  for (const char* bad : {"70000", "abc", "0", "-1", "80x"}) {
+    SCOPED_TRACE(bad);
+    ::setenv("TTQ_RENDEZVOUS_PORT", bad, 1);
+    const std::string err = tt::error_of([&] { TcpCommunicator c(o); });
+    EXPECT_NE(err.find(std::string("TTQ_RENDEZVOUS_PORT='") + bad + "' is not a port number"), std::string::npos) << err;
+  }
+  ::unsetenv("TTQ_RENDEZVOUS_PORT");
+}
+
+// Backend 'mpi' in processes started with RANK/WORLD_SIZE would give N one-rank MPI jobs that all
+// write the same files: refused. One process, or an MPI launcher, may use it.
+TEST(Launch, MpiBackendNeedsAnMpiLauncherForSeveralProcesses) {
+  if (!mpi_built()) GTEST_SKIP() << "built without MPI";
+  LaunchInfo env;
+  env.launcher = "env";
+  env.rank = 1;
+  env.world = 2;
+  const std::string err = tt::error_of([&] { resolve_backend("mpi", env, false); });
+  EXPECT_NE(err.find("rank 1 of 2 started with RANK/WORLD_SIZE, not by an MPI launcher"), std::string::npos) << err;
+  EXPECT_EQ(resolve_backend("tcp", env, false), "tcp");
+  EXPECT_EQ(resolve_backend("auto", env, false), "tcp");
+  LaunchInfo mpi = env;
+  mpi.launcher = "mpi";
+  EXPECT_EQ(resolve_backend("mpi", mpi, false), "mpi");
+  EXPECT_EQ(resolve_backend("mpi", LaunchInfo{}, false), "mpi");
+  env.world = 1;
+  env.rank = 0;
+  EXPECT_EQ(resolve_backend("mpi", env, false), "mpi");
+}
+
 TEST(TcpBackend, AStalledRankMakesTheOthersFailWithinTheTimeout) {
   TempDir dir;
   std::string err0, err1;

@@ -67,7 +67,10 @@ class MpiCommunicator : public Communicator {
               "distributed (mpi): all-reduce needs an f32 CPU tensor, got " << data.str());
     float* p = data.data<float>();
     const int64_t n = data.numel();
-    return thread_.submit([this, p, n] {
+    // The task holds the tensor's storage: should its owner go first (an error unwinding the
+    // backward pass), the communication thread still writes into live memory.
+    return thread_.submit([this, keep = data, p, n] {
+      (void)keep;
       reduce_sum(p, n, MPI_FLOAT, sizeof(float), "gradient all-reduce");
       if (world_ > 1) {
         const float inv = 1.0f / static_cast<float>(world_);

@@ -238,7 +238,13 @@ void TcpCommunicator::rendezvous_root(const TcpOptions& o) {
   setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   int port = o.port;
   if (port == 0)
-    if (const char* p = env_or_null("TTQ_RENDEZVOUS_PORT")) port = std::atoi(p);
+    if (const char* p = env_or_null("TTQ_RENDEZVOUS_PORT")) {
+      char* end = nullptr;
+      const long v = std::strtol(p, &end, 10);
+      TTQ_CHECK(end != p && *end == '\0' && v >= 1 && v <= 65535,
+                "distributed (tcp): TTQ_RENDEZVOUS_PORT='" << p << "' is not a port number (1 to 65535)");
+      port = static_cast<int>(v);
+    }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_ANY);
@@ -595,7 +601,11 @@ std::unique_ptr<CommWork> TcpCommunicator::all_reduce_average_async(Tensor& data
   if (world_ == 1) return std::make_unique<DoneWork>();
   float* p = data.data<float>();
   const int64_t n = data.numel();
-  return thread_.submit([this, p, n] { reduce_sum(p, n, "gradient all-reduce"); });
+  // The task holds the tensor's storage (see comm_mpi.cpp).
+  return thread_.submit([this, keep = data, p, n] {
+    (void)keep;
+    reduce_sum(p, n, "gradient all-reduce");
+  });
 }
 
 void TcpCommunicator::all_reduce_sum(double* data, int64_t n) {

@@ -107,6 +107,12 @@ std::string resolve_backend(const std::string& requested, const LaunchInfo& laun
   if (requested == "mpi") {
     TTQ_CHECK(mpi_built(), "distributed.backend 'mpi': this build has no MPI (install libopenmpi-dev and rebuild; "
                            "`ttq info` shows what the build has)");
+    // Without an MPI launcher each process would start MPI alone, as rank 0 of 1, and all of them
+    // would train on all the data and write the same files.
+    TTQ_CHECK(launch.launcher != "env" || launch.world == 1,
+              "distributed.backend 'mpi' but this process is rank " << launch.rank << " of " << launch.world
+                  << " started with RANK/WORLD_SIZE, not by an MPI launcher: launch with mpirun (or srun --mpi=pmix), "
+                     "or use backend 'tcp' or 'auto' for this launch");
     return "mpi";
   }
   if (requested == "nccl") {
