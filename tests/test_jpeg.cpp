@@ -475,6 +475,25 @@ TEST(Jpeg, ExtraneousBytesBeforeAMarkerStillDecode) {
   EXPECT_EQ(a.rgb, b.rgb);
 }
 
+// A truncated file whose decode first warned about something harmless (libjpeg passes on only
+// the first warning of an image, so "premature end" is not in the message) is still an error.
+TEST(Jpeg, TruncatedAfterAHarmlessWarningIsStillAnError) {
+  SKIP_WITHOUT_TURBOJPEG();
+  const int w = 256, h = 192;
+  const auto rgb = noise_rgb(w, h, 5);
+  std::vector<uint8_t> jpg = encode_jpeg(rgb.data(), w, h, JpegColor::rgb, 90);
+  size_t at = 2;
+  while (at + 1 < jpg.size() && !(jpg[at] == 0xFF && jpg[at + 1] == 0xDB)) ++at;
+  ASSERT_LT(at + 1, jpg.size());
+  jpg.insert(jpg.begin() + static_cast<std::ptrdiff_t>(at), {0x01, 0x02, 0x03});
+  EXPECT_NO_THROW(decode_jpeg(jpg.data(), jpg.size(), "whole.jpg"));  // whole: decodes
+  for (size_t keep : {jpg.size() / 2, jpg.size() - 40, jpg.size() - 2}) {
+    SCOPED_TRACE(keep);
+    const std::string e = error_of([&] { decode_jpeg(jpg.data(), keep, "cut.jpg"); });
+    EXPECT_NE(e.find("'cut.jpg': corrupt JPEG"), std::string::npos) << e;
+  }
+}
+
 TEST(Jpeg, ScaledDecodeHasTheScaledSizeAndContent) {
   SKIP_WITHOUT_TURBOJPEG();
   const int w = 2000, h = 1500;
@@ -506,9 +525,15 @@ TEST(Jpeg, BadFilesAreErrorsNamingTheFile) {
   EXPECT_NE(e.find("'" + cut + "'"), std::string::npos) << e;
   EXPECT_NE(e.find("corrupt JPEG"), std::string::npos) << e;
   const std::string junk = d.file("junk.jpg");
-  ttq::testing::write_bytes(junk, "\x89PNG\r\n\x1a\n not a jpeg at all");
+  ttq::testing::write_bytes(junk, "\xff\xd8\xff not a jpeg at all");
   e = error_of([&] { decode_jpeg_file(junk); });
   EXPECT_NE(e.find("'" + junk + "' is not a readable JPEG file"), std::string::npos) << e;
+  // A failed file leaves this thread's decoder usable for the next one.
+  EXPECT_NO_THROW(decode_jpeg(jpg.data(), jpg.size(), "good.jpg"));
+  const std::string png = d.file("png.JPEG");  // as ImageNet holds one
+  ttq::testing::write_bytes(png, "\x89PNG\r\n\x1a\n\0\0\0\rIHDR");
+  e = error_of([&] { decode_jpeg_file(png); });
+  EXPECT_NE(e.find("'" + png + "' holds a PNG image, not a JPEG"), std::string::npos) << e;
   const std::string empty = d.file("empty.jpg");
   ttq::testing::write_bytes(empty, "");
   e = error_of([&] { decode_jpeg_file(empty); });

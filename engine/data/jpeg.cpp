@@ -69,13 +69,31 @@ struct TjHandle {
   }
 };
 
-tjhandle decompressor() {
+TjHandle& thread_decompressor() {
   thread_local TjHandle t;
+  return t;
+}
+
+tjhandle decompressor() {
+  TjHandle& t = thread_decompressor();
   if (!t.h) {
     t.h = tjInitDecompress();
     TTQ_CHECK(t.h, "TurboJPEG: cannot create a decompressor: " << tjGetErrorStr2(nullptr));
   }
   return t.h;
+}
+
+// After a file fails, the thread's instance is replaced: libjpeg leaves it in a state where the
+// next file fails too ("Unsupported marker type" for every later, valid image).
+template <class F> auto with_fresh_decompressor_on_error(F&& f) {
+  try {
+    return f();
+  } catch (...) {
+    TjHandle& t = thread_decompressor();
+    if (t.h) tjDestroy(t.h);
+    t.h = nullptr;
+    throw;
+  }
 }
 
 // The library's scaling factors in its own order (largest first), as tjDecompress2 walks them.
@@ -99,8 +117,39 @@ bool contains_ci(const std::string& s, const std::string& what) {
   return it != s.end();
 }
 
+// What a file that is not a JPEG holds, when its first bytes say so ("" otherwise).
+std::string other_format(const uint8_t* d, size_t n) {
+  auto starts = [&](const char* sig, size_t len) { return n >= len && std::memcmp(d, sig, len) == 0; };
+  if (starts("\x89PNG\r\n\x1a\n", 8)) return "PNG";
+  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return "GIF";
+  if (starts("BM", 2)) return "BMP";
+  if (starts("RIFF", 4) && n >= 12 && std::memcmp(d + 8, "WEBP", 4) == 0) return "WebP";
+  return "";
+}
+
+// A decode that warned: the entropy-coded data of the last scan must end with the end-of-image
+// marker (FF D9). Entropy-coded bytes never hold FF D9 (an FF there is stuffed as FF 00), so its
+// absence after the last start-of-scan (FF DA) means the file was cut short. libjpeg passes on
+// only the first warning of an image, so an earlier harmless one (stray bytes before a marker)
+// would hide "premature end of JPEG file" from the message.
+bool ends_with_eoi(const uint8_t* d, size_t n) {
+  size_t sos = n;
+  for (size_t i = n; i-- > 1;)
+    if (d[i - 1] == 0xFF && d[i] == 0xDA) {
+      sos = i + 1;
+      break;
+    }
+  if (sos == n) return false;
+  for (size_t i = sos; i + 1 < n; ++i)
+    if (d[i] == 0xFF && d[i + 1] == 0xD9) return true;
+  return false;
+}
+
 JpegHeader header_of(tjhandle h, const uint8_t* data, size_t size, const std::string& name, int* colorspace) {
   TTQ_CHECK(data && size > 0, "'" << name << "' is empty, not a JPEG file");
+  if (const std::string other = other_format(data, size); !other.empty())
+    TTQ_FAIL("'" << name << "' holds a " << other << " image, not a JPEG; convert it to JPEG (ImageNet's "
+                 "train/n02105855/n02105855_2933.JPEG is such a file)");
   JpegHeader hd;
   int subsamp = 0, cs = 0;
   if (tjDecompressHeader3(h, data, static_cast<unsigned long>(size), &hd.width, &hd.height, &subsamp, &cs) != 0) {
@@ -130,7 +179,7 @@ inline int muldiv255(int a, int b) {
 bool jpeg_supported() { return true; }
 
 JpegHeader read_jpeg_header(const uint8_t* data, size_t size, const std::string& name) {
-  return header_of(decompressor(), data, size, name, nullptr);
+  return with_fresh_decompressor_on_error([&] { return header_of(decompressor(), data, size, name, nullptr); });
 }
 
 JpegScale choose_jpeg_scale(int width, int height, int min_width, int min_height) {
@@ -147,8 +196,9 @@ JpegScale choose_jpeg_scale(int width, int height, int min_width, int min_height
   return best;
 }
 
-void decode_jpeg(const uint8_t* data, size_t size, const std::string& name, int min_width, int min_height,
-                 JpegImage& out) {
+namespace {
+void decode_with_thread_decompressor(const uint8_t* data, size_t size, const std::string& name, int min_width,
+                                     int min_height, JpegImage& out) {
   tjhandle h = decompressor();
   int cs = 0;
   const JpegHeader hd = header_of(h, data, size, name, &cs);
@@ -187,6 +237,9 @@ void decode_jpeg(const uint8_t* data, size_t size, const std::string& name, int 
     // ("Premature end of data segment" is a stray marker inside a complete file: decodable.)
     const bool fatal = tjGetErrorCode(h) != TJERR_WARNING || contains_ci(msg, "premature end of jpeg file");
     TTQ_CHECK(!fatal, "'" << name << "': corrupt JPEG: " << msg);
+    TTQ_CHECK(ends_with_eoi(data, size),
+              "'" << name << "': corrupt JPEG: the image data ends without an end-of-image marker (a truncated "
+                             "file; the decoder's first warning was: " << msg << ")");
   }
   uint8_t* p = out.rgb.data();
   if (channels == 1) {
@@ -205,6 +258,12 @@ void decode_jpeg(const uint8_t* data, size_t size, const std::string& name, int 
     }
     out.rgb.resize(pixels * 3);
   }
+}
+}  // namespace
+
+void decode_jpeg(const uint8_t* data, size_t size, const std::string& name, int min_width, int min_height,
+                 JpegImage& out) {
+  with_fresh_decompressor_on_error([&] { decode_with_thread_decompressor(data, size, name, min_width, min_height, out); });
 }
 
 std::vector<uint8_t> encode_jpeg(const uint8_t* pixels, int width, int height, JpegColor color, int quality,

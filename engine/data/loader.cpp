@@ -44,7 +44,8 @@ std::vector<int64_t> Loader::permutation(int64_t epoch) const {
 }
 
 std::vector<int64_t> Loader::batch_indices(int64_t epoch, int64_t b) const {
-  const std::vector<int64_t> p = epoch == epoch_ ? perm_ : permutation(epoch);
+  std::vector<int64_t> other;  // the current epoch's order is read in place, not copied per batch
+  const std::vector<int64_t>& p = epoch == epoch_ ? perm_ : (other = permutation(epoch));
   const int64_t global = cfg_.batch_size * cfg_.world;
   const int64_t gbegin = b * global;
   const int64_t gend = std::min<int64_t>(gbegin + global, src_->size());
