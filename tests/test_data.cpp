@@ -175,6 +175,52 @@ TEST(Transforms, NormalisationAndAugmentation) {
   for (float v : out) EXPECT_FLOAT_EQ(v, 0.0f);  // one image minus its own mean
 }
 
+// Pad with black, crop, then normalise (the spec's CIFAR order, torchvision's RandomCrop before
+// Normalize): a padded pixel is a normalised raw 0, not the mean, and the per-pixel mean
+// subtracted is the output position's. Every output equals this for one of the nine shifts,
+// and all nine occur.
+TEST(Transforms, PaddingIsBlackAndThePixelMeanIsTheOutputPositions) {
+  ImageSet s;
+  s.spec = {1, 3, 3, 2};
+  s.pixels = {10, 60, 110, 160, 210, 250, 30, 90, 200,   // image 0
+              0, 20, 40, 60, 80, 100, 120, 140, 160};    // image 1 (only for the mean)
+  s.labels = {0, 1};
+  const Normalization pm = Normalization::pixel_mean(s);
+  Normalization ch;
+  ch.kind = "channel";
+  ch.mean = {0.5f};
+  ch.std = {0.25f};
+  for (const Normalization* norm : std::initializer_list<const Normalization*>{&pm, &ch}) {
+    SCOPED_TRACE(norm->kind);
+    auto expected = [&](int oy, int ox) {
+      std::vector<float> e(9);
+      for (int y = 0; y < 3; ++y)
+        for (int x = 0; x < 3; ++x) {
+          const int sy = y + oy, sx = x + ox;
+          const float raw = sy >= 0 && sy < 3 && sx >= 0 && sx < 3 ? s.pixels[sy * 3 + sx] : 0.0f;
+          e[y * 3 + x] = norm->kind == "pixel_mean" ? (raw - norm->mean[y * 3 + x]) / 128.0f
+                                                    : (raw / 255.0f - norm->mean[0]) / norm->std[0];
+        }
+      return e;
+    };
+    std::set<std::pair<int, int>> shifts;
+    std::vector<float> out(9);
+    for (uint64_t seed = 0; seed < 200; ++seed) {
+      Rng r(seed);
+      transform_image(s.image(0), s.spec, *norm, Augment{1, false}, true, r, out.data());
+      bool matched = false;
+      for (int oy = -1; oy <= 1 && !matched; ++oy)
+        for (int ox = -1; ox <= 1 && !matched; ++ox)
+          if (out == expected(oy, ox)) {
+            matched = true;
+            shifts.insert({oy, ox});
+          }
+      EXPECT_TRUE(matched) << "seed " << seed;
+    }
+    EXPECT_EQ(shifts.size(), 9u);
+  }
+}
+
 namespace {
 
 std::shared_ptr<ImageSetSource> tiny_source(int64_t n) {

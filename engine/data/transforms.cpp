@@ -65,16 +65,13 @@ void transform_image(const uint8_t* src, const InputSpec& spec, const Normalizat
       for (int64_t x = 0; x < w; ++x) {
         const int64_t sy = y + oy, sx0 = x + ox;
         const int64_t sx = do_flip ? (w - 1 - x) + ox : sx0;
-        float v = 0.0f;  // zero padding, after normalisation (the authors' order)
-        if (sy >= 0 && sy < h && sx >= 0 && sx < w) {
-          const int64_t idx = (ch * h + sy) * w + sx;
-          const float raw = src[idx];
-          if (per_pixel)
-            v = (raw - norm.mean[idx]) / 128.0f;
-          else
-            v = (raw / 255.0f - norm.mean[ch]) / norm.std[ch];
-        }
-        out[(ch * h + y) * w + x] = v;
+        // Pad with black, crop, flip, then normalise (the authors' CIFAR order, and torchvision's
+        // RandomCrop(padding) before Normalize): a padded pixel is a raw 0, and the per-pixel
+        // mean subtracted is the one of the output position.
+        const bool inside = sy >= 0 && sy < h && sx >= 0 && sx < w;
+        const float raw = inside ? static_cast<float>(src[(ch * h + sy) * w + sx]) : 0.0f;
+        const int64_t o = (ch * h + y) * w + x;
+        out[o] = per_pixel ? (raw - norm.mean[o]) / 128.0f : (raw / 255.0f - norm.mean[ch]) / norm.std[ch];
       }
     }
   }

@@ -25,7 +25,7 @@ struct Normalization {
 };
 
 struct Augment {
-  int64_t pad = 0;          // zero padding on every side before the random crop (0: no crop)
+  int64_t pad = 0;          // black (raw 0) padding on every side before the random crop, normalised after (0: no crop)
   bool hflip = false;       // random horizontal flip with probability 1/2
 };
 
