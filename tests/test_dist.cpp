@@ -4,6 +4,11 @@
 // evaluation, and N ranks with per-rank batch B against one rank with batch N*B.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -216,6 +221,44 @@ TEST(TcpBackend, AStaleRendezvousFileIsWaitedOut) {
   for (auto& t : th) t.join();
   EXPECT_EQ(ok.load(), 2);
   EXPECT_FALSE(std::ifstream(dir.file("rdv")).good());  // rank 0 removed it once everybody arrived
+}
+
+// A stale file naming something that accepts connections but never answers (an earlier run's
+// rank 0 still waiting, any listener): the peer notices the file change and joins the real rank 0
+// within about a second, instead of waiting out the whole timeout.
+TEST(TcpBackend, AStaleAddressThatNeverAnswersIsLeftForTheNewOne) {
+  TempDir dir;
+  const int silent = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(silent, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(silent, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(silent, 8), 0);  // connections complete in the backlog; nothing ever replies
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(silent, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  tt::write_bytes(dir.file("rdv"), "ttq-rendezvous 1\nhost 127.0.0.1\nport " + std::to_string(ntohs(a.sin_port)) +
+                                       "\nnonce 99\nworld 2\n");
+  std::atomic<int> ok{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> th;
+  for (int r = 1; r >= 0; --r)
+    th.emplace_back([&, r] {
+      if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      TcpOptions o;
+      o.rank = r;
+      o.world = 2;
+      o.rendezvous = dir.file("rdv");
+      o.timeout_s = 30;
+      TcpCommunicator c(o);
+      int64_t one = 1;
+      c.all_reduce_sum(&one, 1);
+      if (one == 2) ++ok;
+    });
+  for (auto& t : th) t.join();
+  ::close(silent);
+  EXPECT_EQ(ok.load(), 2);
+  EXPECT_LT(seconds_since(t0), 10.0);  // not the 30 s timeout
 }
 
 TEST(TcpBackend, MissingRanksEndTheRendezvousWithAnError) {

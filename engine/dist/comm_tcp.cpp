@@ -438,7 +438,22 @@ void TcpCommunicator::rendezvous_peer(const TcpOptions& o) {
     try {
       rdv_send(fd, &h, sizeof h, hd);
       rdv_send(fd, me.data(), me.size(), hd);
-      // The reply comes once every rank has connected: wait for it until the full deadline.
+      // The reply comes once every rank has connected: wait for it until the full deadline,
+      // looking at the rendezvous file every second meanwhile. A file that now names another
+      // rank 0 means this one was a stale address (an earlier run's, or anything that accepts
+      // and stays silent): leave it and join the new one rather than wait out the deadline.
+      for (;;) {
+        pollfd p{fd, POLLIN, 0};
+        const double left = std::chrono::duration<double>(d.end - clock_type::now()).count();
+        const int ready = ::poll(&p, 1, static_cast<int>(std::clamp(left * 1000.0, 0.0, 1000.0)));
+        if (ready != 0 || left <= 0) break;  // data, a hang-up or an error: rdv_recv says which
+        std::string now_host;
+        int now_port = 0, now_world = 0;
+        uint64_t now_nonce = 0;
+        if (read_rendezvous(rendezvous_, now_host, now_port, now_nonce, now_world) &&
+            (now_host != host || now_port != port || now_nonce != nonce))
+          TTQ_FAIL("no reply, and '" << rendezvous_ << "' now names rank 0 at " << now_host << ":" << now_port);
+      }
       rdv_recv(fd, &rep, sizeof rep, d);
     } catch (const Error& e) {
       last_problem = std::string("rank 0 at ") + host + ":" + port_s + ": " + e.what();
