@@ -55,6 +55,7 @@ TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
   EXPECT_NE(err(no_stages).find("'stages' must be a non-empty list"), std::string::npos);
   EXPECT_NE(error_of([] { read_json_file("/nonexistent/x.json"); }).find("cannot open config '/nonexistent/x.json'"),
             std::string::npos);
+  EXPECT_NE(error_of([] { read_json_file("/tmp"); }).find("config '/tmp' is a folder"), std::string::npos);
 }
 
 TEST(ExperimentConfigTest, OverridesAndSweeps) {

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -10,6 +11,8 @@
 namespace ttq {
 
 json read_json_file(const std::string& path) {
+  std::error_code ec;
+  TTQ_CHECK(!std::filesystem::is_directory(path, ec), "config '" << path << "' is a folder, not a JSON file");
   std::ifstream in(path);
   TTQ_CHECK(in, "cannot open config '" << path << "': " << std::strerror(errno));
   try {
