@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
 #include <tuple>
@@ -249,6 +250,20 @@ TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {
   EXPECT_NE(e.find("not finite"), std::string::npos) << e;
   const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
   EXPECT_EQ(ck.state.stage, 1);  // the end of the full-precision stage, intact
+}
+
+// A model holding a non-finite weight is not written over the last good checkpoint.
+TEST(Experiment, ACheckpointOfADivergedModelIsRefusedAndTheOldOneKept) {
+  TempDir d;
+  Model m = build_model(json{{"name", "small_convnet"}}, InputSpec{1, 8, 8, 4}, 3);
+  const std::string path = d.file("last.safetensors");
+  save_checkpoint(path, *m.net, nullptr, TrainingState{}, json::object());
+  const auto before = ttq::testing::checkpoint_bytes(path);
+  auto params = m.net->named_parameters();
+  params.back().param->value.data<float>()[0] = std::numeric_limits<float>::infinity();
+  const std::string e = error_of([&] { save_checkpoint(path, *m.net, nullptr, TrainingState{}, json::object()); });
+  EXPECT_NE(e.find("parameter '" + params.back().name + "' holds inf"), std::string::npos) << e;
+  EXPECT_EQ(ttq::testing::checkpoint_bytes(path), before);
 }
 
 TEST(Experiment, DeviceSelection) {

@@ -88,7 +88,17 @@ json ternary_layers_json(Module& net) {
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
                      const json& config) {
   SafeTensorsWriter w;
-  for (auto& np : net.named_parameters()) w.add(np.name, np.param->value.to(Device::CPU));
+  for (auto& np : net.named_parameters()) {
+    const Tensor v = np.param->value.to(Device::CPU);
+    // A diverged model is not written over the last good checkpoint.
+    if (v.dtype() == DType::F32) {
+      const float* p = v.data<float>();
+      for (int64_t i = 0, n = v.numel(); i < n; ++i)
+        TTQ_CHECK(std::isfinite(p[i]), "not writing '" << path << "': parameter '" << np.name << "' holds "
+                                                       << p[i] << " at [" << i << "] (the model diverged)");
+    }
+    w.add(np.name, v);
+  }
   for (auto& nb : net.named_buffers()) w.add(nb.name, nb.tensor->to(Device::CPU));
   if (opt)
     for (auto& nb : const_cast<Optimizer*>(opt)->state()) w.add("optim." + nb.name, nb.tensor->to(Device::CPU));
