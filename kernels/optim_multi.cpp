@@ -46,8 +46,10 @@ void MultiTensorOptimizer::refresh() {
   if (gpu_ && gpu_->multi && !watch_.moved()) return;
   std::vector<cuda::OptimMultiTensorEntry> entries;
   for (const auto& t : tensors_) {
-    TTQ_CHECK(t.p->device() == Device::CUDA && t.g->device() == Device::CUDA,
-              "multi-tensor optimizer: a tensor left the GPU (" << t.p->str() << ")");
+    TTQ_CHECK(t.p->device() == Device::CUDA && t.g->device() == Device::CUDA &&
+                  (!t.s1 || t.s1->device() == Device::CUDA) && (!t.s2 || t.s2->device() == Device::CUDA),
+              "multi-tensor optimizer: a parameter, its gradient or its optimizer state is not on the GPU ("
+                  << t.p->str() << "); create the optimizer after moving the model");
     cuda::OptimMultiTensorEntry e;
     e.p = t.p->data_ptr<float>();
     e.g = t.g->data_ptr<float>();

@@ -169,6 +169,31 @@ TEST(TernaryPass, GradientsAddUpOverMicroBatchesLikeThePerLayerPath) {
   }
 }
 
+// A layer that is already ternary keeps its quantizer only when asked for the same settings (a
+// resumed run); other settings, or naming it full precision, are errors naming the layer.
+TEST(QuantizeModel, AlreadyTernaryLayersAreNotSilentlyKeptWithOtherSettings) {
+  Model m = make(math::ThresholdMode::Max);
+  QuantizeOptions q;
+  q.full_precision_layers = m.full_precision_layers;
+  q.ternary.mode = math::ThresholdMode::Max;
+  q.ternary.r = 0.4;
+  EXPECT_TRUE(quantize_model(*m.net, q).empty());  // same settings: nothing to do
+  QuantizeOptions other = q;
+  other.ternary.mode = math::ThresholdMode::Sparsity;
+  other.ternary.r = 0.5;
+  std::string e = ttq::testing::error_of([&] { quantize_model(*m.net, other); });
+  EXPECT_NE(e.find("is already ternary (max, t 0.05"), std::string::npos) << e;
+  EXPECT_NE(e.find("not as this quantization asks (sparsity"), std::string::npos) << e;
+  QuantizeOptions other_t = q;
+  other_t.ternary.t = 0.1f;
+  EXPECT_NE(ttq::testing::error_of([&] { quantize_model(*m.net, other_t); }).find("already ternary"), std::string::npos);
+  QuantizeOptions all_fp = q;
+  for (auto* l : quantizable_layers(*m.net))
+    if (l->is_ternary()) all_fp.full_precision_layers.push_back(l->path());
+  e = ttq::testing::error_of([&] { quantize_model(*m.net, all_fp); });
+  EXPECT_NE(e.find("is already ternary but is listed as a full-precision layer"), std::string::npos) << e;
+}
+
 TEST(TernaryPass, EmptyForAFullPrecisionModel) {
   Model m = build_model(json{{"name", "small_convnet"}}, kSpec, 3);
   TernaryPass pass(*m.net);

@@ -53,6 +53,13 @@ void TernaryQuantizer::init(const Tensor& latent) {
 
 void TernaryQuantizer::ensure_buffers(const Tensor& latent) {
   const Device dev = latent.device();
+  // Trained scales are parameters of the layer and move with it (Module::to); TWN's fixed Wp/Wn
+  // are not registered, so they follow the latent weights here.
+  for (Parameter* p : {&wp_, &wn_})
+    if (p->value.device() != dev) {
+      p->value = p->value.to(dev);
+      if (p->grad.defined()) p->grad = p->grad.to(dev);
+    }
   if (!w_t_.defined() || w_t_.shape() != latent.shape() || w_t_.device() != dev) {
     w_t_ = Tensor::empty(latent.shape(), w_t_dtype_, dev);
     codes_ = Tensor::empty(latent.shape(), DType::I8, dev);
