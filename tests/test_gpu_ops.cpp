@@ -98,6 +98,7 @@ TEST(GpuOps, Relu) {
     Tensor x = random({n}, 100 + n);
     x.data<float>()[0] = 0.0f;
     if (n > 2) x.data<float>()[2] = -0.0f;
+    if (n > 3) x.data<float>()[3] = std::numeric_limits<float>::quiet_NaN();  // passes, with its gradient
     Tensor y = Tensor::empty({n});
     ops::relu_forward(x, y);
     const Tensor x_dev = gpu(x);

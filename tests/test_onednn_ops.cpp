@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/core/error.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/ops_ref.h"
 #include "kernels/onednn/ops_onednn.h"
 #include "tests/test_util.h"
@@ -230,6 +231,35 @@ void check_pool(PoolKind kind, bool count_include_pad, uint64_t seed0, bool tied
 }
 
 TEST(OnednnOps, MaxPool) { check_pool(PoolKind::Max, true, 11, false); }
+
+// oneDNN's max pooling skips NaN; the CPU dispatch sends an input holding NaN to the reference,
+// whose windows with a NaN give NaN and route the gradient to the window's last NaN (PyTorch's
+// rule), forward and backward alike. ReLU passes NaN and its gradient.
+TEST(OnednnOps, NanPassesThroughMaxPoolAndRelu) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const cpu::Kernels before = cpu::kernels();
+  cpu::set_kernels(cpu::Kernels::OneDNN);
+  Pool2dShape s;
+  s.n = 1, s.c = 1, s.h = 2, s.w = 4, s.kh = 2, s.kw = 2, s.stride_h = 2, s.stride_w = 2;
+  const std::vector<float> x = {nan, 1, 5, 6,   //
+                                3, nan, 7, 2};  // window 0: {nan, 1, 3, nan}; window 1: {5, 6, 7, 2}
+  std::vector<float> y(2), dx(8);
+  const std::vector<float> dy = {10, 20};
+  cpu::pool2d_forward(PoolKind::Max, s, x.data(), y.data());
+  cpu::pool2d_backward(PoolKind::Max, s, x.data(), dy.data(), dx.data());
+  cpu::set_kernels(before);
+  EXPECT_TRUE(std::isnan(y[0]));
+  EXPECT_EQ(y[1], 7.0f);
+  EXPECT_EQ(dx, (std::vector<float>{0, 0, 0, 0, 0, 10, 20, 0}));  // the last NaN, the first maximum
+  std::vector<float> r = {nan, -1.0f, 2.0f}, ry(3), rdx(3);
+  ref::relu_forward(3, r.data(), ry.data());
+  EXPECT_TRUE(std::isnan(ry[0]));
+  EXPECT_EQ(ry[1], 0.0f);
+  EXPECT_EQ(ry[2], 2.0f);
+  const std::vector<float> rdy = {4.0f, 5.0f, 6.0f};
+  ref::relu_backward(3, ry.data(), rdy.data(), rdx.data());
+  EXPECT_EQ(rdx, (std::vector<float>{4.0f, 0.0f, 6.0f}));
+}
 TEST(OnednnOps, MaxPoolTiesGoToFirstMaximum) { check_pool(PoolKind::Max, true, 12, true); }
 TEST(OnednnOps, AvgPoolCountIncludePad) { check_pool(PoolKind::Avg, true, 13, false); }
 TEST(OnednnOps, AvgPoolExcludePad) { check_pool(PoolKind::Avg, false, 14, false); }

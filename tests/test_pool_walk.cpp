@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -66,8 +67,13 @@ TEST(PoolWalk, MaxPoolGradientOfTheTwoKernelsIsTheReferenceBitwise) {
     s.validate("test");
     const PoolGeom g = geom(s);
     Tensor x = ttq::testing::random_tensor({s.n, s.c, s.h, s.w}, ++seed);
-    // Many ties: the first maximum in window order must win, as in the reference.
+    // Many ties: the first maximum in window order must win, as in the reference; and some NaN,
+    // a few of them side by side (two NaN in one window: the last one takes the gradient).
     for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = std::round(x.data<float>()[i] * 2.0f);
+    for (int64_t i = 5; i < x.numel(); i += 37) {
+      x.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+      if (i + 1 < x.numel()) x.data<float>()[i + 1] = std::numeric_limits<float>::quiet_NaN();
+    }
     const Tensor dy = ttq::testing::random_tensor({s.n, s.c, s.out_h(), s.out_w()}, ++seed);
     Tensor want = Tensor::empty(x.shape());
     ref::pool2d_backward(PoolKind::Max, s, x.data<float>(), dy.data<float>(), want.data<float>());
@@ -131,7 +137,9 @@ TEST(PoolWalk, PoolingOutputAndAverageGradientAreTheReferenceBitwise) {
         s.count_include_pad = include_pad;
         SCOPED_TRACE(s.str() + (kind == PoolKind::Max ? " max" : include_pad ? " avg include" : " avg exclude"));
         const PoolGeom g = geom(s);
-        const Tensor x = ttq::testing::random_tensor({s.n, s.c, s.h, s.w}, ++seed);
+        Tensor x = ttq::testing::random_tensor({s.n, s.c, s.h, s.w}, ++seed);
+        if (kind == PoolKind::Max)  // a window holding NaN gives NaN, as the reference (and PyTorch)
+          for (int64_t i = 3; i < x.numel(); i += 41) x.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
         const Tensor dy = ttq::testing::random_tensor({s.n, s.c, s.out_h(), s.out_w()}, ++seed);
         Tensor y_ref = Tensor::empty(dy.shape()), y = Tensor::empty(dy.shape());
         ref::pool2d_forward(kind, s, x.data<float>(), y_ref.data<float>());

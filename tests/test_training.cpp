@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <limits>
+#include <string>
 
 #include "engine/data/synthetic.h"
 #include "engine/nn/quantizable.h"
 #include "engine/quant/quantize_model.h"
 #include "engine/train/step.h"
+#include "kernels/cpu/ops.h"
 #include "models/model.h"
 #include "tests/test_util.h"
 
@@ -100,4 +103,25 @@ TEST(Training, RepeatedRunsAreBitwiseIdentical) {
     return all;
   };
   EXPECT_EQ(run(), run());
+}
+
+// A NaN in one weight reaches the loss, which stops the step with an error, through ReLU, max
+// pooling and global average pooling, with the oneDNN kernels and with the reference ones, on
+// every ImageNet-style model path a small model has (conv, BN, ReLU, max-pool, linear).
+TEST(Training, ANanWeightReachesTheLossAndStopsTheStep) {
+  for (const cpu::Kernels k : {cpu::Kernels::Reference, cpu::Kernels::OneDNN}) {
+    if (k == cpu::Kernels::OneDNN && !cpu::onednn_built()) continue;
+    SCOPED_TRACE(cpu::kernels_name(k));
+    const cpu::Kernels before = cpu::kernels();
+    cpu::set_kernels(k);
+    Model m = build_model(json{{"name", "small_convnet"}}, kSpec, 3);
+    m.net->named_parameters().front().param->value.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+    SyntheticDataset data(kSpec, 64, 1.0f, 9);
+    OptimizerConfig oc;
+    auto opt = make_optimizer(m.net->named_parameters(), oc);
+    CrossEntropyLoss loss;
+    const std::string e = ttq::testing::error_of([&] { train_step(*m.net, loss, *opt, data.batch(0, 16), 0.1); });
+    EXPECT_NE(e.find("not finite"), std::string::npos) << e;
+    cpu::set_kernels(before);
+  }
 }

@@ -52,10 +52,29 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w,
 void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* dy, float* dw, float* dbias) {
   TTQ_CPU_DISPATCH(conv2d_backward_weights, s, x, dy, dw, dbias);
 }
+#ifdef TTQ_HAVE_ONEDNN
+namespace {
+// oneDNN's max pooling skips NaN; the reference passes it on (as PyTorch): an input holding NaN
+// goes to the reference, both ways.
+bool max_pool_sees_nan(PoolKind kind, const Pool2dShape& s, const float* x) {
+  if (kind != PoolKind::Max || g_kernels != Kernels::OneDNN) return false;
+  bool nan = false;
+  for (int64_t i = 0, n = s.in_numel(); i < n; ++i) nan |= x[i] != x[i];
+  return nan;
+}
+}  // namespace
+#endif
+
 void pool2d_forward(PoolKind kind, const Pool2dShape& s, const float* x, float* y) {
+#ifdef TTQ_HAVE_ONEDNN
+  if (max_pool_sees_nan(kind, s, x)) return ref::pool2d_forward(kind, s, x, y);
+#endif
   TTQ_CPU_DISPATCH(pool2d_forward, kind, s, x, y);
 }
 void pool2d_backward(PoolKind kind, const Pool2dShape& s, const float* x, const float* dy, float* dx) {
+#ifdef TTQ_HAVE_ONEDNN
+  if (max_pool_sees_nan(kind, s, x)) return ref::pool2d_backward(kind, s, x, dy, dx);
+#endif
   TTQ_CPU_DISPATCH(pool2d_backward, kind, s, x, dy, dx);
 }
 void batchnorm_forward_train(const BatchNormShape& s, const float* x, const float* gamma,

@@ -381,7 +381,7 @@ struct PoolSetup {
     }
     x.set(s.n, s.c, hp, wp);
     y.set(s.n, s.c, s.out_h(), s.out_w());
-    CUDNN_CHECK(cudnnSetPooling2dDescriptor(pool.get(), mode, CUDNN_NOT_PROPAGATE_NAN, to_int(s.kh, "kh"),
+    CUDNN_CHECK(cudnnSetPooling2dDescriptor(pool.get(), mode, CUDNN_PROPAGATE_NAN, to_int(s.kh, "kh"),
                                             to_int(s.kw, "kw"), to_int(pad.sym_h, "pad_h"), to_int(pad.sym_w, "pad_w"),
                                             to_int(s.stride_h, "stride_h"), to_int(s.stride_w, "stride_w")));
     int on = 0, oc = 0, oh = 0, ow = 0;

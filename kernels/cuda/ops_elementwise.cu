@@ -137,13 +137,16 @@ template <class T>
 __global__ void relu_forward_kernel(int64_t count, const T* x, T* y) {
   TTQ_GRID_STRIDE(i, count) {
     const float v = load(x, i);
-    store(y, i, v > 0.0f ? v : 0.0f);
+    store(y, i, v > 0.0f || v != v ? v : 0.0f);  // NaN passes (as the CPU and PyTorch)
   }
 }
 
 template <class T>
 __global__ void relu_backward_kernel(int64_t count, const T* y, const T* dy, T* dx) {
-  TTQ_GRID_STRIDE(i, count) store(dx, i, load(y, i) > 0.0f ? load(dy, i) : 0.0f);
+  TTQ_GRID_STRIDE(i, count) {
+    const float v = load(y, i);
+    store(dx, i, v > 0.0f || v != v ? load(dy, i) : 0.0f);
+  }
 }
 
 template <class T>

@@ -37,7 +37,7 @@ TTQ_HD int64_t window_argmax(const PoolGeom& g, At&& at, int64_t oy, int64_t ox)
       const int64_t ix = x0 + kx;
       if (ix < 0 || ix >= g.w) continue;
       const float v = at(iy * g.w + ix);
-      if (best < 0 || v > m) {
+      if (best < 0 || v > m || v != v) {  // the first maximum, or the last NaN (as the reference)
         m = v;
         best = iy * g.w + ix;
       }
@@ -123,7 +123,7 @@ TTQ_HD float pool_output(const Pool2dShape& s, bool is_max, At&& at, int64_t oy,
     for (int64_t ky = ky0; ky < ky1; ++ky)
       for (int64_t kx = kx0; kx < kx1; ++kx) {
         const float v = at((y0 + ky) * s.w + x0 + kx);
-        m = m < v ? v : m;  // std::max(m, v)
+        m = v > m || v != v ? v : m;  // the maximum; a NaN in the window is the output
       }
     return m;
   }
