@@ -246,6 +246,7 @@ void conv2d_backward_data(const Conv2dShape& shape, const Tensor& dy, const Tens
   Conv2dShape s = shape;
   expect("conv2d_backward_data", dy, s.out_numel(), "output gradient");
   expect("conv2d_backward_data", dx, s.in_numel(), "input gradient");
+  expect("conv2d_backward_data", w, s.weight_numel(), "weight");
   expect_contiguous("conv2d_backward_data", w, "weight");
   s.channels_last = act_layout("conv2d_backward_data", {&dy, &dx}) == Layout::ChannelsLast;
   if (s.channels_last && !native_channels_last_conv(dev, s, false)) {
@@ -268,6 +269,8 @@ void conv2d_backward_weights(const Conv2dShape& shape, const Tensor& x, const Te
   const Device dev = common_device("conv2d_backward_weights", {&x, &dy, &dw, dbias});
   Conv2dShape s = shape;
   expect("conv2d_backward_weights", dw, s.weight_numel(), "weight gradient");
+  expect("conv2d_backward_weights", x, s.in_numel(), "input");
+  expect("conv2d_backward_weights", dy, s.out_numel(), "output gradient");
   expect_f32("conv2d_backward_weights", {dbias});
   expect_contiguous("conv2d_backward_weights", dw, "weight gradient");
   s.channels_last = act_layout("conv2d_backward_weights", {&x, &dy}) == Layout::ChannelsLast;
@@ -288,6 +291,7 @@ void conv2d_backward_weights(const Conv2dShape& shape, const Tensor& x, const Te
 void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor& y) {
   const Device dev = common_device("pool2d_forward", {&x, &y});
   expect("pool2d_forward", y, s.out_numel(), "output");
+  expect("pool2d_forward", x, s.in_numel(), "input");
   if (act_layout("pool2d_forward", {&x, &y}) == Layout::ChannelsLast) {  // no NHWC pooling kernels
     Tensor yc = contig_like(y);
     pool2d_forward(kind, s, contig(x), yc);
@@ -306,6 +310,8 @@ void pool2d_forward(PoolKind kind, const Pool2dShape& s, const Tensor& x, Tensor
 void pool2d_backward(PoolKind kind, const Pool2dShape& s, const Tensor& x, const Tensor& dy, Tensor& dx) {
   const Device dev = common_device("pool2d_backward", {&x, &dy, &dx});
   expect("pool2d_backward", dx, s.in_numel(), "input gradient");
+  expect("pool2d_backward", x, s.in_numel(), "input");
+  expect("pool2d_backward", dy, s.out_numel(), "output gradient");
   if (act_layout("pool2d_backward", {&x, &dy, &dx}) == Layout::ChannelsLast) {
     Tensor dxc = contig_like(dx);
     pool2d_backward(kind, s, contig(x), contig(dy), dxc);
@@ -668,6 +674,10 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& dy, Tensor*
   const Device dev = common_device("linear_backward", {&x, &w, &dy, dx, &dw, dbias});
   const int64_t n = x.dim(0), in = w.dim(1), out = w.dim(0);
   expect("linear_backward", dy, n * out, "output gradient");
+  expect("linear_backward", x, n * in, "input");
+  expect("linear_backward", dw, out * in, "weight gradient");
+  if (dx) expect("linear_backward", *dx, n * in, "input gradient");
+  if (dbias) expect("linear_backward", *dbias, out, "bias gradient");
   expect_f32("linear_backward", {dbias});
   expect_contiguous("linear_backward", x, "input");
   if (dx) expect_contiguous("linear_backward", *dx, "input gradient");

@@ -3,6 +3,7 @@
 
 #include "engine/core/tensor.h"
 #include "kernels/device.h"
+#include "kernels/ops.h"
 
 using namespace ttq;
 
@@ -92,4 +93,38 @@ TEST(Device, NoGpuIsReportedNotFatal) {
   } else {
     EXPECT_NE(s.find("GPU"), std::string::npos) << s;
   }
+}
+
+// Every tensor an op reads is checked against the geometry, so a wrong size is an error naming
+// the op and the tensor, not a read past its end.
+TEST(OpSizes, EveryOperandIsChecked) {
+  Conv2dShape c;
+  c.n = 2, c.c_in = 3, c.h = 5, c.w = 5, c.c_out = 4, c.kh = 3, c.kw = 3;
+  const Tensor x = Tensor::zeros({2, 3, 5, 5}), short_x = Tensor::zeros({2, 3, 5, 4});
+  const Tensor dy = Tensor::zeros({2, 4, 3, 3}), w = Tensor::zeros({4, 3, 3, 3});
+  Tensor dw = Tensor::zeros({4, 3, 3, 3}), dx = Tensor::zeros({2, 3, 5, 5});
+  EXPECT_NO_THROW(ops::conv2d_backward_weights(c, x, dy, dw, nullptr));
+  EXPECT_THROW(ops::conv2d_backward_weights(c, short_x, dy, dw, nullptr), Error);
+  EXPECT_THROW(ops::conv2d_backward_weights(c, x, Tensor::zeros({2, 4, 3, 2}), dw, nullptr), Error);
+  EXPECT_THROW(ops::conv2d_backward_data(c, dy, Tensor::zeros({4, 3, 3, 2}), dx), Error);
+  Pool2dShape p;
+  p.n = 2, p.c = 3, p.h = 5, p.w = 5, p.kh = 2, p.kw = 2, p.stride_h = 2, p.stride_w = 2;
+  Tensor py = Tensor::zeros({2, 3, 2, 2});
+  EXPECT_NO_THROW(ops::pool2d_forward(PoolKind::Max, p, x, py));
+  EXPECT_THROW(ops::pool2d_forward(PoolKind::Max, p, short_x, py), Error);
+  EXPECT_THROW(ops::pool2d_backward(PoolKind::Max, p, x, Tensor::zeros({2, 3, 2, 1}), dx), Error);
+  Tensor lx = Tensor::zeros({2, 6}), lw = Tensor::zeros({4, 6}), ldy = Tensor::zeros({2, 4});
+  Tensor ldw = Tensor::zeros({4, 6}), ldx = Tensor::zeros({2, 6}), ldb = Tensor::zeros({4});
+  EXPECT_NO_THROW(ops::linear_backward(lx, lw, ldy, &ldx, ldw, &ldb));
+  Tensor small_dw = Tensor::zeros({4, 5}), small_db = Tensor::zeros({3});
+  const std::string e = [&] {
+    try {
+      ops::linear_backward(lx, lw, ldy, &ldx, small_dw, &ldb);
+    } catch (const Error& err) {
+      return std::string(err.what());
+    }
+    return std::string();
+  }();
+  EXPECT_NE(e.find("linear_backward: weight gradient has 20 elements"), std::string::npos) << e;
+  EXPECT_THROW(ops::linear_backward(lx, lw, ldy, &ldx, ldw, &small_db), Error);
 }
