@@ -42,6 +42,28 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+// Two ranks as threads meet through the rendezvous file; the peer starts first (and reads what
+// the file holds then), rank 0 after delay_ms. Returns how many ranks then summed 1 + 1 = 2.
+int join_two_ranks_late_root(const std::string& rendezvous, int delay_ms, double timeout_s) {
+  std::atomic<int> ok{0};
+  std::vector<std::thread> th;
+  for (int r = 1; r >= 0; --r)
+    th.emplace_back([&, r] {
+      if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+      TcpOptions o;
+      o.rank = r;
+      o.world = 2;
+      o.rendezvous = rendezvous;
+      o.timeout_s = timeout_s;
+      TcpCommunicator c(o);
+      int64_t one = 1;
+      c.all_reduce_sum(&one, 1);
+      if (one == 2) ++ok;
+    });
+  for (auto& t : th) t.join();
+  return ok.load();
+}
+
 }  // namespace
 
 // ---- bucket planning -----------------------------------------------------------------------
@@ -203,23 +225,7 @@ TEST(TcpBackend, AStaleRendezvousFileIsWaitedOut) {
   TempDir dir;
   // Left by an earlier run: a port nobody listens on and another nonce.
   tt::write_bytes(dir.file("rdv"), "ttq-rendezvous 1\nhost localhost\nport 1\nnonce 1234\nworld 2\n");
-  std::atomic<int> ok{0};
-  std::vector<std::thread> th;
-  for (int r = 1; r >= 0; --r)  // the peer starts first and reads the stale file
-    th.emplace_back([&, r] {
-      if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      TcpOptions o;
-      o.rank = r;
-      o.world = 2;
-      o.rendezvous = dir.file("rdv");
-      o.timeout_s = 20;
-      TcpCommunicator c(o);
-      int64_t one = 1;
-      c.all_reduce_sum(&one, 1);
-      if (one == 2) ++ok;
-    });
-  for (auto& t : th) t.join();
-  EXPECT_EQ(ok.load(), 2);
+  EXPECT_EQ(join_two_ranks_late_root(dir.file("rdv"), 300, 20), 2);
   EXPECT_FALSE(std::ifstream(dir.file("rdv")).good());  // rank 0 removed it once everybody arrived
 }
 
@@ -239,25 +245,9 @@ TEST(TcpBackend, AStaleAddressThatNeverAnswersIsLeftForTheNewOne) {
   ASSERT_EQ(::getsockname(silent, reinterpret_cast<sockaddr*>(&a), &len), 0);
   tt::write_bytes(dir.file("rdv"), "ttq-rendezvous 1\nhost 127.0.0.1\nport " + std::to_string(ntohs(a.sin_port)) +
                                        "\nnonce 99\nworld 2\n");
-  std::atomic<int> ok{0};
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<std::thread> th;
-  for (int r = 1; r >= 0; --r)
-    th.emplace_back([&, r] {
-      if (r == 0) std::this_thread::sleep_for(std::chrono::milliseconds(500));
-      TcpOptions o;
-      o.rank = r;
-      o.world = 2;
-      o.rendezvous = dir.file("rdv");
-      o.timeout_s = 30;
-      TcpCommunicator c(o);
-      int64_t one = 1;
-      c.all_reduce_sum(&one, 1);
-      if (one == 2) ++ok;
-    });
-  for (auto& t : th) t.join();
+  EXPECT_EQ(join_two_ranks_late_root(dir.file("rdv"), 500, 30), 2);
   ::close(silent);
-  EXPECT_EQ(ok.load(), 2);
   EXPECT_LT(seconds_since(t0), 10.0);  // not the 30 s timeout
 }
 
