@@ -8,6 +8,7 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/core/error.h"
@@ -77,11 +78,7 @@ class JsonReader {
       ok = v.is_number_integer();
       want = "an integer";
       if (ok) {  // in T's range (nlohmann would wrap 4294967297 to 1 for an int)
-        const bool fits = v.is_number_unsigned()
-                              ? v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())
-                              : v.get<int64_t>() >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
-                                    (std::is_unsigned_v<T> ||
-                                     v.get<int64_t>() <= static_cast<int64_t>(std::numeric_limits<T>::max()));
+        const bool fits = v.is_number_unsigned() ? std::in_range<T>(v.get<uint64_t>()) : std::in_range<T>(v.get<int64_t>());
         TTQ_CHECK(fits, "config: '" << path_of(key) << "' is " << v.dump() << ", out of range (at most "
                                     << +std::numeric_limits<T>::max() << ")");
       }

@@ -50,12 +50,9 @@ std::vector<std::string> quantize_model(Module& model, const QuantizeOptions& op
       // settings asked for now; anything else would train on silently with the old ones.
       const TernaryConfig& had = l->quantizer()->config();
       const TernaryConfig& want = opt.ternary;
-      const bool same = had.mode == want.mode && had.clamp_scales == want.clamp_scales &&
-                        (want.mode != math::ThresholdMode::Max || had.t == want.t) &&
-                        (want.mode != math::ThresholdMode::Sparsity || had.r == want.r);
       TTQ_CHECK(!keep.count(l->path()), "layer '" << l->path() << "' is already ternary but is listed as a "
                                                   "full-precision layer (start from full-precision weights)");
-      TTQ_CHECK(same, "layer '" << l->path() << "' is already ternary (" << threshold_mode_name(had.mode) << ", t "
+      TTQ_CHECK(had.trains_like(want), "layer '" << l->path() << "' is already ternary (" << threshold_mode_name(had.mode) << ", t "
                                 << had.t << ", r " << had.r << ", clamp " << had.clamp_scales
                                 << "), not as this quantization asks (" << threshold_mode_name(want.mode) << ", t "
                                 << want.t << ", r " << want.r << ", clamp " << want.clamp_scales

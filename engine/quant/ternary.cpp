@@ -12,6 +12,11 @@ void TernaryConfig::validate() const {
   TTQ_CHECK(r >= 0.0 && r < 1.0, "target sparsity r must be in [0, 1), got " << r);
 }
 
+bool TernaryConfig::trains_like(const TernaryConfig& o) const {
+  return mode == o.mode && clamp_scales == o.clamp_scales && (mode != math::ThresholdMode::Max || t == o.t) &&
+         (mode != math::ThresholdMode::Sparsity || r == o.r);
+}
+
 const char* threshold_mode_name(math::ThresholdMode m) {
   switch (m) {
     case math::ThresholdMode::Max: return "max";

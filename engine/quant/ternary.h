@@ -23,6 +23,9 @@ struct TernaryConfig {
   bool clamp_scales = false;
 
   void validate() const;  // throws on t < 0, r outside [0, 1)
+  // Whether a layer quantized with o trains as one quantized with these settings (the mode, its
+  // own parameter, clamping; the one-time initialisation does not count).
+  bool trains_like(const TernaryConfig& o) const;
 };
 
 const char* threshold_mode_name(math::ThresholdMode m);

@@ -37,6 +37,10 @@ json stage_json(const StageResult& s) {
           {"best_test_top1_error", s.best_test_top1_error},
           {"sparsity", s.sparsity}};
 }
+StageResult stage_from_json(const json& j) {
+  return {j.at("name"), j.at("ternary"), j.at("test_loss"), j.at("test_top1_error"), j.at("test_top5_error"),
+          j.value("best_test_top1_error", 1.0), j.at("sparsity")};
+}
 }  // namespace
 
 json RunSummary::to_json() const {
@@ -356,9 +360,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       if (st.is_array())
         for (const auto& s : st) {
           if (static_cast<int64_t>(summary.stages.size()) >= state.stage) break;
-          summary.stages.push_back({s.at("name"), s.at("ternary"), s.at("test_loss"), s.at("test_top1_error"),
-                                    s.at("test_top5_error"), s.value("best_test_top1_error", 1.0),
-                                    s.at("sparsity")});
+          summary.stages.push_back(stage_from_json(s));
         }
     }
   }
@@ -392,8 +394,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     const int64_t nb = loader.batches_per_epoch();
     CrossEntropyLoss loss(static_cast<float>(st.label_smoothing));
     StepLog step_log(device, std::clamp<int64_t>(cfg.log_every_steps, 1, 1000));
-    StageResult result{st.name, st.quantize, 0.0, 1.0, 1.0, state.best_error, 0.0};
-    bool stage_recorded = false;
+    StageResult result{st.name, st.quantize, 0.0, 1.0, 1.0, 1.0, 0.0};
 
     for (int64_t epoch = (si == state.stage ? state.epoch : 0); epoch < st.epochs; ++epoch) {
       const int64_t first = (si == state.stage && epoch == state.epoch) ? state.batch : 0;
@@ -507,7 +508,6 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         rec["test_top1_error"] = ev.top1_error;
         rec["test_top5_error"] = ev.top5_error;
         state.best_error = std::min(state.best_error, ev.top1_error);
-        result.best_test_top1_error = state.best_error;
         result.test_loss = ev.loss;
         result.test_top1_error = ev.top1_error;
         result.test_top5_error = ev.top5_error;
@@ -535,15 +535,15 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         if (last_epoch) {
           // The stage's own checkpoint and results first: last.safetensors, written last, is what
           // a resume trusts, so an interruption in between redoes this stage end, not skips it.
+          // (epochs >= 1 and a resume starts before the last epoch, so every stage ends here.)
           if (root)
             save_checkpoint(cfg.output_dir + "/" + st.name + ".safetensors", net, optimizer.get(), s, cfg.resolved);
+          result.best_test_top1_error = state.best_error;
           record_stage(summary, result, cfg.output_dir, root);
-          stage_recorded = true;
         }
         if (root) save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
       }
     }
-    if (!stage_recorded) record_stage(summary, result, cfg.output_dir, root);
     state.stage = si + 1;
     state.epoch = state.batch = 0;
   }

@@ -1,5 +1,7 @@
 #include "kernels/cpu/ops_ref.h"
 
+#include "kernels/act_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -146,10 +148,9 @@ void pool2d_forward(PoolKind kind, const Pool2dShape& s, const float* x, float* 
     for (int64_t oy = 0; oy < oh; ++oy) {
       for (int64_t ox = 0; ox < ow; ++ox) {
         if (kind == PoolKind::Max) {
-          // The first maximum, or the last NaN (PyTorch's rule: a NaN in the window is the output).
           float m = -std::numeric_limits<float>::infinity();
           for_window(s, oy, ox, [&](int64_t i) {
-            if (xp[i] > m || xp[i] != xp[i]) m = xp[i];
+            if (math::max_pool_takes(xp[i], m)) m = xp[i];
           });
           yp[oy * ow + ox] = m;
         } else {
@@ -177,7 +178,7 @@ void pool2d_backward(PoolKind kind, const Pool2dShape& s, const float* x, const 
           int64_t best = -1;
           float m = -std::numeric_limits<float>::infinity();
           for_window(s, oy, ox, [&](int64_t i) {
-            if (best < 0 || xp[i] > m || xp[i] != xp[i]) { m = xp[i]; best = i; }
+            if (best < 0 || math::max_pool_takes(xp[i], m)) { m = xp[i]; best = i; }
           });
           if (best >= 0) dxp[best] += g;
         } else {
@@ -326,14 +327,12 @@ void global_avgpool_backward(int64_t n, int64_t c, int64_t hw, const float* dy, 
   }
 }
 
-// NaN passes through, as in PyTorch (relu(NaN) = NaN, and its gradient passes), so a diverged
-// activation reaches the loss and is reported instead of becoming 0.
 void relu_forward(int64_t count, const float* x, float* y) {
-  for (int64_t i = 0; i < count; ++i) y[i] = x[i] > 0.0f || x[i] != x[i] ? x[i] : 0.0f;
+  for (int64_t i = 0; i < count; ++i) y[i] = math::relu_passes(x[i]) ? x[i] : 0.0f;
 }
 
 void relu_backward(int64_t count, const float* y, const float* dy, float* dx) {
-  for (int64_t i = 0; i < count; ++i) dx[i] = y[i] > 0.0f || y[i] != y[i] ? dy[i] : 0.0f;
+  for (int64_t i = 0; i < count; ++i) dx[i] = math::relu_passes(y[i]) ? dy[i] : 0.0f;
 }
 
 void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out,

@@ -36,6 +36,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/act_math.h"
 #include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops_cuda.h"
@@ -137,16 +138,13 @@ template <class T>
 __global__ void relu_forward_kernel(int64_t count, const T* x, T* y) {
   TTQ_GRID_STRIDE(i, count) {
     const float v = load(x, i);
-    store(y, i, v > 0.0f || v != v ? v : 0.0f);  // NaN passes (as the CPU and PyTorch)
+    store(y, i, math::relu_passes(v) ? v : 0.0f);
   }
 }
 
 template <class T>
 __global__ void relu_backward_kernel(int64_t count, const T* y, const T* dy, T* dx) {
-  TTQ_GRID_STRIDE(i, count) {
-    const float v = load(y, i);
-    store(dx, i, v > 0.0f || v != v ? load(dy, i) : 0.0f);
-  }
+  TTQ_GRID_STRIDE(i, count) store(dx, i, math::relu_passes(load(y, i)) ? load(dy, i) : 0.0f);
 }
 
 template <class T>

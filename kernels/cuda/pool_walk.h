@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kernels/act_math.h"
 #include "kernels/host_device.h"
 #include "kernels/op_shapes.h"
 
@@ -37,7 +38,7 @@ TTQ_HD int64_t window_argmax(const PoolGeom& g, At&& at, int64_t oy, int64_t ox)
       const int64_t ix = x0 + kx;
       if (ix < 0 || ix >= g.w) continue;
       const float v = at(iy * g.w + ix);
-      if (best < 0 || v > m || v != v) {  // the first maximum, or the last NaN (as the reference)
+      if (best < 0 || math::max_pool_takes(v, m)) {
         m = v;
         best = iy * g.w + ix;
       }
@@ -123,7 +124,7 @@ TTQ_HD float pool_output(const Pool2dShape& s, bool is_max, At&& at, int64_t oy,
     for (int64_t ky = ky0; ky < ky1; ++ky)
       for (int64_t kx = kx0; kx < kx1; ++kx) {
         const float v = at((y0 + ky) * s.w + x0 + kx);
-        m = v > m || v != v ? v : m;  // the maximum; a NaN in the window is the output
+        if (math::max_pool_takes(v, m)) m = v;
       }
     return m;
   }
