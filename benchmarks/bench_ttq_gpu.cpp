@@ -841,13 +841,13 @@ bool run_workload(const Workload& wl, const Options& o, const CopyFloor& copy, c
         {"per_layer", &out_layer,
          [&] {
            for (size_t l = 0; l < lay.layers(); ++l)
-             cuda::ttq_forward(mode, kT, kR, in.w.get() + lay.at[l], lay.n[l], in.wp.get() + l, in.wn.get() + l,
+             cuda::ttq_forward(mode, kT, kR, in.w.get() + lay.at[l], lay.n[l], 1, in.wp.get() + l, in.wn.get() + l,
                                out_layer.d.get() + l, out_layer.twn_scale.get() + l, out_layer.w_t.get() + lay.at[l],
                                out_layer.codes.get() + lay.at[l]);
          },
          [&] {
            for (size_t l = 0; l < lay.layers(); ++l)
-             cuda::ttq_backward_accumulate(out_layer.codes.get() + lay.at[l], in.g.get() + lay.at[l], lay.n[l],
+             cuda::ttq_backward_accumulate(out_layer.codes.get() + lay.at[l], in.g.get() + lay.at[l], lay.n[l], 1,
                                            in.wp.get() + l, in.wn.get() + l, !twn,
                                            out_layer.latent_grad.get() + lay.at[l], out_layer.dwp.get() + l,
                                            out_layer.dwn.get() + l);

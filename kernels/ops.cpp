@@ -990,12 +990,27 @@ void ttq_forward_cpu(math::ThresholdMode mode, float t, double r, const Tensor& 
   threshold.data<float>()[0] = th.threshold;
   twn_scale.data<float>()[0] = th.twn_scale;
   const bool twn = mode == math::ThresholdMode::Twn;
+  if (!twn && wp.numel() > 1) {
+    cpu::ttq_ternarize_channels(latent.data<float>(), latent.numel(), wp.numel(), th.threshold, wp.data<float>(),
+                                wn.data<float>(), w_t.data<float>(), codes.data<int8_t>());
+    return;
+  }
   cpu::ttq_ternarize(latent.data<float>(), latent.numel(), th.threshold, twn ? th.twn_scale : wp.data<float>()[0],
                      twn ? th.twn_scale : wn.data<float>()[0], w_t.data<float>(), codes.data<int8_t>());
 }
 
 void ttq_backward_cpu(const Tensor& codes, const Tensor& g, const Tensor& wp, const Tensor& wn, bool scale_latent,
                       Tensor& latent_grad, Tensor& dwp, Tensor& dwn) {
+  if (scale_latent && wp.numel() > 1) {
+    const std::vector<cpu::ScaleGrads> rows =
+        cpu::ttq_backward_channels(codes.data<int8_t>(), g.data<float>(), codes.numel(), wp.numel(), wp.data<float>(),
+                                   wn.data<float>(), latent_grad.data<float>());
+    for (size_t c = 0; c < rows.size(); ++c) {
+      dwp.data<float>()[c] += static_cast<float>(rows[c].wp);
+      dwn.data<float>()[c] += static_cast<float>(rows[c].wn);
+    }
+    return;
+  }
   const cpu::ScaleGrads sums = cpu::ttq_backward(codes.data<int8_t>(), g.data<float>(), codes.numel(),
                                                  wp.data<float>()[0], wn.data<float>()[0], scale_latent,
                                                  latent_grad.data<float>());
@@ -1003,6 +1018,15 @@ void ttq_backward_cpu(const Tensor& codes, const Tensor& g, const Tensor& wp, co
     dwp.data<float>()[0] += static_cast<float>(sums.wp);
     dwn.data<float>()[0] += static_cast<float>(sums.wn);
   }
+}
+
+// The number of scales, C: wp and wn alike, 1 or a divisor of the n weights (per-channel).
+int64_t scale_channels(const char* op, const Tensor& wp, const Tensor& wn, int64_t n) {
+  const int64_t c = wp.numel();
+  TTQ_CHECK(wn.numel() == c, op << ": Wp " << wp.str() << " and Wn " << wn.str() << " differ in size");
+  TTQ_CHECK(c == 1 || (c > 1 && n % c == 0),
+            op << ": " << c << " scales do not divide the " << n << " weights into rows (1 per layer or 1 per output channel)");
+  return c;
 }
 }  // namespace
 
@@ -1012,18 +1036,21 @@ void ttq_forward(math::ThresholdMode mode, float t, double r, const Tensor& late
   const int64_t n = latent.numel();
   expect("ttq_forward", w_t, n, "quantized weights");
   expect("ttq_forward", codes, n, "codes");
+  expect("ttq_forward", threshold, 1, "threshold");
+  expect("ttq_forward", twn_scale, 1, "TWN scale");
+  const int64_t channels = mode == math::ThresholdMode::Twn ? 1 : scale_channels("ttq_forward", wp, wn, n);
   if (w_t.dtype() == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor wf = f32_like(w_t);
                       ttq_forward_cpu(mode, t, r, latent, wp, wn, threshold, twn_scale, wf, codes); narrow_into(wf, w_t),
-                      cuda::ttq_forward(mode, t, r, latent.data_ptr<float>(), n, wp.data_ptr<float>(), wn.data_ptr<float>(),
-                                        threshold.data_ptr<float>(), twn_scale.data_ptr<float>(), mbptr(w_t),
-                                        codes.data_ptr<int8_t>()));
+                      cuda::ttq_forward(mode, t, r, latent.data_ptr<float>(), n, channels, wp.data_ptr<float>(),
+                                        wn.data_ptr<float>(), threshold.data_ptr<float>(), twn_scale.data_ptr<float>(),
+                                        mbptr(w_t), codes.data_ptr<int8_t>()));
     return;
   }
   TTQ_DISPATCH(dev, ttq_forward_cpu(mode, t, r, latent, wp, wn, threshold, twn_scale, w_t, codes),
-               cuda::ttq_forward(mode, t, r, latent.data_ptr<float>(), n, wp.data_ptr<float>(), wn.data_ptr<float>(),
-                                 threshold.data_ptr<float>(), twn_scale.data_ptr<float>(), w_t.data_ptr<float>(),
-                                 codes.data_ptr<int8_t>()));
+               cuda::ttq_forward(mode, t, r, latent.data_ptr<float>(), n, channels, wp.data_ptr<float>(),
+                                 wn.data_ptr<float>(), threshold.data_ptr<float>(), twn_scale.data_ptr<float>(),
+                                 w_t.data_ptr<float>(), codes.data_ptr<int8_t>()));
 }
 
 void ttq_backward_accumulate(const Tensor& codes, const Tensor& g, const Tensor& wp, const Tensor& wn,
@@ -1032,10 +1059,16 @@ void ttq_backward_accumulate(const Tensor& codes, const Tensor& g, const Tensor&
   const int64_t n = codes.numel();
   expect("ttq_backward_accumulate", g, n, "gradient");
   expect("ttq_backward_accumulate", latent_grad, n, "latent gradient");
+  const int64_t channels = scale_latent ? scale_channels("ttq_backward_accumulate", wp, wn, n) : 1;
+  if (scale_latent) {
+    expect("ttq_backward_accumulate", dwp, channels, "Wp gradient");
+    expect("ttq_backward_accumulate", dwn, channels, "Wn gradient");
+  }
   TTQ_DISPATCH(dev, ttq_backward_cpu(codes, g, wp, wn, scale_latent, latent_grad, dwp, dwn),
-               cuda::ttq_backward_accumulate(codes.data_ptr<int8_t>(), g.data_ptr<float>(), n, wp.data_ptr<float>(),
-                                             wn.data_ptr<float>(), scale_latent, latent_grad.data_ptr<float>(),
-                                             dwp.data_ptr<float>(), dwn.data_ptr<float>()));
+               cuda::ttq_backward_accumulate(codes.data_ptr<int8_t>(), g.data_ptr<float>(), n, channels,
+                                             wp.data_ptr<float>(), wn.data_ptr<float>(), scale_latent,
+                                             latent_grad.data_ptr<float>(), dwp.data_ptr<float>(),
+                                             dwn.data_ptr<float>()));
 }
 
 namespace {

@@ -116,12 +116,15 @@ void softmax_xent_forward_into(const Tensor& logits, const Tensor& labels, float
 void count_topk_correct_into(const Tensor& logits, const Tensor& labels, int k, Tensor& correct_out);
 
 // ---- TTQ -----------------------------------------------------------------------------------
-// Threshold, codes and quantized weights of one layer. wp, wn: [1] tensors on the weights'
-// device (read, not written). threshold and twn_scale: [1] outputs.
+// Threshold, codes and quantized weights of one layer. wp, wn: the scales on the weights' device
+// (read, not written), both of 1 element (one per layer) or of C elements, C dividing the weight
+// count: per-output-channel scales, row c of the weights (n / C of them, a conv's output channel)
+// using wp[c], wn[c]. D is one value per layer either way. threshold and twn_scale: [1] outputs.
+// Twn mode takes its one fixed scale from twn_scale and ignores wp and wn.
 void ttq_forward(math::ThresholdMode mode, float t, double r, const Tensor& latent, const Tensor& wp,
                  const Tensor& wn, Tensor& threshold, Tensor& twn_scale, Tensor& w_t, Tensor& codes);
-// latent_grad += scale(code) * g (plain g when scale_latent is false); dwp, dwn ([1]) += the
-// scale gradients. wp, wn are the scales used in the forward pass.
+// latent_grad += scale(code) * g (plain g when scale_latent is false); dwp, dwn (the scales'
+// size) += the scale gradients. wp, wn are the scales used in the forward pass.
 void ttq_backward_accumulate(const Tensor& codes, const Tensor& g, const Tensor& wp, const Tensor& wn,
                              bool scale_latent, Tensor& latent_grad, Tensor& dwp, Tensor& dwn);
 

@@ -55,6 +55,14 @@ void TtqLayerSet::check() {
               "TTQ layer set: layer " << i << " lacks latent weights, D, TWN scale, w_t or codes");
     TTQ_CHECK(twn(l) || (l.wp && l.wn), "TTQ layer set: layer " << i << " lacks Wp or Wn");
     const int64_t n = l.latent->numel();
+    if (!twn(l)) {
+      const int64_t c = l.wp->numel();
+      TTQ_CHECK(l.wn->numel() == c && (c == 1 || (c > 1 && n % c == 0)),
+                "TTQ layer set: layer " << i << ": Wp " << l.wp->str() << " and Wn " << l.wn->str()
+                                        << " must both hold 1 scale or 1 per row of " << l.latent->str());
+      TTQ_CHECK((!l.dwp || l.dwp->numel() == c) && (!l.dwn || l.dwn->numel() == c),
+                "TTQ layer set: layer " << i << ": scale gradients do not match Wp " << l.wp->str());
+    }
     TTQ_CHECK(l.w_t->numel() == n && l.codes->numel() == n && l.codes->dtype() == DType::I8,
               "TTQ layer set: layer " << i << ": w_t " << l.w_t->str() << " / codes " << l.codes->str()
                                       << " do not match the latent weights " << l.latent->str());
@@ -107,6 +115,7 @@ void TtqLayerSet::plan() {
     m.codes = l.codes->data_ptr<int8_t>();
     m.wp = twn(l) ? nullptr : fp(l.wp);
     m.wn = twn(l) ? nullptr : fp(l.wn);
+    m.channels = twn(l) ? 1 : l.wp->numel();
     m.d = fp(l.threshold);
     m.twn_scale = fp(l.twn_scale);
     m.mode = l.mode;
@@ -154,10 +163,20 @@ void TtqLayerSet::backward() {
   }
   for (const auto& l : layers_) {
     const bool scale = !twn(l);
+    const int64_t n = l.latent->numel();
+    if (scale && l.wp->numel() > 1) {
+      const std::vector<cpu::ScaleGrads> rows =
+          cpu::ttq_backward_channels(l.codes->data<int8_t>(), l.g->data<float>(), n, l.wp->numel(),
+                                     l.wp->data<float>(), l.wn->data<float>(), l.latent_grad->data<float>());
+      for (size_t c = 0; c < rows.size(); ++c) {
+        if (l.dwp) l.dwp->data<float>()[c] += static_cast<float>(rows[c].wp);
+        if (l.dwn) l.dwn->data<float>()[c] += static_cast<float>(rows[c].wn);
+      }
+      continue;
+    }
     const cpu::ScaleGrads s =
-        cpu::ttq_backward(l.codes->data<int8_t>(), l.g->data<float>(), l.latent->numel(),
-                          scale ? l.wp->data<float>()[0] : 1.0f, scale ? l.wn->data<float>()[0] : 1.0f, scale,
-                          l.latent_grad->data<float>());
+        cpu::ttq_backward(l.codes->data<int8_t>(), l.g->data<float>(), n, scale ? l.wp->data<float>()[0] : 1.0f,
+                          scale ? l.wn->data<float>()[0] : 1.0f, scale, l.latent_grad->data<float>());
     if (scale && l.dwp) l.dwp->data<float>()[0] += static_cast<float>(s.wp);
     if (scale && l.dwn) l.dwn->data<float>()[0] += static_cast<float>(s.wn);
   }

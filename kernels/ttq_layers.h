@@ -23,8 +23,8 @@ struct TtqLayerRefs {
   double r = 0.0;    // Sparsity mode
   // forward
   const Tensor* latent = nullptr;  // W~, f32
-  const Tensor* wp = nullptr;      // [1] (ignored in Twn mode)
-  const Tensor* wn = nullptr;      // [1]
+  const Tensor* wp = nullptr;      // [1], or [C]: per-output-channel scales, C dividing the weight
+  const Tensor* wn = nullptr;      // count (row c uses wp[c], wn[c]); ignored in Twn mode
   Tensor* threshold = nullptr;     // out [1]: D
   Tensor* twn_scale = nullptr;     // out [1]: Twn's fixed scale (0 in the other modes)
   Tensor* w_t = nullptr;           // out: quantized weights, latent's size, f32 or bf16
@@ -32,8 +32,8 @@ struct TtqLayerRefs {
   // backward
   const Tensor* g = nullptr;       // dL/dw_t
   Tensor* latent_grad = nullptr;   // += Wp*g / g / Wn*g (Twn: plain g)
-  Tensor* dwp = nullptr;           // in/out [1]: dL/dWp, added into (null in Twn mode)
-  Tensor* dwn = nullptr;           // in/out [1]: dL/dWn with its minus sign, added into
+  Tensor* dwp = nullptr;           // in/out, Wp's size: dL/dWp, added into (null in Twn mode)
+  Tensor* dwn = nullptr;           // in/out, Wn's size: dL/dWn with its minus sign, added into
 };
 
 class TtqLayerSet {

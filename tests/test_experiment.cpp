@@ -128,6 +128,46 @@ TEST(Experiment, TrainEvalExportEvalExported) {
   EXPECT_EQ(values.count(0.0f), 1u);
 }
 
+// Per-output-channel scales through a whole experiment: the checkpoint holds one Wp/Wn per
+// output channel, resuming needs the same setting, and the export reproduces the model exactly
+// with more than three weight values per layer.
+TEST(Experiment, PerChannelScalesTrainCheckpointAndExport) {
+  TempDir d;
+  json j = two_stage_config(d.path());
+  j["stages"][1]["quantization"]["per_channel_scales"] = true;
+  const RunSummary s = train_experiment(parse_experiment(j), quiet());
+  EXPECT_LT(s.stages[1].test_top1_error, 0.12);
+  const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
+  ASSERT_TRUE(ck.ternary.contains("conv2"));
+  EXPECT_TRUE(ck.ternary["conv2"]["per_channel_scales"].get<bool>());
+  const ExperimentConfig rcfg = parse_experiment(ck.config);
+  DataSets data = load_data_sets(rcfg.data, rcfg.seed);
+  Model m1 = build_model(rcfg.model, data.spec, 0);
+  load_model(*m1.net, ck);
+  auto* q1 = dynamic_cast<QuantizableLayer*>(m1.net->find("conv2"));
+  const int64_t channels = q1->weight().value.shape()[0];
+  ASSERT_EQ(ck.file.shape("conv2.wp"), Shape{channels});
+  const Tensor wp = q1->wp().value;
+  EXPECT_NE(wp.data<float>()[0], wp.data<float>()[1]) << "the channels' scales train apart";
+  const EvalResult e1 = evaluate(*m1.net, data.test, 100, 0);
+  EXPECT_DOUBLE_EQ(e1.top1_error, s.stages[1].test_top1_error);
+  export_ternary(d.file("model.ttq.safetensors"), *m1.net, ck.config);
+  Model m2 = build_model(rcfg.model, data.spec, 99);
+  load_model(*m2.net, read_checkpoint(d.file("model.ttq.safetensors")));
+  const EvalResult e2 = evaluate(*m2.net, data.test, 100, 0);
+  EXPECT_EQ(e2.top1_error, e1.top1_error);
+  EXPECT_EQ(e2.loss, e1.loss);
+  auto* conv2 = dynamic_cast<QuantizableLayer*>(m2.net->find("conv2"));
+  const float* w = conv2->weight().value.data<float>();
+  EXPECT_GT(std::set<float>(w, w + conv2->weight().value.numel()).size(), 3u);
+  // Resuming with one scale per layer is a changed config.
+  j["stages"][1]["quantization"]["per_channel_scales"] = false;
+  TrainOptions r = quiet();
+  r.resume = true;
+  const std::string e = error_of([&] { train_experiment(parse_experiment(j), r); });
+  EXPECT_NE(e.find("'stages.1.quantization.per_channel_scales'"), std::string::npos) << e;
+}
+
 TEST(Experiment, ResumeEndsBitForBitWhereTheUninterruptedRunEnds) {
   TempDir full, cut;
   const RunSummary s =
@@ -184,6 +224,33 @@ TEST(Experiment, ResumeRefusesAPositionOutsideTheRun) {
     const std::string e = error_of([&] { train_experiment(parse_experiment(j), r); });
     EXPECT_NE(e.find("the checkpoint is damaged"), std::string::npos) << e;
   }
+}
+
+// A checkpoint written before an option existed (its stored configuration lacks the key) still
+// resumes when the option keeps its default, and not when the run asks for another value.
+TEST(Experiment, ResumeAcceptsACheckpointFromBeforeAnOptionExisted) {
+  TempDir d;
+  json j = two_stage_config(d.path());
+  j["checkpoint"] = {{"every_steps", 70}};
+  TrainOptions stop = quiet();
+  stop.stop_after_steps = 140;  // in the TTQ stage
+  train_experiment(parse_experiment(j), stop);
+  SafeTensorsFile f = SafeTensorsFile::read(d.file("last.safetensors"));
+  json old = json::parse(f.meta("config"));
+  ASSERT_TRUE(old["stages"][1]["quantization"].contains("per_channel_scales"));
+  old["stages"][1]["quantization"].erase("per_channel_scales");
+  SafeTensorsWriter w;
+  for (const auto& n : f.names()) w.add(n, f.tensor(n));
+  for (const auto& [k, v] : f.metadata()) w.add_metadata(k, k == "config" ? old.dump() : v);
+  w.write(d.file("last.safetensors"));
+  TrainOptions r = quiet();
+  r.resume = true;
+  json other = j;
+  other["stages"][1]["quantization"]["per_channel_scales"] = true;
+  const std::string e = error_of([&] { train_experiment(parse_experiment(other), r); });
+  EXPECT_NE(e.find("'stages.1.quantization.per_channel_scales' is true, but"), std::string::npos) << e;
+  EXPECT_NE(e.find("was trained with false"), std::string::npos) << e;
+  EXPECT_EQ(train_experiment(parse_experiment(j), r).stages.size(), 2u);
 }
 
 // Results bookkeeping across an interruption in a folder that already holds a finished run: the

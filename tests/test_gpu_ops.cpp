@@ -276,6 +276,65 @@ TEST(GpuOps, TtqBackwardAccumulate) {
   }
 }
 
+// Per-output-channel scales (one block per row on the GPU): codes and w_t bitwise as the CPU's,
+// latent gradients and each row's scale gradients (added into what was there) within float
+// tolerance, bitwise repeatable; rows of one element, of several hundred and of over a kChunk.
+TEST(GpuOps, TtqPerChannelScales) {
+  if (ttq::cuda_device_count() == 0) GTEST_SKIP() << ttq::cuda_device_summary();
+  struct Shape2 {
+    int64_t rows, per;
+  };
+  for (const Shape2 sh : {Shape2{5, 1}, Shape2{64, 3 * 3 * 64}, Shape2{3, 40000}}) {
+    for (ThresholdMode mode : {ThresholdMode::Max, ThresholdMode::Sparsity}) {
+      const int64_t n = sh.rows * sh.per;
+      SCOPED_TRACE(std::string(mode_name(mode)) + " " + std::to_string(sh.rows) + " rows of " + std::to_string(sh.per));
+      const Tensor latent = random({sh.rows, sh.per}, 1200 + n);
+      Tensor wp = Tensor::empty({sh.rows}), wn = Tensor::empty({sh.rows});
+      for (int64_t c = 0; c < sh.rows; ++c) {
+        wp.data<float>()[c] = 0.5f + 0.01f * static_cast<float>(c);
+        wn.data<float>()[c] = 1.5f - 0.01f * static_cast<float>(c);
+      }
+      Tensor th = Tensor::empty({1}), scale = Tensor::empty({1}), w_t = Tensor::empty({sh.rows, sh.per});
+      Tensor codes = Tensor::empty({sh.rows, sh.per}, DType::I8);
+      ops::ttq_forward(mode, 0.05f, 0.4, latent, wp, wn, th, scale, w_t, codes);
+      const Tensor g = random({sh.rows, sh.per}, 1300 + n), latent0 = random({sh.rows, sh.per}, 1400 + n);
+      Tensor latent_grad = latent0.clone(), dwp = Tensor::full({sh.rows}, 0.25f), dwn = Tensor::full({sh.rows}, -0.5f);
+      ops::ttq_backward_accumulate(codes, g, wp, wn, true, latent_grad, dwp, dwn);
+
+      Tensor first_codes, first_w_t, first_latent, first_dwp;
+      for (int run = 0; run < 2; ++run) {
+        const Tensor latent_dev = gpu(latent), wp_dev = gpu(wp), wn_dev = gpu(wn);
+        Tensor th_dev = gpu(th), scale_dev = gpu(scale), w_t_dev = gpu(Tensor::zeros({sh.rows, sh.per}));
+        Tensor codes_dev = gpu(Tensor::zeros({sh.rows, sh.per}, DType::I8));
+        ops::ttq_forward(mode, 0.05f, 0.4, latent_dev, wp_dev, wn_dev, th_dev, scale_dev, w_t_dev, codes_dev);
+        Tensor latent_dev_grad = gpu(latent0), dwp_dev = gpu(Tensor::full({sh.rows}, 0.25f));
+        Tensor dwn_dev = gpu(Tensor::full({sh.rows}, -0.5f));
+        ops::ttq_backward_accumulate(codes_dev, gpu(g), wp_dev, wn_dev, true, latent_dev_grad, dwp_dev, dwn_dev);
+        if (run == 0) {
+          EXPECT_TRUE(same_bits(value(th_dev), value(th)));
+          EXPECT_TRUE(bitwise_equal(codes_dev, codes));
+          EXPECT_TRUE(bitwise_equal(w_t_dev, w_t));
+          EXPECT_TRUE(close(latent_dev_grad, latent_grad, 0.0, 1e-6));
+          const Tensor p = host(dwp_dev), m = host(dwn_dev);
+          for (int64_t c = 0; c < sh.rows; ++c) {
+            EXPECT_NEAR(p.data<float>()[c], dwp.data<float>()[c], 1e-6 * (std::fabs(dwp.data<float>()[c]) + 1.0)) << c;
+            EXPECT_NEAR(m.data<float>()[c], dwn.data<float>()[c], 1e-6 * (std::fabs(dwn.data<float>()[c]) + 1.0)) << c;
+          }
+          first_codes = host(codes_dev);
+          first_w_t = host(w_t_dev);
+          first_latent = host(latent_dev_grad);
+          first_dwp = host(dwp_dev);
+        } else {
+          EXPECT_TRUE(bitwise_equal(codes_dev, first_codes));
+          EXPECT_TRUE(bitwise_equal(w_t_dev, first_w_t));
+          EXPECT_TRUE(bitwise_equal(latent_dev_grad, first_latent));
+          EXPECT_TRUE(bitwise_equal(dwp_dev, first_dwp));
+        }
+      }
+    }
+  }
+}
+
 // ---- optimizers ----------------------------------------------------------------------------------
 // nvcc contracts a*b + c into fused multiply-adds, the CPU build does not: allow a few ulps.
 constexpr double kOptAtol = 1e-6, kOptRtol = 1e-6;

@@ -24,6 +24,7 @@ struct TrainRun {
   DType compute = DType::F32;  // precision: f32 or bf16
   Layout layout = Layout::Contiguous;  // memory_format
   bool quantize_on_device = false;  // move the model first, then quantize it (as the trainer does)
+  bool per_channel = false;  // one Wp/Wn per output channel
 };
 
 // Per-step losses of a short SGD run; the final parameters go to *params when given.
@@ -37,6 +38,7 @@ std::vector<double> losses(const TrainRun& run, std::vector<float>* params = nul
     q.full_precision_layers = m.full_precision_layers;
     q.ternary.mode = run.mode;
     q.ternary.r = 0.4;
+    q.ternary.per_channel_scales = run.per_channel;
     quantize_model(*m.net, q);
   }
   m.net->to(run.device);
@@ -103,21 +105,25 @@ TEST(GpuTraining, QuantizingAModelOnTheGpuEqualsQuantizingItFirst) {
 TEST(GpuTraining, FusedTernaryPassFollowsTheCpu) {
   if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
   for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity, math::ThresholdMode::Twn}) {
-    SCOPED_TRACE(threshold_mode_name(mode));
-    std::vector<float> p_gpu, p_gpu2;
-    const TrainRun cpu_run{Device::CPU, {{"name", "cifar_resnet"}, {"depth", 8}}, true, mode, true, 15};
-    TrainRun gpu_run = cpu_run, gpu_layer_run = cpu_run;
-    gpu_run.device = gpu_layer_run.device = Device::CUDA;
-    gpu_layer_run.with_pass = false;
-    const auto cpu = losses(cpu_run);
-    const auto gpu = losses(gpu_run, &p_gpu);
-    const auto gpu2 = losses(gpu_run, &p_gpu2);
-    const auto gpu_layer = losses(gpu_layer_run);
-    EXPECT_EQ(gpu, gpu2) << "two fused GPU runs differ";
-    EXPECT_EQ(p_gpu, p_gpu2) << "two fused GPU runs end with different weights";
-    for (int s = 0; s < 15; ++s) {
-      EXPECT_NEAR(gpu[s], cpu[s], (s < 5 ? 1e-4 : 2e-2) * (1 + cpu[s])) << "step " << s;
-      EXPECT_NEAR(gpu[s], gpu_layer[s], (s < 5 ? 1e-5 : 1e-2) * (1 + cpu[s])) << "step " << s;
+    for (bool per_channel : {false, true}) {
+      if (per_channel && mode == math::ThresholdMode::Twn) continue;  // Twn has one fixed scale
+      SCOPED_TRACE(std::string(threshold_mode_name(mode)) + (per_channel ? " per-channel" : ""));
+      std::vector<float> p_gpu, p_gpu2;
+      TrainRun cpu_run{Device::CPU, {{"name", "cifar_resnet"}, {"depth", 8}}, true, mode, true, 15};
+      cpu_run.per_channel = per_channel;
+      TrainRun gpu_run = cpu_run, gpu_layer_run = cpu_run;
+      gpu_run.device = gpu_layer_run.device = Device::CUDA;
+      gpu_layer_run.with_pass = false;
+      const auto cpu = losses(cpu_run);
+      const auto gpu = losses(gpu_run, &p_gpu);
+      const auto gpu2 = losses(gpu_run, &p_gpu2);
+      const auto gpu_layer = losses(gpu_layer_run);
+      EXPECT_EQ(gpu, gpu2) << "two fused GPU runs differ";
+      EXPECT_EQ(p_gpu, p_gpu2) << "two fused GPU runs end with different weights";
+      for (int s = 0; s < 15; ++s) {
+        EXPECT_NEAR(gpu[s], cpu[s], (s < 5 ? 1e-4 : 2e-2) * (1 + cpu[s])) << "step " << s;
+        EXPECT_NEAR(gpu[s], gpu_layer[s], (s < 5 ? 1e-5 : 1e-2) * (1 + cpu[s])) << "step " << s;
+      }
     }
   }
 }

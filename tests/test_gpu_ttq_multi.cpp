@@ -450,6 +450,139 @@ TEST(GpuTtqMulti, BackwardAddsIntoTheGradients) {
   }
 }
 
+// Per-output-channel scales: such layers ternarize and back-propagate one block per row, in one
+// extra launch per pass (more with small limits), beside layers with one scale. Against the CPU's
+// per-channel loops: D and the codes and w_t bitwise, the gradients within float tolerance; and
+// bitwise repeatable.
+TEST(GpuTtqMulti, PerChannelLayersRunByRow) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
+  struct Spec {
+    int64_t rows, per;
+    ThresholdMode mode;
+  };
+  // rows == 1: one scale for the layer (the chunked passes).
+  const std::vector<Spec> specs = {{1, 64 * 64 * 9, ThresholdMode::Max},   {64, 64 * 9, ThresholdMode::Max},
+                                   {128, 64 * 9, ThresholdMode::Sparsity}, {5, 1, ThresholdMode::Max},
+                                   {3, 40000, ThresholdMode::Max},         {1, 1000, ThresholdMode::Sparsity}};
+  int64_t total = 0, scales = 0;
+  std::vector<int64_t> at, scale_at;
+  for (const Spec& s : specs) {
+    at.push_back(total);
+    scale_at.push_back(scales);
+    total += s.rows * s.per;
+    scales += s.rows;
+  }
+  std::vector<float> w(total), g(total), latent0(total), wp(scales), wn(scales);
+  testing::fill_random(w.data(), total, 61);
+  testing::fill_random(g.data(), total, 62);
+  testing::fill_random(latent0.data(), total, 63);
+  for (int64_t c = 0; c < scales; ++c) {
+    wp[c] = 0.5f + 0.004f * static_cast<float>(c);
+    wn[c] = 1.5f - 0.003f * static_cast<float>(c);
+  }
+  DeviceArray<float> w_dev(total), g_dev(total), latent_dev(total), w_t_dev(total);
+  DeviceArray<int8_t> codes_dev(total);
+  DeviceArray<float> wp_dev(scales), wn_dev(scales), dwp_dev(scales), dwn_dev(scales);
+  DeviceArray<float> d_dev(static_cast<int64_t>(specs.size()));
+  w_dev.upload(w);
+  g_dev.upload(g);
+  wp_dev.upload(wp);
+  wn_dev.upload(wn);
+  std::vector<cuda::TtqMultiLayer> layers;
+  for (size_t l = 0; l < specs.size(); ++l) {
+    cuda::TtqMultiLayer x;
+    x.w = w_dev.get() + at[l];
+    x.n = specs[l].rows * specs[l].per;
+    x.w_t = w_t_dev.get() + at[l];
+    x.codes = codes_dev.get() + at[l];
+    x.wp = wp_dev.get() + scale_at[l];
+    x.wn = wn_dev.get() + scale_at[l];
+    x.channels = specs[l].rows;
+    x.d = d_dev.get() + l;
+    x.mode = specs[l].mode;
+    x.t = 0.05f;
+    x.r = 0.4;
+    x.g = g_dev.get() + at[l];
+    x.latent_grad = latent_dev.get() + at[l];
+    x.dwp = dwp_dev.get() + scale_at[l];
+    x.dwn = dwn_dev.get() + scale_at[l];
+    layers.push_back(x);
+  }
+  struct Run {
+    std::vector<float> d, w_t, latent, dwp, dwn;
+    std::vector<int8_t> codes;
+  };
+  auto run = [&](cuda::TtqMultiTensor& multi) {
+    latent_dev.upload(latent0);
+    dwp_dev.upload(std::vector<float>(scales, 0.25f));
+    dwn_dev.upload(std::vector<float>(scales, -0.5f));
+    multi.forward(kStream);
+    multi.backward(kStream);
+    return Run{d_dev.download(), w_t_dev.download(), latent_dev.download(), dwp_dev.download(), dwn_dev.download(),
+               codes_dev.download()};
+  };
+  cuda::TtqMultiTensor multi(layers);
+  print_launches("per-channel and per-layer scales", multi);
+  // Max partials, finish, ternarize (per-layer scales), ternarize by row; sparsity per layer.
+  EXPECT_EQ(multi.fused_forward_launches(), 4);
+  EXPECT_EQ(multi.sparsity_layers(), 2);
+  EXPECT_EQ(multi.backward_launches(), 3);  // backward + partial sums, finish, backward by row
+  const Run first = run(multi);
+
+  for (size_t l = 0; l < specs.size(); ++l) {
+    SCOPED_TRACE("layer " + std::to_string(l));
+    const int64_t n = specs[l].rows * specs[l].per, rows = specs[l].rows;
+    const float d = cpu::ttq_threshold(specs[l].mode, w.data() + at[l], n, 0.05f, 0.4).threshold;
+    EXPECT_TRUE(same_bits(first.d[l], d)) << first.d[l] << " vs " << d;
+    std::vector<float> w_t(n), latent(latent0.begin() + at[l], latent0.begin() + at[l] + n);
+    std::vector<int8_t> codes(n);
+    cpu::ttq_ternarize_channels(w.data() + at[l], n, rows, d, wp.data() + scale_at[l], wn.data() + scale_at[l],
+                                w_t.data(), codes.data());
+    const auto sums = cpu::ttq_backward_channels(codes.data(), g.data() + at[l], n, rows, wp.data() + scale_at[l],
+                                                 wn.data() + scale_at[l], latent.data());
+    EXPECT_TRUE(bitwise_equal(first.codes.data() + at[l], codes.data(), n));
+    EXPECT_TRUE(bitwise_equal(first.w_t.data() + at[l], w_t.data(), n));
+    EXPECT_TRUE(testing::all_close(first.latent.data() + at[l], latent.data(), n, 0.0, 1e-6));
+    for (int64_t c = 0; c < rows; ++c) {
+      const float want_p = 0.25f + static_cast<float>(sums[c].wp), want_n = -0.5f + static_cast<float>(sums[c].wn);
+      EXPECT_NEAR(first.dwp[scale_at[l] + c], want_p, 1e-6 * (std::fabs(want_p) + 1.0)) << "row " << c;
+      EXPECT_NEAR(first.dwn[scale_at[l] + c], want_n, 1e-6 * (std::fabs(want_n) + 1.0)) << "row " << c;
+    }
+  }
+  const Run again = run(multi);
+  EXPECT_TRUE(bitwise_equal(again.w_t, first.w_t));
+  EXPECT_TRUE(bitwise_equal(again.latent, first.latent));
+  EXPECT_TRUE(bitwise_equal(again.dwp, first.dwp));
+  EXPECT_TRUE(bitwise_equal(again.dwn, first.dwn));
+
+  // Small limits split the row pass across launches without changing a bit.
+  MultiTensorLimits small;
+  small.max_tensors = 2;
+  small.max_blocks = 7;
+  small.chunk = 4096;
+  cuda::TtqMultiTensor split(layers, small);
+  EXPECT_GT(split.backward_launches(), 30);
+  const Run s = run(split);
+  EXPECT_TRUE(bitwise_equal(s.codes, first.codes));
+  EXPECT_TRUE(bitwise_equal(s.w_t, first.w_t));
+  for (size_t l = 0; l < specs.size(); ++l) {
+    if (specs[l].rows == 1) continue;  // the chunked sums fold in another order with other chunks
+    const int64_t n = specs[l].rows * specs[l].per;
+    EXPECT_TRUE(bitwise_equal(s.latent.data() + at[l], first.latent.data() + at[l], n)) << "layer " << l;
+    EXPECT_TRUE(bitwise_equal(s.dwp.data() + scale_at[l], first.dwp.data() + scale_at[l], specs[l].rows)) << l;
+  }
+
+  // Rows must divide the layer, and Twn has no per-channel scales.
+  auto build = [](std::vector<cuda::TtqMultiLayer> ls) { cuda::TtqMultiTensor x(std::move(ls)); };
+  std::vector<cuda::TtqMultiLayer> bad = layers;
+  bad[1].channels = 7;
+  EXPECT_THROW(build(bad), Error);
+  bad = layers;
+  bad[1].mode = ThresholdMode::Twn;
+  bad[1].twn_scale = d_dev.get();
+  EXPECT_THROW(build(bad), Error);
+}
+
 TEST(GpuTtqMulti, RejectsIncompleteLayers) {
   if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
   Model m(mixed_layers());

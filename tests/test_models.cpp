@@ -117,6 +117,14 @@ TEST(QuantizeConfig, ParsesAndRefuses) {
   JsonReader r3(bad_t, "quantization");
   EXPECT_NE(error_of([&] { parse_quantize_options(r3, {}); }).find("'quantization.t' must be in [0, 1)"),
             std::string::npos);
+  EXPECT_FALSE(q.ternary.per_channel_scales);
+  json per_channel = {{"per_channel_scales", true}};
+  JsonReader r4(per_channel, "quantization");
+  EXPECT_TRUE(parse_quantize_options(r4, {}).ternary.per_channel_scales);
+  json twn_per_channel = {{"mode", "twn"}, {"per_channel_scales", true}};
+  JsonReader r5(twn_per_channel, "quantization");
+  const std::string e = error_of([&] { parse_quantize_options(r5, {}); });
+  EXPECT_NE(e.find("'quantization.per_channel_scales' needs trained scales"), std::string::npos) << e;
 }
 
 TEST(OptimizerConfig, ParsesGroupsAndRefusesUnknownKeys) {

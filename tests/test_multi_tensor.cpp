@@ -6,6 +6,9 @@
 #include "engine/core/error.h"
 #include "engine/core/rng.h"
 #include "kernels/multi_tensor.h"
+#ifdef TTQ_HAVE_CUDA
+#include "kernels/cuda/ttq_multi.h"
+#endif
 
 using namespace ttq;
 
@@ -74,3 +77,27 @@ TEST(MultiTensorPlan, RefusesBadInput) {
   EXPECT_THROW(plan_multi_tensor({-1}), Error);
   EXPECT_THROW(plan_multi_tensor({1}, {0, 1, 1}), Error);
 }
+
+#ifdef TTQ_HAVE_CUDA
+// The row pass of per-channel layers (host code, no GPU needed): one block per (layer, row), in
+// layer and row order, at most max_blocks per launch.
+TEST(MultiTensorPlan, RowPassOneBlockPerRow) {
+  MultiTensorLimits lim;
+  lim.max_blocks = 2;
+  const cuda::detail::MultiPass p = cuda::detail::plan_rows({3, 0, 2}, lim);
+  ASSERT_EQ(p.launches.size(), 3u);
+  EXPECT_EQ(p.launches[0].first_block, 0);
+  EXPECT_EQ(p.launches[1].first_block, 2);
+  EXPECT_EQ(p.launches[2].first_block, 4);
+  EXPECT_EQ(p.launches[2].blocks, 1);
+  const std::vector<std::pair<int, int64_t>> want = {{0, 0}, {0, 1}, {0, 2}, {2, 0}, {2, 1}};
+  ASSERT_EQ(p.host_blocks.size(), want.size());
+  for (size_t b = 0; b < want.size(); ++b) {
+    EXPECT_EQ(p.host_blocks[b].layer, want[b].first) << b;
+    EXPECT_EQ(p.host_blocks[b].chunk, want[b].second) << b;
+  }
+  EXPECT_TRUE(cuda::detail::plan_rows({0, 0}, lim).launches.empty());
+  lim.max_blocks = 0;
+  EXPECT_THROW(cuda::detail::plan_rows({1}, lim), Error);
+}
+#endif

@@ -20,13 +20,14 @@ namespace {
 
 const InputSpec kSpec{1, 10, 10, 4};
 
-Model make(math::ThresholdMode mode, bool clamp = false) {
+Model make(math::ThresholdMode mode, bool clamp = false, bool per_channel = false) {
   Model m = build_model(json{{"name", "cifar_resnet"}, {"depth", 8}}, kSpec, 3);
   QuantizeOptions q;
   q.full_precision_layers = m.full_precision_layers;
   q.ternary.mode = mode;
   q.ternary.r = 0.4;
   q.ternary.clamp_scales = clamp;
+  q.ternary.per_channel_scales = per_channel;
   quantize_model(*m.net, q);
   return m;
 }
@@ -60,22 +61,27 @@ std::vector<double> run(Model& m, bool with_pass, int steps) {
 
 TEST(TernaryPass, TrainsExactlyLikeThePerLayerPath) {
   for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity, math::ThresholdMode::Twn}) {
-    for (bool clamp : {false, true}) {
-      SCOPED_TRACE(std::string(threshold_mode_name(mode)) + (clamp ? " clamp" : ""));
-      Model a = make(mode, clamp), b = make(mode, clamp);
-      const auto la = run(a, false, 8);
-      const auto lb = run(b, true, 8);
-      EXPECT_EQ(la, lb);
-      EXPECT_EQ(flat_params(*a.net), flat_params(*b.net));
-      // The codes and D after the last step agree too.
-      auto qa = quantizable_layers(*a.net), qb = quantizable_layers(*b.net);
-      ASSERT_EQ(qa.size(), qb.size());
-      for (size_t i = 0; i < qa.size(); ++i) {
-        if (!qa[i]->is_ternary()) continue;
-        const TernaryStats sa = qa[i]->quantizer()->stats(), sb = qb[i]->quantizer()->stats();
-        EXPECT_EQ(sa.threshold, sb.threshold) << qa[i]->path();
-        EXPECT_EQ(sa.positive, sb.positive) << qa[i]->path();
-        EXPECT_EQ(sa.negative, sb.negative) << qa[i]->path();
+    for (bool per_channel : {false, true}) {
+      if (per_channel && mode == math::ThresholdMode::Twn) continue;  // Twn has one fixed scale
+      for (bool clamp : {false, true}) {
+        SCOPED_TRACE(std::string(threshold_mode_name(mode)) + (clamp ? " clamp" : "") +
+                     (per_channel ? " per-channel" : ""));
+        Model a = make(mode, clamp, per_channel), b = make(mode, clamp, per_channel);
+        const auto la = run(a, false, 8);
+        const auto lb = run(b, true, 8);
+        EXPECT_EQ(la, lb);
+        EXPECT_EQ(flat_params(*a.net), flat_params(*b.net));
+        // The codes and D after the last step agree too.
+        auto qa = quantizable_layers(*a.net), qb = quantizable_layers(*b.net);
+        ASSERT_EQ(qa.size(), qb.size());
+        for (size_t i = 0; i < qa.size(); ++i) {
+          if (!qa[i]->is_ternary()) continue;
+          const TernaryStats sa = qa[i]->quantizer()->stats(), sb = qb[i]->quantizer()->stats();
+          EXPECT_EQ(sa.threshold, sb.threshold) << qa[i]->path();
+          EXPECT_EQ(sa.positive, sb.positive) << qa[i]->path();
+          EXPECT_EQ(sa.negative, sb.negative) << qa[i]->path();
+          if (per_channel) EXPECT_EQ(qa[i]->wp().value.numel(), qa[i]->weight().value.shape()[0]) << qa[i]->path();
+        }
       }
     }
   }
@@ -187,6 +193,12 @@ TEST(QuantizeModel, AlreadyTernaryLayersAreNotSilentlyKeptWithOtherSettings) {
   QuantizeOptions other_t = q;
   other_t.ternary.t = 0.1f;
   EXPECT_NE(ttq::testing::error_of([&] { quantize_model(*m.net, other_t); }).find("already ternary"), std::string::npos);
+  QuantizeOptions per_channel = q;
+  per_channel.ternary.per_channel_scales = true;
+  e = ttq::testing::error_of([&] { quantize_model(*m.net, per_channel); });
+  EXPECT_NE(e.find("per-channel 0), not as this quantization asks (max, t 0.05, r 0.4, clamp 0, per-channel 1)"),
+            std::string::npos)
+      << e;
   QuantizeOptions all_fp = q;
   for (auto* l : quantizable_layers(*m.net))
     if (l->is_ternary()) all_fp.full_precision_layers.push_back(l->path());

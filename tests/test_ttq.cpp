@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "engine/nn/conv2d.h"
 #include "engine/nn/linear.h"
@@ -160,6 +161,66 @@ TEST(TtqGradient, ScaleGradientsMatchFiniteDifferences) {
   }
 }
 
+// Per-output-channel scales: every channel's Wp and Wn against finite differences (the checker
+// samples every scale element), a conv and a linear layer, Max and Sparsity modes.
+TEST(TtqGradient, PerChannelScaleGradientsMatchFiniteDifferences) {
+  for (auto mode : {math::ThresholdMode::Max, math::ThresholdMode::Sparsity}) {
+    TernaryConfig cfg;
+    cfg.mode = mode;
+    cfg.t = 0.3f;
+    cfg.r = 0.4f;
+    cfg.per_channel_scales = true;
+    Conv2d c(3, 4, 3, 2, 1, 1, true);
+    ttq::testing::fill_random(c.weight().value.data<float>(), c.weight().value.numel(), 40);
+    c.enable_ternary(cfg);
+    ASSERT_EQ(c.wp().value.shape(), Shape{4});
+    for (int k = 0; k < 4; ++k) {
+      c.wp().value.data<float>()[k] = 0.5f + 0.2f * k;
+      c.wn().value.data<float>()[k] = 1.4f - 0.3f * k;
+    }
+    ttq::testing::check_module_gradients(c, random_tensor({2, 3, 6, 6}, 41), 42, 1e-2f, 2e-3, 2e-2, 80, {"weight"});
+
+    Linear l(6, 5, false);
+    ttq::testing::fill_random(l.weight().value.data<float>(), 30, 43);
+    l.enable_ternary(cfg);
+    ASSERT_EQ(l.wn().value.shape(), Shape{5});
+    for (int k = 0; k < 5; ++k) l.wn().value.data<float>()[k] = 0.3f + 0.25f * k;
+    ttq::testing::check_module_gradients(l, random_tensor({4, 6}, 44), 45, 1e-2f, 2e-3, 2e-2, 80, {"weight"});
+  }
+}
+
+// Row c of the weights takes Wp[c] and Wn[c]; D is still one threshold over the whole layer, and
+// the latent gradient is scaled by the row's own scales.
+TEST(TtqForward, PerChannelScalesApplyToTheirOutputChannel) {
+  Linear l(3, 2, false);
+  const std::vector<float> w{0.9f, -0.5f, 0.02f, -1.0f, 0.3f, 0.04f};  // max 1.0, D = 0.1
+  std::copy(w.begin(), w.end(), l.weight().value.data<float>());
+  TernaryConfig cfg;
+  cfg.t = 0.1f;
+  cfg.per_channel_scales = true;
+  l.enable_ternary(cfg);
+  float* wp = l.wp().value.data<float>();
+  float* wn = l.wn().value.data<float>();
+  wp[0] = 2.0f, wp[1] = 3.0f, wn[0] = 0.5f, wn[1] = 0.25f;
+  Tensor x = Tensor::from_vector({1, 3}, {1.0f, 10.0f, 100.0f});
+  Tensor y = l.forward(x);
+  EXPECT_FLOAT_EQ(l.quantizer()->stats().threshold, 0.1f);
+  const std::vector<float> expect_wt{2.0f, -0.5f, 0.0f, -0.25f, 3.0f, 0.0f};
+  for (int i = 0; i < 6; ++i) EXPECT_FLOAT_EQ(l.quantizer()->quantized().data<float>()[i], expect_wt[i]) << i;
+  EXPECT_FLOAT_EQ(y.data<float>()[0], 2.0f - 5.0f);
+  EXPECT_FLOAT_EQ(y.data<float>()[1], -0.25f + 30.0f);
+  EXPECT_FLOAT_EQ(l.quantizer()->stats().wp, 2.5f);  // the mean over the channels
+  // L = y0 + y1: g[o, i] = x[i]
+  l.zero_grad();
+  l.backward(Tensor::from_vector({1, 2}, {1.0f, 1.0f}));
+  EXPECT_FLOAT_EQ(l.wp().grad.data<float>()[0], 1.0f);
+  EXPECT_FLOAT_EQ(l.wp().grad.data<float>()[1], 10.0f);
+  EXPECT_FLOAT_EQ(l.wn().grad.data<float>()[0], -10.0f);
+  EXPECT_FLOAT_EQ(l.wn().grad.data<float>()[1], -1.0f);
+  const std::vector<float> expect_latent{2.0f, 0.5f * 10, 100.0f, 0.25f, 3.0f * 10, 100.0f};
+  for (int i = 0; i < 6; ++i) EXPECT_FLOAT_EQ(l.weight().grad.data<float>()[i], expect_latent[i]) << i;
+}
+
 // The sign of dL/dWn: w_t = -Wn on I_n, so dL/dWn = -sum_{I_n} g. The seed paper prints +sum.
 TEST(TtqGradient, WnGradientHasMinusSign) {
   Linear l(8, 3, false);
@@ -267,6 +328,21 @@ TEST(TtqOptions, InitScalesFromWeights) {
   EXPECT_FLOAT_EQ(l.wn().value.data<float>()[0], 0.2f);
 }
 
+TEST(TtqOptions, InitPerChannelScalesFromTheirRows) {
+  Linear l(4, 2, false);
+  const std::vector<float> w{0.8f, 0.4f, -0.2f, 0.01f, 0.3f, 0.05f, 0.07f, 0.02f};
+  std::copy(w.begin(), w.end(), l.weight().value.data<float>());
+  TernaryConfig cfg;
+  cfg.t = 0.1f;  // D = 0.08 over the whole layer
+  cfg.init_scales_from_weights = true;
+  cfg.per_channel_scales = true;
+  l.enable_ternary(cfg);
+  EXPECT_FLOAT_EQ(l.wp().value.data<float>()[0], 0.6f);
+  EXPECT_FLOAT_EQ(l.wn().value.data<float>()[0], 0.2f);
+  EXPECT_FLOAT_EQ(l.wp().value.data<float>()[1], 0.3f);
+  EXPECT_FLOAT_EQ(l.wn().value.data<float>()[1], 1.0f);  // no negative weight in row 1: stays 1.0
+}
+
 TEST(TtqOptions, ClampScalesKeepsThemNonNegative) {
   Linear l(4, 1, false);
   ttq::testing::fill_random(l.weight().value.data<float>(), 4, 27);
@@ -287,6 +363,11 @@ TEST(TtqOptions, InvalidConfigIsRefused) {
   bad.r = 1.0f;
   EXPECT_THROW(TernaryQuantizer(bad, "x"), Error);
   EXPECT_THROW(parse_threshold_mode("maximum"), Error);
+  TernaryConfig twn_per_channel;
+  twn_per_channel.mode = math::ThresholdMode::Twn;
+  twn_per_channel.per_channel_scales = true;
+  EXPECT_NE(ttq::testing::error_of([&] { TernaryQuantizer(twn_per_channel, "x"); }).find("per-channel"),
+            std::string::npos);
 }
 
 TEST(QuantizeModel, FullPrecisionLayersByNameAndNormalizeInit) {
@@ -351,6 +432,68 @@ TEST(QuantizeModel, ModelSizeCountsTwoBitsPerTernaryWeight) {
 #include <omp.h>
 #endif
 #include <cstring>
+
+// The per-channel loops give, row by row, exactly what the per-tensor loops give on that row with
+// its scales, for rows of several kChunk pieces and tensors big enough to run on several threads,
+// and the same for any thread count.
+TEST(TtqCpu, PerChannelRowsMatchThePerTensorLoops) {
+  const int64_t channels = 3, per = 40000 + 5, n = channels * per;
+  std::vector<float> w(n), g(n), wp{0.6f, 1.1f, 0.9f}, wn{0.55f, 0.8f, 1.3f};
+  ttq::testing::fill_random(w.data(), n, 50);
+  ttq::testing::fill_random(g.data(), n, 51, -1e-3f, 1e-3f);
+  const float d = cpu::ttq_threshold(math::ThresholdMode::Max, w.data(), n, 0.2f, 0.0).threshold;
+  auto run = [&](int threads) {
+#if defined(_OPENMP)
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+    std::vector<float> w_t(n), latent(n, 0.25f);
+    std::vector<int8_t> codes(n);
+    const auto counts = cpu::ttq_ternarize_channels(w.data(), n, channels, d, wp.data(), wn.data(), w_t.data(), codes.data());
+    const auto sums = cpu::ttq_backward_channels(codes.data(), g.data(), n, channels, wp.data(), wn.data(), latent.data());
+    const auto means = cpu::ttq_set_means_channels(w.data(), n, channels, d);
+    return std::make_tuple(w_t, codes, latent, counts.positive, counts.negative, sums, means);
+  };
+#if defined(_OPENMP)
+  const int before = omp_get_max_threads();
+#endif
+  const auto [w_t, codes, latent, pos, neg, sums, means] = run(1);
+  const auto two = run(2);
+#if defined(_OPENMP)
+  omp_set_num_threads(before);
+#endif
+  EXPECT_EQ(w_t, std::get<0>(two));
+  EXPECT_EQ(latent, std::get<2>(two));
+  ASSERT_EQ(sums.size(), 3u);
+  ASSERT_EQ(std::get<5>(two).size(), 3u);
+  int64_t want_pos = 0, want_neg = 0;
+  for (int64_t c = 0; c < channels; ++c) {
+    const int64_t at = c * per;
+    std::vector<float> rw_t(per), rlatent(per, 0.25f);
+    std::vector<int8_t> rcodes(per);
+    const auto rc = cpu::ttq_ternarize(w.data() + at, per, d, wp[c], wn[c], rw_t.data(), rcodes.data());
+    want_pos += rc.positive;
+    want_neg += rc.negative;
+    const auto rs = cpu::ttq_backward(rcodes.data(), g.data() + at, per, wp[c], wn[c], true, rlatent.data());
+    const auto rm = cpu::ttq_set_means(w.data() + at, per, d);
+    EXPECT_TRUE(std::equal(rw_t.begin(), rw_t.end(), w_t.begin() + at)) << "row " << c;
+    EXPECT_TRUE(std::equal(rcodes.begin(), rcodes.end(), codes.begin() + at)) << "row " << c;
+    EXPECT_TRUE(std::equal(rlatent.begin(), rlatent.end(), latent.begin() + at)) << "row " << c;
+    EXPECT_EQ(sums[c].wp, rs.wp) << "row " << c;
+    EXPECT_EQ(sums[c].wn, rs.wn) << "row " << c;
+    EXPECT_EQ(std::get<5>(two)[c].wp, rs.wp) << "row " << c;
+    EXPECT_EQ(means[c].positive, rm.positive) << "row " << c;
+    EXPECT_EQ(means[c].negative, rm.negative) << "row " << c;
+    EXPECT_NE(sums[c].wp, 0.0);
+  }
+  EXPECT_EQ(pos, want_pos);
+  EXPECT_EQ(neg, want_neg);
+  EXPECT_GT(pos, 0);
+  EXPECT_GT(neg, 0);
+  EXPECT_THROW(cpu::ttq_backward_channels(codes.data(), g.data(), n, 11, wp.data(), wn.data(), std::vector<float>(n).data()),
+               Error);  // 11 rows do not divide n
+}
 
 TEST(TtqCpu, ResultsIndependentOfThreadCount) {
 #if !defined(_OPENMP)

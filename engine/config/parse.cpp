@@ -17,6 +17,10 @@ QuantizeOptions parse_quantize_options(JsonReader& r, const std::vector<std::str
   TTQ_CHECK(q.ternary.r >= 0.0 && q.ternary.r < 1.0, "config: '" << r.path_of("r") << "' must be in [0, 1), got " << q.ternary.r);
   q.ternary.init_scales_from_weights = r.get<bool>("init_scales_from_weights", false);
   q.ternary.clamp_scales = r.get<bool>("clamp_scales", false);
+  q.ternary.per_channel_scales = r.get<bool>("per_channel_scales", false);
+  TTQ_CHECK(!(q.ternary.per_channel_scales && q.ternary.mode == math::ThresholdMode::Twn),
+            "config: '" << r.path_of("per_channel_scales") << "' needs trained scales; mode 'twn' has one fixed "
+                        << "scale per layer");
   q.normalize_init = r.get<bool>("normalize_init", true);
   q.full_precision_layers = r.get<std::vector<std::string>>("full_precision_layers", model_default);
   r.finish();

@@ -10,7 +10,8 @@
 namespace ttq {
 
 // {"mode": "max"|"sparsity"|"twn", "t": 0.05, "r": 0.3, "normalize_init": true,
-//  "full_precision_layers": [...], "init_scales_from_weights": false, "clamp_scales": false}
+//  "full_precision_layers": [...], "init_scales_from_weights": false, "clamp_scales": false,
+//  "per_channel_scales": false}
 // Absent full_precision_layers takes model_default.
 QuantizeOptions parse_quantize_options(JsonReader& r, const std::vector<std::string>& model_default);
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <sstream>
 
 #include "engine/config/json_reader.h"
 #include "engine/nn/quantizable.h"
@@ -52,11 +53,15 @@ std::vector<std::string> quantize_model(Module& model, const QuantizeOptions& op
       const TernaryConfig& want = opt.ternary;
       TTQ_CHECK(!keep.count(l->path()), "layer '" << l->path() << "' is already ternary but is listed as a "
                                                   "full-precision layer (start from full-precision weights)");
-      TTQ_CHECK(had.trains_like(want), "layer '" << l->path() << "' is already ternary (" << threshold_mode_name(had.mode) << ", t "
-                                << had.t << ", r " << had.r << ", clamp " << had.clamp_scales
-                                << "), not as this quantization asks (" << threshold_mode_name(want.mode) << ", t "
-                                << want.t << ", r " << want.r << ", clamp " << want.clamp_scales
-                                << "); start from full-precision weights to ternarize it differently");
+      auto settings = [](const TernaryConfig& c) {
+        std::ostringstream os;
+        os << threshold_mode_name(c.mode) << ", t " << c.t << ", r " << c.r << ", clamp " << c.clamp_scales
+           << ", per-channel " << c.per_channel_scales;
+        return os.str();
+      };
+      TTQ_CHECK(had.trains_like(want), "layer '" << l->path() << "' is already ternary (" << settings(had)
+                                                 << "), not as this quantization asks (" << settings(want)
+                                                 << "); start from full-precision weights to ternarize it differently");
       continue;
     }
     if (keep.count(l->path())) continue;
@@ -89,7 +94,7 @@ ModelSize model_size(Module& model) {
   for (auto* l : quantizable_layers(model)) {
     if (!l->is_ternary()) continue;
     const int64_t n = l->weight().value.numel();
-    s.deployed_bytes += (n + 3) / 4 + 2 * 4 - n * 4;
+    s.deployed_bytes += (n + 3) / 4 + 2 * 4 * l->quantizer()->wp().value.numel() - n * 4;
   }
   return s;
 }

@@ -10,11 +10,13 @@ namespace ttq {
 void TernaryConfig::validate() const {
   TTQ_CHECK(t >= 0.0f && t < 1.0f, "threshold factor t must be in [0, 1), got " << t);
   TTQ_CHECK(r >= 0.0 && r < 1.0, "target sparsity r must be in [0, 1), got " << r);
+  TTQ_CHECK(!(per_channel_scales && mode == math::ThresholdMode::Twn),
+            "per-channel scales need trained scales; mode twn has one fixed scale per layer");
 }
 
 bool TernaryConfig::trains_like(const TernaryConfig& o) const {
-  return mode == o.mode && clamp_scales == o.clamp_scales && (mode != math::ThresholdMode::Max || t == o.t) &&
-         (mode != math::ThresholdMode::Sparsity || r == o.r);
+  return mode == o.mode && clamp_scales == o.clamp_scales && per_channel_scales == o.per_channel_scales &&
+         (mode != math::ThresholdMode::Max || t == o.t) && (mode != math::ThresholdMode::Sparsity || r == o.r);
 }
 
 const char* threshold_mode_name(math::ThresholdMode m) {
@@ -43,21 +45,45 @@ TernaryQuantizer::TernaryQuantizer(const TernaryConfig& cfg, std::string layer)
   wp_.trainable = wn_.trainable = trainable_scales();
 }
 
+int64_t TernaryQuantizer::scale_count(const Tensor& latent) const {
+  if (!cfg_.per_channel_scales) return 1;
+  TTQ_CHECK(latent.ndim() >= 1 && latent.shape()[0] >= 1,
+            "layer '" << layer_ << "': per-channel scales need weights with an output dimension, got " << latent.str());
+  return latent.shape()[0];
+}
+
 void TernaryQuantizer::init(const Tensor& latent) {
+  const int64_t channels = scale_count(latent);
+  if (wp_.value.numel() != channels) {
+    for (Parameter* p : {&wp_, &wn_}) {
+      p->init({channels}, ParamKind::Scale);
+      p->value.fill(1.0f);
+    }
+  }
   if (cfg_.init_scales_from_weights && trainable_scales()) {
     const Tensor w = latent.to(Device::CPU);  // once, at quantization time
     const float d = cpu::ttq_threshold(cfg_.mode, w.data<float>(), w.numel(), cfg_.t, cfg_.r).threshold;
-    const auto means = cpu::ttq_set_means(w.data<float>(), w.numel(), d);
-    Tensor init = Tensor::from_vector({2}, {means.positive > 0.0f ? means.positive : 1.0f,
-                                            means.negative > 0.0f ? means.negative : 1.0f});
-    wp_.value.copy_from(init.slice(0, 1));
-    wn_.value.copy_from(init.slice(1, 2));
+    std::vector<cpu::SetMeans> means;
+    if (channels > 1)
+      means = cpu::ttq_set_means_channels(w.data<float>(), w.numel(), channels, d);
+    else
+      means.push_back(cpu::ttq_set_means(w.data<float>(), w.numel(), d));
+    Tensor p = Tensor::empty({channels}), n = Tensor::empty({channels});
+    for (int64_t c = 0; c < channels; ++c) {  // an empty set keeps 1.0
+      p.data<float>()[c] = means[c].positive > 0.0f ? means[c].positive : 1.0f;
+      n.data<float>()[c] = means[c].negative > 0.0f ? means[c].negative : 1.0f;
+    }
+    wp_.value.copy_from(p);
+    wn_.value.copy_from(n);
   }
   forward(latent);
 }
 
 void TernaryQuantizer::ensure_buffers(const Tensor& latent) {
   const Device dev = latent.device();
+  TTQ_CHECK(!trainable_scales() || wp_.value.numel() == scale_count(latent),
+            "layer '" << layer_ << "': Wp " << wp_.value.str() << " does not fit the weights " << latent.str()
+                      << (cfg_.per_channel_scales ? " (one scale per output channel)" : " (one scale per layer)"));
   // Trained scales are parameters of the layer and move with it (Module::to); TWN's fixed Wp/Wn
   // are not registered, so they follow the latent weights here.
   for (Parameter* p : {&wp_, &wn_})
@@ -133,8 +159,14 @@ TernaryStats TernaryQuantizer::stats() const {
   TernaryStats st;
   st.threshold = threshold_.to(Device::CPU).data<float>()[0];
   if (trainable_scales()) {
-    st.wp = wp_.value.to(Device::CPU).data<float>()[0];
-    st.wn = wn_.value.to(Device::CPU).data<float>()[0];
+    auto mean = [](const Tensor& t) {
+      const Tensor h = t.to(Device::CPU);
+      double s = 0.0;
+      for (int64_t i = 0; i < h.numel(); ++i) s += h.data<float>()[i];
+      return static_cast<float>(s / static_cast<double>(h.numel()));
+    };
+    st.wp = mean(wp_.value);
+    st.wn = mean(wn_.value);
   } else {
     st.wp = st.wn = twn_scale_.to(Device::CPU).data<float>()[0];
   }

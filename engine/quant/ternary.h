@@ -21,10 +21,13 @@ struct TernaryConfig {
   bool init_scales_from_weights = false;
   // Keep Wp, Wn >= 0: negative values are clamped to 0 at the start of each forward pass.
   bool clamp_scales = false;
+  // One Wp and one Wn per output channel (a conv's C_out, a linear's out: the weight's first
+  // dimension) instead of one per layer. D stays one threshold per layer. Not with Twn.
+  bool per_channel_scales = false;
 
-  void validate() const;  // throws on t < 0, r outside [0, 1)
+  void validate() const;  // throws on t outside [0, 1), r outside [0, 1), per-channel Twn
   // Whether a layer quantized with o trains as one quantized with these settings (the mode, its
-  // own parameter, clamping; the one-time initialisation does not count).
+  // own parameter, clamping, per-channel scales; the one-time initialisation does not count).
   bool trains_like(const TernaryConfig& o) const;
 };
 
@@ -35,7 +38,7 @@ math::ThresholdMode parse_threshold_mode(const std::string& s);
 // What a quantized layer looks like now.
 struct TernaryStats {
   float threshold = 0.0f;  // D
-  float wp = 0.0f, wn = 0.0f;
+  float wp = 0.0f, wn = 0.0f;  // per-channel scales: their mean over the channels
   int64_t positive = 0, negative = 0, zeros = 0;
   double sparsity() const {
     const int64_t n = positive + negative + zeros;
@@ -48,7 +51,8 @@ class TernaryQuantizer {
   // `layer` names the owning layer in error messages.
   TernaryQuantizer(const TernaryConfig& cfg, std::string layer);
 
-  // Sets Wp/Wn (1.0, or from the weights when configured) and computes the first codes.
+  // Sets Wp/Wn (1.0, or from the weights when configured; per-channel: one each per row of
+  // `latent`) and computes the first codes.
   void init(const Tensor& latent);
 
   // Latent weights -> quantized weights w_t (valid until the next forward). Saves the codes.
@@ -86,6 +90,7 @@ class TernaryQuantizer {
   DType w_t_dtype_ = DType::F32;
 
   void ensure_buffers(const Tensor& latent);
+  int64_t scale_count(const Tensor& latent) const;  // 1, or latent's first dimension (per-channel)
 };
 
 }  // namespace ttq

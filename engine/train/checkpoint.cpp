@@ -17,7 +17,8 @@ namespace {
 
 json ternary_to_json(const TernaryConfig& c) {
   return {{"mode", threshold_mode_name(c.mode)}, {"t", c.t}, {"r", c.r},
-          {"init_scales_from_weights", c.init_scales_from_weights}, {"clamp_scales", c.clamp_scales}};
+          {"init_scales_from_weights", c.init_scales_from_weights}, {"clamp_scales", c.clamp_scales},
+          {"per_channel_scales", c.per_channel_scales}};
 }
 
 TernaryConfig ternary_from_json(const json& j, const std::string& file, const std::string& layer) {
@@ -28,6 +29,8 @@ TernaryConfig ternary_from_json(const json& j, const std::string& file, const st
     c.r = j.at("r").get<double>();
     c.init_scales_from_weights = j.at("init_scales_from_weights").get<bool>();
     c.clamp_scales = j.at("clamp_scales").get<bool>();
+    c.per_channel_scales = j.value("per_channel_scales", false);  // files from before the option
+    c.validate();
     return c;
   } catch (const std::exception& e) {
     TTQ_FAIL("'" << file << "': bad ternary settings for layer '" << layer << "': " << e.what());
@@ -174,12 +177,17 @@ void load_model(Module& net, const Checkpoint& ck) {
       Tensor& w = l->weight().value;
       std::vector<int8_t> codes(static_cast<size_t>(w.numel()));
       unpack_ternary_codes(packed.data<uint8_t>(), packed.numel(), w.numel(), codes.data());
-      Tensor wp = Tensor::empty({1}), wn = Tensor::empty({1});
-      copy_checked(ck, it.key() + ".wp", wp);
+      // One scale per layer, or one per output channel (row of the weight).
+      const std::string wp_name = it.key() + ".wp";
+      const int64_t channels =
+          ck.file.has(wp_name) && ck.file.shape(wp_name) == Shape{w.shape()[0]} ? w.shape()[0] : 1;
+      Tensor wp = Tensor::empty({channels}), wn = Tensor::empty({channels});
+      copy_checked(ck, wp_name, wp);
       copy_checked(ck, it.key() + ".wn", wn);
-      const float p = wp.data<float>()[0], n = wn.data<float>()[0];
+      const int64_t per = w.numel() / channels;
       Tensor host = Tensor::empty(w.shape());
-      for (int64_t i = 0; i < w.numel(); ++i) host.data<float>()[i] = math::ternary_value(codes[i], p, n);
+      for (int64_t i = 0; i < w.numel(); ++i)
+        host.data<float>()[i] = math::ternary_value(codes[i], wp.data<float>()[i / per], wn.data<float>()[i / per]);
       w.copy_from(host);
       expected.insert({codes_name, it.key() + ".wp", it.key() + ".wn"});
     } else if (!l->is_ternary()) {

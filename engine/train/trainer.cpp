@@ -303,14 +303,24 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     TTQ_CHECK(fs::exists(last_path), "--resume: no checkpoint '" << last_path << "' to resume from");
     resume_ck = std::make_unique<Checkpoint>(read_checkpoint(last_path));
     TTQ_CHECK(resume_ck->format == "ttq-checkpoint", "--resume: '" << last_path << "' is not a training checkpoint");
-    const std::string differs = first_difference(resume_ck->config, cfg.resolved);
+    // The checkpoint's configuration read as this version reads it: an option added since it was
+    // written takes its default there too (defaults keep the earlier behaviour), so an older run
+    // still resumes.
+    json saved;
+    try {
+      saved = parse_experiment(resume_ck->config).resolved;
+    } catch (const Error& e) {
+      TTQ_FAIL("--resume: the configuration stored in '" << last_path << "' no longer reads: " << e.what());
+    }
+    saved["model"] = resume_ck->config.value("model", json());  // resolved by the run that wrote it
+    const std::string differs = first_difference(saved, cfg.resolved);
     if (!differs.empty()) {
       const json::json_pointer at(differs == "/" ? "" : differs);
       auto value = [&](const json& j) { return j.contains(at) ? j.at(at).dump() : std::string("(absent)"); };
       std::string key = differs.substr(1);
       std::replace(key.begin(), key.end(), '/', '.');
       TTQ_FAIL("--resume: '" << key << "' is " << value(cfg.resolved) << ", but '" << last_path
-                             << "' was trained with " << value(resume_ck->config)
+                             << "' was trained with " << value(saved)
                              << "; resume with the same settings (see " << config_path
                              << "; only paths, names, workers, logging and the distributed transport may change)");
     }
@@ -373,7 +383,8 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       const auto done = quantize_model(net, st.quantization);
       if (!done.empty())
         progress.line("Stage " + st.name + ": " + std::to_string(done.size()) + " layers ternary (" +
-                      threshold_mode_name(st.quantization.ternary.mode) + ")");
+                      threshold_mode_name(st.quantization.ternary.mode) +
+                      (st.quantization.ternary.per_channel_scales ? ", per-channel scales" : "") + ")");
     }
     auto optimizer = make_optimizer(net.named_parameters(), st.optimizer);
     dp.begin_stage();  // the optimizer's set-up in its first step waits for that step's all-reduces

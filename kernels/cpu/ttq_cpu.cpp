@@ -43,6 +43,24 @@ void for_each_chunk(int64_t n, const Body& body) {
   for (int64_t c = 0; c < chunks; ++c) body(c, c * kChunk, std::min(n, (c + 1) * kChunk));
 }
 
+// body(c, begin, size) for every row c of a tensor of `rows` equal rows, possibly on several
+// threads (one row never spans two). Within a row the caller walks kChunk pieces in order, as the
+// per-tensor functions walk the whole tensor, so a row's results never depend on the threads.
+template <class Body>
+void for_each_row(int64_t n, int64_t rows, const Body& body) {
+  TTQ_CHECK(rows > 0 && n % rows == 0, "TTQ per-channel scales: " << rows << " channels do not divide "
+                                                                  << n << " weights");
+  const int64_t per = n / rows;
+#pragma omp parallel for schedule(static) if (n >= kParallelMin && rows > 1)
+  for (int64_t c = 0; c < rows; ++c) body(c, c * per, per);
+}
+
+// body(begin, end) for the kChunk pieces of [0, n), in order.
+template <class Body>
+void for_each_piece(int64_t n, const Body& body) {
+  for (int64_t b = 0; b < n; b += kChunk) body(b, std::min(n, b + kChunk));
+}
+
 // A chunk's kLanes double accumulators folded in a fixed tree.
 double fold(const double (&a)[kLanes]) {
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
@@ -183,6 +201,10 @@ struct MeansPartial {
   double sp = 0.0, sn = 0.0;  // sum of w over code > 0, sum of -w over code < 0
   int64_t cp = 0, cn = 0;
 };
+
+SetMeans means_of(const MeansPartial& m) {
+  return {m.cp ? static_cast<float>(m.sp / m.cp) : 0.0f, m.cn ? static_cast<float>(m.sn / m.cn) : 0.0f};
+}
 
 MeansPartial set_means_chunk(const float* __restrict w, int64_t n, float d) {
   Lanes sp, sn;
@@ -388,14 +410,63 @@ ScaleGrads ttq_backward(const int8_t* codes, const float* g, int64_t n, float wp
 SetMeans ttq_set_means(const float* w, int64_t n, float d) {
   std::vector<MeansPartial> parts(static_cast<size_t>(chunk_count(n)));
   for_each_chunk(n, [&](int64_t c, int64_t b, int64_t e) { parts[c] = set_means_chunk(w + b, e - b, d); });
-  const double sp = sum_partials(parts, [](const MeansPartial& p) { return p.sp; });
-  const double sn = sum_partials(parts, [](const MeansPartial& p) { return p.sn; });
-  int64_t cp = 0, cn = 0;
+  MeansPartial m;
+  m.sp = sum_partials(parts, [](const MeansPartial& p) { return p.sp; });
+  m.sn = sum_partials(parts, [](const MeansPartial& p) { return p.sn; });
   for (const MeansPartial& p : parts) {
-    cp += p.cp;
-    cn += p.cn;
+    m.cp += p.cp;
+    m.cn += p.cn;
   }
-  return {cp ? static_cast<float>(sp / cp) : 0.0f, cn ? static_cast<float>(sn / cn) : 0.0f};
+  return means_of(m);
+}
+
+TernarizeCounts ttq_ternarize_channels(const float* w, int64_t n, int64_t channels, float d, const float* wp,
+                                       const float* wn, float* w_t, int8_t* codes) {
+  std::vector<TernarizeCounts> rows(static_cast<size_t>(std::max<int64_t>(channels, 0)));
+  for_each_row(n, channels, [&](int64_t c, int64_t at, int64_t per) {
+    TernarizeCounts& r = rows[c];
+    for_each_piece(per, [&](int64_t b, int64_t e) {
+      const TernarizeCounts p = ternarize_chunk(w + at + b, e - b, d, wp[c], wn[c], w_t + at + b, codes + at + b);
+      r.positive += p.positive;
+      r.negative += p.negative;
+    });
+  });
+  TernarizeCounts total;
+  for (const TernarizeCounts& r : rows) {
+    total.positive += r.positive;
+    total.negative += r.negative;
+  }
+  return total;
+}
+
+std::vector<ScaleGrads> ttq_backward_channels(const int8_t* codes, const float* g, int64_t n, int64_t channels,
+                                              const float* wp, const float* wn, float* latent_grad) {
+  std::vector<ScaleGrads> rows(static_cast<size_t>(std::max<int64_t>(channels, 0)));
+  for_each_row(n, channels, [&](int64_t c, int64_t at, int64_t per) {
+    ScaleGrads& r = rows[c];
+    for_each_piece(per, [&](int64_t b, int64_t e) {
+      const ScaleGrads p = backward_chunk<true>(codes + at + b, g + at + b, e - b, wp[c], wn[c], latent_grad + at + b);
+      r.wp += p.wp;
+      r.wn += p.wn;
+    });
+  });
+  return rows;
+}
+
+std::vector<SetMeans> ttq_set_means_channels(const float* w, int64_t n, int64_t channels, float d) {
+  std::vector<SetMeans> rows(static_cast<size_t>(std::max<int64_t>(channels, 0)));
+  for_each_row(n, channels, [&](int64_t c, int64_t at, int64_t per) {
+    MeansPartial m;
+    for_each_piece(per, [&](int64_t b, int64_t e) {
+      const MeansPartial p = set_means_chunk(w + at + b, e - b, d);
+      m.sp += p.sp;
+      m.sn += p.sn;
+      m.cp += p.cp;
+      m.cn += p.cn;
+    });
+    rows[c] = means_of(m);
+  });
+  return rows;
 }
 
 }  // namespace ttq::cpu

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/ttq_math.h"
 
@@ -38,5 +39,17 @@ struct SetMeans {
   float positive = 0.0f, negative = 0.0f;
 };
 SetMeans ttq_set_means(const float* w, int64_t n, float d);
+
+// Per-output-channel scales: the tensor is `channels` rows of n / channels weights (a conv's
+// [C_out, C_in, kh, kw], a linear's [out, in]), and row c uses Wp = wp[c], Wn = wn[c]; D stays
+// one value for the whole tensor. Row c gives bit for bit what the per-tensor function above gives
+// on that row's slice with that row's scales. channels must divide n.
+TernarizeCounts ttq_ternarize_channels(const float* w, int64_t n, int64_t channels, float d, const float* wp,
+                                       const float* wn, float* w_t, int8_t* codes);
+// latent_grad as ttq_backward with each row's scales; returns the scale gradients of every row.
+std::vector<ScaleGrads> ttq_backward_channels(const int8_t* codes, const float* g, int64_t n, int64_t channels,
+                                              const float* wp, const float* wn, float* latent_grad);
+// The set means of every row (for initialising per-channel scales from the weights).
+std::vector<SetMeans> ttq_set_means_channels(const float* w, int64_t n, int64_t channels, float d);
 
 }  // namespace ttq::cpu

@@ -55,12 +55,13 @@ void add_accumulate(int64_t count, float* dst, const float* src);
 void permute_layout(int64_t n, int64_t c, int64_t hw, bool to_channels_last, size_t elem_size, const void* src,
                     void* dst);
 void clamp_min_inplace(int64_t count, float* p, float lo);
-// TTQ on one tensor (wp, wn, threshold, twn_scale, dwp, dwn: device scalars). In Twn mode the
-// quantized weights use twn_scale for both signs. dwp, dwn are accumulated (+=).
-void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
-                 const float* wn, float* threshold, float* twn_scale, float* w_t, int8_t* codes);
-void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, const float* wp, const float* wn,
-                             bool scale_latent, float* latent_grad, float* dwp, float* dwn);
+// TTQ on one tensor (threshold, twn_scale: device scalars; wp, wn, dwp, dwn: `channels` device
+// floats, 1 per tensor or 1 per row of n / channels elements). In Twn mode the quantized weights
+// use twn_scale for both signs. dwp, dwn are accumulated (+=).
+void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, int64_t channels,
+                 const float* wp, const float* wn, float* threshold, float* twn_scale, float* w_t, int8_t* codes);
+void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, int64_t channels, const float* wp,
+                             const float* wn, bool scale_latent, float* latent_grad, float* dwp, float* dwn);
 void sgd_update(int64_t count, float* p, const float* g, float* momentum_buf, float lr, float momentum, float wd,
                 bool nesterov, bool first_step);
 void adam_update(int64_t count, float* p, const float* g, float* m, float* v, float lr, float beta1, float beta2,
@@ -119,8 +120,8 @@ void softmax_xent_backward(int64_t n, int64_t classes, const float* probs, const
 void count_topk_correct(int64_t n, int64_t classes, const bf16* logits, const int32_t* labels, int k,
                         int64_t* correct);
 // TTQ forward writing w_t in bf16 (the codes, D and the scale are those of the f32 version).
-void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
-                 const float* wn, float* threshold, float* twn_scale, bf16* w_t, int8_t* codes);
+void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, int64_t channels,
+                 const float* wp, const float* wn, float* threshold, float* twn_scale, bf16* w_t, int8_t* codes);
 
 // ---- synchronised batch norm pieces (kernels/cuda/sync_bn.cu) ---------------------------------
 // kernels/ops.h bn_channel_sums, bn_backward_sums, bn_normalize, bn_backward_dx, for f32 and

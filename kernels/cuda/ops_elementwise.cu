@@ -440,15 +440,18 @@ void cast_impl(int64_t count, const TS* src, TD* dst) {
 }
 
 template <class T>
-void ttq_forward_impl(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
-                      const float* wn, float* threshold, float* twn_scale, T* w_t, int8_t* codes) {
+void ttq_forward_impl(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, int64_t channels,
+                      const float* wp, const float* wn, float* threshold, float* twn_scale, T* w_t, int8_t* codes) {
   check_count("ttq_forward", n);
   const size_t ws_bytes = ttq_workspace_bytes(n);
   Scratch ws(ws_bytes);
   // Writes D, and the TWN scale (0 in the other modes), both in device memory.
   ttq_threshold(mode, latent, n, t, r, threshold, twn_scale, ws.get(), ws_bytes, stream());
   const bool twn = mode == math::ThresholdMode::Twn;
-  ttq_ternarize(latent, n, threshold, twn ? twn_scale : wp, twn ? twn_scale : wn, w_t, codes, stream());
+  if (!twn && channels > 1)
+    ttq_ternarize_channels(latent, n, channels, threshold, wp, wn, w_t, codes, stream());
+  else
+    ttq_ternarize(latent, n, threshold, twn ? twn_scale : wp, twn ? twn_scale : wn, w_t, codes, stream());
 }
 
 template <class T>
@@ -544,18 +547,22 @@ void clamp_min_inplace(int64_t count, float* p, float lo) {
   CUDA_CHECK(cudaGetLastError());
 }
 
-void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
-                 const float* wn, float* threshold, float* twn_scale, float* w_t, int8_t* codes) {
-  ttq_forward_impl(mode, t, r, latent, n, wp, wn, threshold, twn_scale, w_t, codes);
+void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, int64_t channels,
+                 const float* wp, const float* wn, float* threshold, float* twn_scale, float* w_t, int8_t* codes) {
+  ttq_forward_impl(mode, t, r, latent, n, channels, wp, wn, threshold, twn_scale, w_t, codes);
 }
-void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, const float* wp,
-                 const float* wn, float* threshold, float* twn_scale, bf16* w_t, int8_t* codes) {
-  ttq_forward_impl(mode, t, r, latent, n, wp, wn, threshold, twn_scale, w_t, codes);
+void ttq_forward(math::ThresholdMode mode, float t, double r, const float* latent, int64_t n, int64_t channels,
+                 const float* wp, const float* wn, float* threshold, float* twn_scale, bf16* w_t, int8_t* codes) {
+  ttq_forward_impl(mode, t, r, latent, n, channels, wp, wn, threshold, twn_scale, w_t, codes);
 }
 
-void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, const float* wp, const float* wn,
-                             bool scale_latent, float* latent_grad, float* dwp, float* dwn) {
+void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, int64_t channels, const float* wp,
+                             const float* wn, bool scale_latent, float* latent_grad, float* dwp, float* dwn) {
   check_count("ttq_backward_accumulate", n);
+  if (scale_latent && channels > 1) {  // one block per row adds its own scale gradients: no scratch
+    ttq_backward_channels_accumulate(codes, g, n, channels, wp, wn, latent_grad, dwp, dwn, stream());
+    return;
+  }
   // One allocation: the reduction workspace, then the two rounded scale gradients.
   const size_t ws_bytes = ttq_workspace_bytes(n);
   const size_t tmp_offset = (ws_bytes + alignof(double) - 1) / alignof(double) * alignof(double);

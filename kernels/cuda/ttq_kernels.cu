@@ -16,7 +16,6 @@
 // are Wp, 0, -Wn rounded to nearest even; the codes do not depend on the output type.
 #include "kernels/cuda/ttq_kernels.h"
 
-#include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <algorithm>
@@ -24,29 +23,22 @@
 #include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/radix_walk.h"
+#include "kernels/cuda/ttq_device.cuh"
 
 namespace ttq::cuda {
 namespace {
 
-constexpr int kThreads = 256;
+using ttq_device::kThreads;
+using ttq_device::MaxOp;
+using ttq_device::Pair;
+using ttq_device::SumOp;
+using ttq_device::block_reduce;
+
 constexpr int64_t kMaxReduceBlocks = 1024;  // partials per reduction
 constexpr int64_t kMaxMapBlocks = 8192;     // elementwise kernels
 
 constexpr int kRadixBins = radix::kBins;
 constexpr int kRadixPasses = radix::kPasses;
-
-// Two running values per thread: (sum or max, second sum), e.g. (dL/dWp, dL/dWn).
-struct Pair {
-  double a, b;
-};
-struct SumOp {
-  __device__ Pair operator()(const Pair& x, const Pair& y) const { return {x.a + y.a, x.b + y.b}; }
-};
-struct MaxOp {
-  __device__ Pair operator()(const Pair& x, const Pair& y) const {
-    return {fmax(x.a, y.a), fmax(x.b, y.b)};
-  }
-};
 
 // Sparsity-select progress: the digits of the answer found so far and the rank of the answer
 // among the elements that share them.
@@ -85,14 +77,6 @@ Workspace carve(void* ws, size_t ws_bytes, int64_t n) {
 #define TTQ_GRID_STRIDE(i, n)                                                         \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
-// Block-wide fold of v in a fixed order; the result is valid in thread 0.
-template <class Op>
-__device__ Pair block_reduce(const Pair& v, Op op) {
-  using Reduce = cub::BlockReduce<Pair, kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  return Reduce(tmp).Reduce(v, op);
-}
 
 // ---- reductions: per-block partials, then one finishing block --------------------------------
 
@@ -245,6 +229,39 @@ void ternarize(const float* w, int64_t n, const float* d, const float* wp, const
   CUDA_CHECK(cudaGetLastError());
 }
 
+// Per-output-channel scales: block c ternarizes row c with wp[c], wn[c].
+template <class TOut>
+__global__ void __launch_bounds__(kThreads)
+    ternarize_channels_kernel(const float* w, int64_t per, const float* d, const float* wp, const float* wn,
+                              TOut* w_t, int8_t* codes) {
+  const int64_t c = blockIdx.x;
+  ttq_device::ternarize_row(w, c * per, (c + 1) * per, *d, wp[c], wn[c], w_t, codes);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    backward_channels_kernel(const int8_t* codes, const float* g, int64_t per, const float* wp, const float* wn,
+                             float* latent_grad, float* dwp, float* dwn) {
+  const int64_t c = blockIdx.x;
+  ttq_device::backward_row(codes, g, c * per, (c + 1) * per, c, wp, wn, latent_grad, dwp, dwn);
+}
+
+// Rows of a per-channel tensor, checked: one block each.
+int64_t rows_of(const char* what, int64_t n, int64_t channels) {
+  TTQ_CHECK(channels > 0 && n >= 0 && n % channels == 0 && channels <= 0x7fffffff,
+            what << ": " << channels << " channels do not divide " << n << " weights into rows");
+  return n / channels;
+}
+
+template <class TOut>
+void ternarize_channels(const float* w, int64_t n, int64_t channels, const float* d, const float* wp,
+                        const float* wn, TOut* w_t, int8_t* codes, cudaStream_t stream) {
+  const int64_t per = rows_of("ttq_ternarize_channels", n, channels);
+  if (n == 0) return;
+  ternarize_channels_kernel<TOut><<<static_cast<unsigned>(channels), kThreads, 0, stream>>>(w, per, d, wp, wn,
+                                                                                         w_t, codes);
+  CUDA_CHECK(cudaGetLastError());
+}
+
 void zero_scalar(float* p, cudaStream_t stream) {
   if (p) CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float), stream));
 }
@@ -321,6 +338,26 @@ void ttq_backward(const int8_t* codes, const float* g, int64_t n, const float* w
                                                      latent_grad, ws.partials);
   CUDA_CHECK(cudaGetLastError());
   launch_finish(ws.partials, n, SumOp{}, FinishBackward{dwp_out, dwn_out}, stream);
+}
+
+void ttq_ternarize_channels(const float* w, int64_t n, int64_t channels, const float* d, const float* wp,
+                            const float* wn, float* w_t, int8_t* codes, cudaStream_t stream) {
+  ternarize_channels(w, n, channels, d, wp, wn, w_t, codes, stream);
+}
+
+void ttq_ternarize_channels(const float* w, int64_t n, int64_t channels, const float* d, const float* wp,
+                            const float* wn, bf16* w_t, int8_t* codes, cudaStream_t stream) {
+  ternarize_channels(w, n, channels, d, wp, wn, w_t, codes, stream);
+}
+
+void ttq_backward_channels_accumulate(const int8_t* codes, const float* g, int64_t n, int64_t channels,
+                                      const float* wp, const float* wn, float* latent_grad, float* dwp,
+                                      float* dwn, cudaStream_t stream) {
+  const int64_t per = rows_of("ttq_backward_channels_accumulate", n, channels);
+  if (n == 0) return;
+  backward_channels_kernel<<<static_cast<unsigned>(channels), kThreads, 0, stream>>>(codes, g, per, wp, wn,
+                                                                                     latent_grad, dwp, dwn);
+  CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace ttq::cuda

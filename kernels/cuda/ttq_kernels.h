@@ -43,4 +43,17 @@ void ttq_backward(const int8_t* codes, const float* g, int64_t n, const float* w
                   bool scale_latent, float* latent_grad, float* dwp_out, float* dwn_out,
                   void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// Per-output-channel scales: the tensor is `channels` rows of n / channels elements (channels must
+// divide n), row c using wp[c], wn[c] (D stays one scalar). One block per row.
+void ttq_ternarize_channels(const float* w, int64_t n, int64_t channels, const float* d, const float* wp,
+                            const float* wn, float* w_t, int8_t* codes, cudaStream_t stream);
+void ttq_ternarize_channels(const float* w, int64_t n, int64_t channels, const float* d, const float* wp,
+                            const float* wn, bf16* w_t, int8_t* codes, cudaStream_t stream);
+// latent_grad[i] += latent_grad_scale(codes[i], wp[c], wn[c]) * g[i] for i in row c, and ADDS each
+// row's dL/dWp and dL/dWn (summed in double, rounded to float once) into dwp[c], dwn[c] (may be
+// null). Deterministic: each row is one block's fixed-order fold.
+void ttq_backward_channels_accumulate(const int8_t* codes, const float* g, int64_t n, int64_t channels,
+                                      const float* wp, const float* wn, float* latent_grad, float* dwp,
+                                      float* dwn, cudaStream_t stream);
+
 }  // namespace ttq::cuda

@@ -14,8 +14,6 @@
 // gradients do not depend on it.
 #include "kernels/cuda/ttq_multi.h"
 
-#include <cub/block/block_reduce.cuh>
-
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -23,6 +21,7 @@
 
 #include "kernels/cuda/bf16_device.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ttq_device.cuh"
 #include "kernels/cuda/ttq_kernels.h"
 
 namespace ttq::cuda {
@@ -35,29 +34,11 @@ namespace {
 
 using math::ThresholdMode;
 
-constexpr int kThreads = 256;
-
-// Two running values per thread: (max or sum, second sum), e.g. (dL/dWp, dL/dWn).
-struct Pair {
-  double a, b;
-};
-struct SumOp {
-  __device__ Pair operator()(const Pair& x, const Pair& y) const { return {x.a + y.a, x.b + y.b}; }
-};
-struct MaxOp {
-  __device__ Pair operator()(const Pair& x, const Pair& y) const {
-    return {fmax(x.a, y.a), fmax(x.b, y.b)};
-  }
-};
-
-// Block-wide fold of v in a fixed order; the result is valid in thread 0. Every thread of the
-// block must call it (the callers branch only on per-block values).
-template <class Op>
-__device__ Pair block_reduce(const Pair& v, Op op) {
-  using Reduce = cub::BlockReduce<Pair, kThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  return Reduce(tmp).Reduce(v, op);
-}
+using ttq_device::kThreads;
+using ttq_device::MaxOp;
+using ttq_device::Pair;
+using ttq_device::SumOp;
+using ttq_device::block_reduce;
 
 // What one block of a multi-tensor launch works on.
 struct BlockWork {
@@ -171,6 +152,38 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partials[work.id] = r;
 }
 
+// ---- per-output-channel scales: one block per (layer, row) --------------------------------------
+
+struct RowWork {
+  const TtqMultiLayer* layer;
+  int64_t row, begin, end;
+};
+
+__device__ RowWork row_work(const TtqMultiLayer* layers, const detail::MultiBlock* blocks, int64_t first_block) {
+  const detail::MultiBlock e = blocks[first_block + blockIdx.x];
+  const TtqMultiLayer* layer = layers + e.layer;
+  const int64_t per = layer->n / layer->channels;
+  return {layer, e.chunk, e.chunk * per, (e.chunk + 1) * per};
+}
+
+__global__ void __launch_bounds__(kThreads)
+    ternarize_rows(const TtqMultiLayer* layers, const detail::MultiBlock* blocks, int64_t first_block) {
+  const RowWork work = row_work(layers, blocks, first_block);
+  const TtqMultiLayer& l = *work.layer;
+  const float d = *l.d, p = l.wp[work.row], m = l.wn[work.row];
+  if (l.w_t)
+    ttq_device::ternarize_row(l.w, work.begin, work.end, d, p, m, l.w_t, l.codes);
+  else
+    ttq_device::ternarize_row(l.w, work.begin, work.end, d, p, m, l.w_t_bf16, l.codes);
+}
+
+__global__ void __launch_bounds__(kThreads)
+    backward_rows(const TtqMultiLayer* layers, const detail::MultiBlock* blocks, int64_t first_block) {
+  const RowWork work = row_work(layers, blocks, first_block);
+  const TtqMultiLayer& l = *work.layer;
+  ttq_device::backward_row(l.codes, l.g, work.begin, work.end, work.row, l.wp, l.wn, l.latent_grad, l.dwp, l.dwn);
+}
+
 // ---- finishing: one block per layer, its partials in a fixed order -----------------------------
 
 enum class Finish { Threshold, TwnScale, Backward };
@@ -183,6 +196,7 @@ __global__ void __launch_bounds__(kThreads)
   // Layers this pass does not cover return at once (a whole block: no barrier is skipped).
   if (kKind == Finish::Threshold && layer.mode == ThresholdMode::Sparsity) return;
   if (kKind == Finish::TwnScale && layer.mode != ThresholdMode::Twn) return;
+  if (kKind == Finish::Backward && layer.channels > 1) return;  // backward_rows added its sums
   const detail::MultiRange range = ranges[blockIdx.x];  // count 0 for an empty layer
   const bool use_max = kKind == Finish::Threshold && layer.mode == ThresholdMode::Max;
   // Identity (0, 0): valid for sums and for maxima of |w|.
@@ -265,6 +279,19 @@ MultiPass plan_pass(const std::vector<int64_t>& sizes, const MultiTensorLimits& 
   return pass;
 }
 
+MultiPass plan_rows(const std::vector<int64_t>& rows, const MultiTensorLimits& limits) {
+  TTQ_CHECK(limits.max_blocks > 0, "TTQ multi-tensor: max_blocks must be positive");
+  MultiPass pass;
+  for (size_t l = 0; l < rows.size(); ++l)
+    for (int64_t r = 0; r < rows[l]; ++r) {
+      if (pass.launches.empty() || pass.launches.back().blocks == limits.max_blocks)
+        pass.launches.push_back({pass.total_blocks(), 0});
+      ++pass.launches.back().blocks;
+      pass.host_blocks.push_back(MultiBlock{static_cast<int32_t>(l), 0, r});
+    }
+  return pass;
+}
+
 DeviceBuffer::~DeviceBuffer() {
   if (p_) CUDA_CHECK_NOTHROW(cudaFree(p_));
 }
@@ -291,7 +318,7 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
   const size_t count = layers_.size();
   TTQ_CHECK(count <= static_cast<size_t>(std::numeric_limits<int32_t>::max()),
             "TTQ multi-tensor: too many layers (" << count << ")");
-  std::vector<int64_t> all(count, 0), threshold(count, 0), twn(count, 0);
+  std::vector<int64_t> all(count, 0), threshold(count, 0), twn(count, 0), rows(count, 0);
   for (size_t i = 0; i < count; ++i) {
     const TtqMultiLayer& l = layers_[i];
     TTQ_CHECK(l.n >= 0, "TTQ multi-tensor: layer " << i << " has negative size " << l.n);
@@ -300,6 +327,10 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
               "TTQ multi-tensor: layer " << i << " sets both w_t (f32) and w_t_bf16; exactly one of the two");
     TTQ_CHECK(l.n == 0 || (l.w && (l.w_t || l.w_t_bf16) && l.codes),
               "TTQ multi-tensor: layer " << i << " lacks w, w_t (or w_t_bf16) or codes");
+    TTQ_CHECK(l.channels >= 1 && l.channels <= std::numeric_limits<int32_t>::max() &&
+                  (l.channels == 1 || (l.n % l.channels == 0 && l.mode != ThresholdMode::Twn)),
+              "TTQ multi-tensor: layer " << i << " has " << l.channels << " channels for " << l.n
+                                         << " weights (per-channel scales need a divisor of n, and not Twn)");
     switch (l.mode) {
       case ThresholdMode::Max:
         TTQ_CHECK(l.wp && l.wn, "TTQ multi-tensor: layer " << i << " lacks Wp or Wn");
@@ -320,19 +351,24 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
         TTQ_FAIL("TTQ multi-tensor: layer " << i << " has unknown threshold mode "
                                             << static_cast<int>(l.mode));
     }
-    all[i] = l.n;
+    if (l.channels > 1)
+      rows[i] = l.n > 0 ? l.channels : 0;  // the row pass ternarizes and back-propagates it
+    else
+      all[i] = l.n;
     if (l.n > 0 && !(l.g && l.latent_grad)) backward_ready_ = false;
   }
   threshold_pass_ = detail::plan_pass(threshold, limits_);
   twn_pass_ = detail::plan_pass(twn, limits_);
   all_pass_ = detail::plan_pass(all, limits_);
+  row_pass_ = detail::plan_rows(rows, limits_);
 
   // One upload: the layer table, then each pass's blocks and ranges.
   Layout layout;
   const size_t layers_at = add_vector(layout, layers_);
-  detail::MultiPass* passes[] = {&threshold_pass_, &twn_pass_, &all_pass_};
-  size_t blocks_at[3], ranges_at[3];
-  for (int p = 0; p < 3; ++p) {
+  constexpr int kPasses = 4;
+  detail::MultiPass* passes[kPasses] = {&threshold_pass_, &twn_pass_, &all_pass_, &row_pass_};
+  size_t blocks_at[kPasses], ranges_at[kPasses];
+  for (int p = 0; p < kPasses; ++p) {
     blocks_at[p] = add_vector(layout, passes[p]->host_blocks);
     ranges_at[p] = add_vector(layout, passes[p]->host_ranges);
   }
@@ -341,7 +377,7 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
     if (!v.empty()) std::memcpy(staging.data() + at, v.data(), v.size() * sizeof(v[0]));
   };
   put(layers_at, layers_);
-  for (int p = 0; p < 3; ++p) {
+  for (int p = 0; p < kPasses; ++p) {
     put(blocks_at[p], passes[p]->host_blocks);
     put(ranges_at[p], passes[p]->host_ranges);
   }
@@ -354,7 +390,7 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
   }
   const char* base = static_cast<const char*>(tables_.get());
   layers_dev_ = reinterpret_cast<const TtqMultiLayer*>(base + layers_at);
-  for (int p = 0; p < 3; ++p) {
+  for (int p = 0; p < kPasses; ++p) {
     passes[p]->blocks = reinterpret_cast<const detail::MultiBlock*>(base + blocks_at[p]);
     passes[p]->ranges = reinterpret_cast<const detail::MultiRange*>(base + ranges_at[p]);
   }
@@ -368,14 +404,14 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
 TtqMultiTensor::~TtqMultiTensor() = default;  // the DeviceBuffers free themselves
 
 int TtqMultiTensor::fused_forward_launches() const {
-  int n = static_cast<int>(all_pass_.launches.size());
+  int n = static_cast<int>(all_pass_.launches.size() + row_pass_.launches.size());
   if (has_max_or_twn_) n += static_cast<int>(threshold_pass_.launches.size()) + 1;
   if (has_twn_) n += static_cast<int>(twn_pass_.launches.size()) + 1;
   return n;
 }
 
 int TtqMultiTensor::backward_launches() const {
-  return layers_.empty() ? 0 : static_cast<int>(all_pass_.launches.size()) + 1;
+  return layers_.empty() ? 0 : static_cast<int>(all_pass_.launches.size() + row_pass_.launches.size()) + 1;
 }
 
 void TtqMultiTensor::forward(cudaStream_t stream) {
@@ -413,6 +449,10 @@ void TtqMultiTensor::forward(cudaStream_t stream) {
                                                              launch.first_block, limits_.chunk);
     CUDA_CHECK(cudaGetLastError());
   }
+  for (const auto& launch : row_pass_.launches) {
+    ternarize_rows<<<launch.blocks, kThreads, 0, stream>>>(layers_dev_, row_pass_.blocks, launch.first_block);
+    CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 void TtqMultiTensor::backward(cudaStream_t stream) {
@@ -427,6 +467,10 @@ void TtqMultiTensor::backward(cudaStream_t stream) {
   finish_layers<Finish::Backward><<<static_cast<unsigned>(layers_.size()), kThreads, 0, stream>>>(
       layers_dev_, all_pass_.ranges, partials);
   CUDA_CHECK(cudaGetLastError());
+  for (const auto& launch : row_pass_.launches) {
+    backward_rows<<<launch.blocks, kThreads, 0, stream>>>(layers_dev_, row_pass_.blocks, launch.first_block);
+    CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace ttq::cuda

@@ -14,10 +14,13 @@
 //             4. Sparsity layers: NOT fused yet. D is the per-tensor radix select of
 //                kernels/cuda/ttq_kernels.h (cuda::ttq_threshold), one call (a memset and eight
 //                small kernels) per sparsity layer, still without a host synchronisation;
-//             5. ternarize: codes and w_t for every layer, one launch per plan launch.
+//             5. ternarize: codes and w_t for every layer, one launch per plan launch (layers with
+//                per-output-channel scales: one block per (layer, row) of the row pass instead).
 //   backward: 1. per (layer, chunk) block: latent_grad += scale * g and the partial sums (double)
 //                of the dL/dWp and dL/dWn terms (minus sign for Wn), one launch per plan launch;
-//             2. one finishing launch adding dL/dWp and dL/dWn into each layer's gradients.
+//             2. one finishing launch adding dL/dWp and dL/dWn into each layer's gradients;
+//             3. layers with per-output-channel scales: one block per (layer, row) updates the
+//                row's latent gradient and adds the row's sums into dwp[row], dwn[row] itself.
 //
 // Deterministic: which block handles which (layer, chunk) is fixed by the plan, a thread walks its
 // elements of the chunk in a fixed order, a block combines its threads in a fixed tree
@@ -48,8 +51,11 @@ struct TtqMultiLayer {
   float* w_t = nullptr;        // out: quantized weights, n elements, in f32 ...
   bf16* w_t_bf16 = nullptr;    // ... or in bf16 (precision "bf16"): exactly one of the two is set
   int8_t* codes = nullptr;     // out: ternary codes (+1, 0, -1), n elements; read by backward
-  const float* wp = nullptr;   // device scalar Wp (Max, Sparsity; unused and may be null for Twn)
-  const float* wn = nullptr;   // device scalar Wn (same)
+  const float* wp = nullptr;   // Wp: `channels` device floats (Max, Sparsity; unused and may be null for Twn)
+  const float* wn = nullptr;   // Wn (same)
+  int64_t channels = 1;        // 1: one Wp/Wn per layer. C > 1 (not Twn): per-output-channel scales,
+                               // row c = elements [c * n / C, (c + 1) * n / C) uses wp[c], wn[c] and
+                               // its gradients go to dwp[c], dwn[c]; C must divide n. D stays per layer.
   float* d = nullptr;          // out: device scalar D (always required)
   float* twn_scale = nullptr;  // out: device scalar. Twn: required, the fixed scale used as both
                                // magnitudes (mean |w| over |w| > D). Other modes: 0 is written
@@ -60,8 +66,8 @@ struct TtqMultiLayer {
   // ---- backward (needed only by backward(); may be null while only forward() is used) ----
   const float* g = nullptr;      // dL/dw_t, n elements
   float* latent_grad = nullptr;  // dL/dW~ is ADDED here (Wp*g / g / Wn*g; Twn: plain g)
-  float* dwp = nullptr;          // in/out: device scalar, dL/dWp added into it; may be null
-  float* dwn = nullptr;          // in/out: device scalar, dL/dWn (minus sign included) added; may be null
+  float* dwp = nullptr;          // in/out: `channels` device floats, dL/dWp added into them; may be null
+  float* dwn = nullptr;          // in/out: the same for dL/dWn (minus sign included); may be null
 };
 
 namespace detail {
@@ -92,6 +98,9 @@ struct MultiPass {
   int64_t total_blocks() const { return static_cast<int64_t>(host_blocks.size()); }
 };
 MultiPass plan_pass(const std::vector<int64_t>& sizes, const MultiTensorLimits& limits);
+// One block per row: rows[l] blocks (layer l, chunk = row index) for each layer, in layer order,
+// at most limits.max_blocks per launch. No ranges (each block finishes its own row).
+MultiPass plan_rows(const std::vector<int64_t>& rows, const MultiTensorLimits& limits);
 
 // One cudaMalloc, freed (CUDA_CHECK_NOTHROW) on destruction, also when a constructor throws.
 class DeviceBuffer {
@@ -147,7 +156,8 @@ class TtqMultiTensor {
   std::vector<int> sparsity_;  // indices of the sparsity layers
   detail::MultiPass threshold_pass_;  // Max and Twn layers: max|w| or sum|w|
   detail::MultiPass twn_pass_;        // Twn layers: sum and count of |w| over |w| > D
-  detail::MultiPass all_pass_;        // every layer: ternarize, backward
+  detail::MultiPass all_pass_;        // layers with one Wp/Wn: ternarize, backward
+  detail::MultiPass row_pass_;        // layers with per-channel scales: ternarize, backward by row
   detail::DeviceBuffer tables_;        // layers, then each pass's blocks and ranges
   const TtqMultiLayer* layers_dev_ = nullptr;  // inside tables_
   detail::DeviceBuffer forward_partials_, backward_partials_;
