@@ -331,6 +331,16 @@ TEST(GpuOps, TtqPerChannelScales) {
           EXPECT_TRUE(bitwise_equal(dwp_dev, first_dwp));
         }
       }
+      // w_t in bf16 (precision "bf16"): each row's Wp, 0, -Wn rounded to nearest even, as the CPU
+      // rounds its f32 w_t.
+      Tensor w_t_bf = Tensor::empty({sh.rows, sh.per}, DType::BF16);
+      ops::ttq_forward(mode, 0.05f, 0.4, latent, wp, wn, th, scale, w_t_bf, codes);
+      Tensor th_dev = gpu(th), scale_dev = gpu(scale);
+      Tensor w_t_bf_dev = Tensor::empty({sh.rows, sh.per}, DType::BF16, Device::CUDA);
+      Tensor codes_dev = Tensor::empty({sh.rows, sh.per}, DType::I8, Device::CUDA);
+      ops::ttq_forward(mode, 0.05f, 0.4, gpu(latent), gpu(wp), gpu(wn), th_dev, scale_dev, w_t_bf_dev, codes_dev);
+      EXPECT_TRUE(bitwise_equal(w_t_bf_dev, w_t_bf));
+      EXPECT_TRUE(bitwise_equal(codes_dev, codes));
     }
   }
 }

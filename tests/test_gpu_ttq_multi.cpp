@@ -461,9 +461,11 @@ TEST(GpuTtqMulti, PerChannelLayersRunByRow) {
     ThresholdMode mode;
   };
   // rows == 1: one scale for the layer (the chunked passes).
+  // rows with per == 0: an empty per-channel layer (no blocks, its scale gradients untouched).
   const std::vector<Spec> specs = {{1, 64 * 64 * 9, ThresholdMode::Max},   {64, 64 * 9, ThresholdMode::Max},
                                    {128, 64 * 9, ThresholdMode::Sparsity}, {5, 1, ThresholdMode::Max},
-                                   {3, 40000, ThresholdMode::Max},         {1, 1000, ThresholdMode::Sparsity}};
+                                   {3, 40000, ThresholdMode::Max},         {1, 1000, ThresholdMode::Sparsity},
+                                   {4, 0, ThresholdMode::Max}};
   int64_t total = 0, scales = 0;
   std::vector<int64_t> at, scale_at;
   for (const Spec& s : specs) {
@@ -570,6 +572,30 @@ TEST(GpuTtqMulti, PerChannelLayersRunByRow) {
     const int64_t n = specs[l].rows * specs[l].per;
     EXPECT_TRUE(bitwise_equal(s.latent.data() + at[l], first.latent.data() + at[l], n)) << "layer " << l;
     EXPECT_TRUE(bitwise_equal(s.dwp.data() + scale_at[l], first.dwp.data() + scale_at[l], specs[l].rows)) << l;
+    EXPECT_TRUE(bitwise_equal(s.dwn.data() + scale_at[l], first.dwn.data() + scale_at[l], specs[l].rows)) << l;
+  }
+
+  // w_t in bf16 for the per-channel layers: each row's values rounded to nearest even.
+  DeviceArray<bf16> w_t_bf_dev(total);
+  std::vector<cuda::TtqMultiLayer> bf_layers = layers;
+  for (size_t l = 0; l < specs.size(); ++l)
+    if (specs[l].rows > 1) {
+      bf_layers[l].w_t = nullptr;
+      bf_layers[l].w_t_bf16 = w_t_bf_dev.get() + at[l];
+    }
+  cuda::TtqMultiTensor bf(bf_layers);
+  const Run b = run(bf);
+  const std::vector<bf16> w_t_bf = w_t_bf_dev.download();
+  EXPECT_TRUE(bitwise_equal(b.codes, first.codes));
+  for (size_t l = 0; l < specs.size(); ++l) {
+    if (specs[l].rows == 1) continue;
+    const int64_t n = specs[l].rows * specs[l].per;
+    std::vector<uint16_t> got(n), want(n);
+    for (int64_t i = 0; i < n; ++i) {
+      got[i] = w_t_bf[at[l] + i].bits;
+      want[i] = to_bf16(first.w_t[at[l] + i]).bits;
+    }
+    EXPECT_TRUE(bitwise_equal(got, want)) << "bf16 w_t of layer " << l;
   }
 
   // Rows must divide the layer, and Twn has no per-channel scales.

@@ -424,6 +424,11 @@ TEST(QuantizeModel, ModelSizeCountsTwoBitsPerTernaryWeight) {
   const ModelSize after = model_size(l);
   EXPECT_EQ(after.fp32_bytes, (1000 + 10) * 4);
   EXPECT_EQ(after.deployed_bytes, 250 + 8 + 10 * 4);
+  Linear pc(100, 10, true);
+  TernaryConfig per_channel;
+  per_channel.per_channel_scales = true;
+  pc.enable_ternary(per_channel);
+  EXPECT_EQ(model_size(pc).deployed_bytes, 250 + 10 * 8 + 10 * 4);  // Wp and Wn per output row
 }
 
 // The CPU passes split large tensors into fixed chunks whose partial results are combined in chunk
