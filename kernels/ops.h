@@ -7,7 +7,8 @@
 // with and its weight gradient are all f32 or all bf16 (precision "bf16"); biases and their
 // gradients, BatchNorm parameters and statistics, probabilities, the loss, TTQ latent weights,
 // scales and gradients, and optimizer state are always f32. On the GPU the bf16 ops run bf16
-// kernels (f32 arithmetic, one rounding per output element); on the CPU a bf16 op widens its
+// kernels (f32 arithmetic, one rounding per output element, except a biased convolution: cuDNN
+// rounds its output, then the bias is added and rounded again); on the CPU a bf16 op widens its
 // inputs to f32, runs the f32 kernel and rounds the outputs: the reference the GPU is tested
 // against.
 //

@@ -63,6 +63,23 @@ TEST(ConvAlgos, F32KeepsDeterministicFmaPairsInOrderThenTheFallback) {
   EXPECT_EQ(none, std::vector{algo(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH)});
 }
 
+// Determinism belongs to an (algorithm, math type) pair on a geometry: a fallback pair that the
+// heuristic flags non-deterministic here is not added back at the end.
+TEST(ConvAlgos, AFallbackFlaggedNonDeterministicIsNotAddedBack) {
+  std::vector<ca::ConvAlgo> out;
+  ca::keep_deterministic(
+      std::vector{perf(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH, CUDNN_NON_DETERMINISTIC),
+                  perf(CUDNN_CONVOLUTION_FWD_ALGO_GEMM, CUDNN_FMA_MATH)},
+      2, {}, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_DATA_FLOAT, kLimit, out);
+  EXPECT_EQ(out, std::vector{algo(CUDNN_CONVOLUTION_FWD_ALGO_GEMM, CUDNN_FMA_MATH)});
+  // The same algorithm flagged with another math type leaves the fallback pair in.
+  std::vector<ca::ConvAlgo> other;
+  ca::keep_deterministic(
+      std::vector{perf(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_TENSOR_OP_MATH, CUDNN_NON_DETERMINISTIC)}, 1,
+      {}, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_DATA_FLOAT, kLimit, other);
+  EXPECT_EQ(other, std::vector{algo(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH)});
+}
+
 TEST(ConvAlgos, Bf16KeepsEachMathTypeAsOffered) {
   const std::vector<cudnnConvolutionFwdAlgoPerf_t> list = {
       perf(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_TENSOR_OP_MATH),

@@ -7,7 +7,8 @@
 // and workspace belong to that pair. Kept: status success, CUDNN_DETERMINISTIC, a workspace up to
 // the limit, not banned (the algorithms documented as non-deterministic), and for f32 data only
 // CUDNN_FMA_MATH (CUDNN_DEFAULT_MATH would allow TF32 on Ampere and later); never a data
-// down-conversion. The direction's fallback comes last, with the data type's default math type.
+// down-conversion. The direction's fallback comes last, with the data type's default math type,
+// unless the heuristic flagged that very pair non-deterministic.
 #pragma once
 
 #include <cudnn.h>
@@ -30,13 +31,18 @@ inline cudnnMathType_t default_math(cudnnDataType_t dtype) {
   return dtype == CUDNN_DATA_BFLOAT16 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH;
 }
 
-// Appends the candidates of perf[0, returned) to out, then the fallback (each pair once).
+// Appends the candidates of perf[0, returned) to out, then the fallback (each pair once), unless
+// the heuristic reported the fallback pair itself as non-deterministic for this geometry
+// (determinism belongs to the pair and the geometry, not to the algorithm alone).
 template <class Perf>
 void keep_deterministic(const std::vector<Perf>& perf, int returned, const std::vector<int>& banned, int fallback,
                         cudnnDataType_t dtype, size_t max_workspace, std::vector<ConvAlgo>& out) {
+  const ConvAlgo last{fallback, default_math(dtype)};
+  bool last_nondeterministic = false;
   for (int i = 0; i < returned && i < static_cast<int>(perf.size()); ++i) {
     const Perf& p = perf[static_cast<size_t>(i)];
     const ConvAlgo c{static_cast<int>(p.algo), p.mathType};
+    if (p.determinism != CUDNN_DETERMINISTIC && c == last) last_nondeterministic = true;
     if (p.status != CUDNN_STATUS_SUCCESS || p.determinism != CUDNN_DETERMINISTIC || p.memory > max_workspace)
       continue;
     if (std::find(banned.begin(), banned.end(), c.algo) != banned.end()) continue;
@@ -44,8 +50,7 @@ void keep_deterministic(const std::vector<Perf>& perf, int returned, const std::
       continue;
     if (std::find(out.begin(), out.end(), c) == out.end()) out.push_back(c);
   }
-  const ConvAlgo last{fallback, default_math(dtype)};
-  if (std::find(out.begin(), out.end(), last) == out.end()) out.push_back(last);
+  if (!last_nondeterministic && std::find(out.begin(), out.end(), last) == out.end()) out.push_back(last);
 }
 
 // cuDNN 9 groups its statuses in categories (CUDNN_STATUS_NOT_SUPPORTED_SHAPE is in
