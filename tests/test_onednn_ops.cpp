@@ -260,6 +260,30 @@ TEST(OnednnOps, NanPassesThroughMaxPoolAndRelu) {
   ref::relu_backward(3, ry.data(), rdy.data(), rdx.data());
   EXPECT_EQ(rdx, (std::vector<float>{4.0f, 0.0f, 6.0f}));
 }
+// A window whose inputs are all -inf pools to -inf (oneDNN alone would give -FLT_MAX), and its
+// gradient goes to the window's first element, as in the reference.
+TEST(OnednnOps, MaxPoolOfMinusInfinityIsMinusInfinity) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const cpu::Kernels before = cpu::kernels();
+  cpu::set_kernels(cpu::Kernels::OneDNN);
+  Pool2dShape s;
+  s.n = 1, s.c = 1, s.h = 2, s.w = 4, s.kh = 2, s.kw = 2, s.stride_h = 2, s.stride_w = 2;
+  s.pad_t = s.pad_l = s.pad_b = s.pad_r = 1;
+  const std::vector<float> x = {-inf, -inf, 5, 6,  //
+                                -inf, -inf, 7, 2};
+  std::vector<float> y(static_cast<size_t>(s.out_numel())), want(y.size()), dx(8), want_dx(8);
+  std::vector<float> dy(y.size());
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = static_cast<float>(i + 1);
+  cpu::pool2d_forward(PoolKind::Max, s, x.data(), y.data());
+  cpu::pool2d_backward(PoolKind::Max, s, x.data(), dy.data(), dx.data());
+  cpu::set_kernels(before);
+  ref::pool2d_forward(PoolKind::Max, s, x.data(), want.data());
+  ref::pool2d_backward(PoolKind::Max, s, x.data(), dy.data(), want_dx.data());
+  EXPECT_EQ(y[0], -inf);  // the padded corner window holds only x[0]
+  EXPECT_EQ(y, want);
+  EXPECT_EQ(dx, want_dx);
+}
+
 TEST(OnednnOps, MaxPoolTiesGoToFirstMaximum) { check_pool(PoolKind::Max, true, 12, true); }
 TEST(OnednnOps, AvgPoolCountIncludePad) { check_pool(PoolKind::Avg, true, 13, false); }
 TEST(OnednnOps, AvgPoolExcludePad) { check_pool(PoolKind::Avg, false, 14, false); }

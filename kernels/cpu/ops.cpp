@@ -1,5 +1,7 @@
 #include "kernels/cpu/ops.h"
 
+#include <limits>
+
 #include "engine/core/error.h"
 #include "kernels/cpu/ops_ref.h"
 #ifdef TTQ_HAVE_ONEDNN
@@ -54,26 +56,28 @@ void conv2d_backward_weights(const Conv2dShape& s, const float* x, const float* 
 }
 #ifdef TTQ_HAVE_ONEDNN
 namespace {
-// oneDNN's max pooling skips NaN; the reference passes it on (as PyTorch): an input holding NaN
-// goes to the reference, both ways.
-bool max_pool_sees_nan(PoolKind kind, const Pool2dShape& s, const float* x) {
+// oneDNN's max pooling skips NaN, and a window whose inputs are all -inf gives -FLT_MAX (its
+// starting value); the reference passes NaN on (as PyTorch) and gives -inf. An input holding NaN
+// or -inf goes to the reference, both ways.
+bool max_pool_needs_reference(PoolKind kind, const Pool2dShape& s, const float* x) {
   if (kind != PoolKind::Max || g_kernels != Kernels::OneDNN) return false;
-  bool nan = false;
-  for (int64_t i = 0, n = s.in_numel(); i < n; ++i) nan |= x[i] != x[i];
-  return nan;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  bool odd = false;
+  for (int64_t i = 0, n = s.in_numel(); i < n; ++i) odd |= !(x[i] > neg_inf);  // NaN or -inf
+  return odd;
 }
 }  // namespace
 #endif
 
 void pool2d_forward(PoolKind kind, const Pool2dShape& s, const float* x, float* y) {
 #ifdef TTQ_HAVE_ONEDNN
-  if (max_pool_sees_nan(kind, s, x)) return ref::pool2d_forward(kind, s, x, y);
+  if (max_pool_needs_reference(kind, s, x)) return ref::pool2d_forward(kind, s, x, y);
 #endif
   TTQ_CPU_DISPATCH(pool2d_forward, kind, s, x, y);
 }
 void pool2d_backward(PoolKind kind, const Pool2dShape& s, const float* x, const float* dy, float* dx) {
 #ifdef TTQ_HAVE_ONEDNN
-  if (max_pool_sees_nan(kind, s, x)) return ref::pool2d_backward(kind, s, x, dy, dx);
+  if (max_pool_needs_reference(kind, s, x)) return ref::pool2d_backward(kind, s, x, dy, dx);
 #endif
   TTQ_CPU_DISPATCH(pool2d_backward, kind, s, x, dy, dx);
 }
