@@ -25,6 +25,11 @@
 //   unfused    per layer, separate passes: the threshold reduction (cuda::ttq_threshold), ternarize
 //              (cuda::ttq_ternarize), then the backward as two passes: the latent gradient, and the
 //              dL/dWp, dL/dWn sums reading codes and g a second time (benchmarks/bench_ttq_gpu.h).
+//   fused_pc   fused with per-output-channel scales (quantization.per_channel_scales; not twn): one
+//              Wp/Wn per output channel, every one set to the per-layer value, so codes, w_t and the
+//              latent gradient equal fused's bitwise and each layer's row sums of dL/dWp, dL/dWn add
+//              up to fused's; ternarize and backward run one block per channel row. Verified on its
+//              own: a failure there is reported and leaves the other variants' numbers standing.
 //
 // Bytes each pass must move per weight (the same for every variant; scalars not counted):
 //   forward   threshold: max 4 (one read of w); sparsity 8 (a selection needs at least two reads:
@@ -207,6 +212,7 @@ struct LayerSpec {
   std::string name;   // torchvision / engine parameter name of the weight's layer
   std::string shape;  // out x in/groups x kh x kw, or out x in
   int64_t n;
+  int64_t rows;       // output channels: the per-channel scales' count
 };
 
 struct Workload {
@@ -222,10 +228,10 @@ struct Workload {
 LayerSpec conv(const std::string& name, int64_t out, int64_t in_per_group, int64_t k) {
   return {name, std::to_string(out) + "x" + std::to_string(in_per_group) + "x" + std::to_string(k) +
                     "x" + std::to_string(k),
-          out * in_per_group * k * k};
+          out * in_per_group * k * k, out};
 }
 LayerSpec fc(const std::string& name, int64_t out, int64_t in) {
-  return {name, std::to_string(out) + "x" + std::to_string(in), out * in};
+  return {name, std::to_string(out) + "x" + std::to_string(in), out * in, out};
 }
 
 // torchvision resnet18 without conv1 (stem) and fc, in state-dict order.
@@ -277,7 +283,9 @@ Workload make_workload(const std::string& name, const Options& o) {
   } else if (name == "alexnet") {
     w.layers = alexnet_layers();
   } else {
-    w.layers = {{"synthetic", std::to_string(o.synthetic_weights), o.synthetic_weights}};
+    // Per-channel rows: 1024 of them when they divide the tensor, else one row.
+    const int64_t rows = o.synthetic_weights % 1024 == 0 ? 1024 : 1;
+    w.layers = {{"synthetic", std::to_string(o.synthetic_weights), o.synthetic_weights, rows}};
   }
   return w;
 }
@@ -363,30 +371,39 @@ constexpr int64_t kBackwardBytesPerWeight = 13;
 
 // ---- the buffers of one workload -----------------------------------------------------------------
 
-// Layer l occupies [at[l], at[l] + n) of every per-element buffer.
+// Layer l occupies [at[l], at[l] + n) of every per-element buffer, and its per-channel scales
+// [row_at[l], row_at[l] + rows[l]) of the per-row ones.
 struct Layout {
-  std::vector<int64_t> at, n;
+  std::vector<int64_t> at, n, row_at, rows;
   int64_t total = 0;  // padded
+  int64_t total_rows = 0;
   int64_t max_n = 0;
   explicit Layout(const Workload& w) {
     for (const LayerSpec& l : w.layers) {
       at.push_back(total);
       n.push_back(l.n);
+      row_at.push_back(total_rows);
+      rows.push_back(l.rows);
       total += (l.n + kAlign - 1) / kAlign * kAlign;
+      total_rows += l.rows;
       max_n = std::max(max_n, l.n);
     }
   }
   size_t layers() const { return at.size(); }
 };
 
-// What one variant writes: per-element outputs and per-layer device scalars.
+// What one variant writes: per-element outputs, per-layer device scalars, and the scale
+// gradients: one per layer, or one per output channel (per_channel).
 struct Outputs {
   DevArray<float> w_t, latent_grad, d, twn_scale, dwp, dwn;
   DevArray<int8_t> codes;
-  Outputs(const Layout& lay)
+  Outputs(const Layout& lay, bool per_channel = false)
       : w_t(lay.total), latent_grad(lay.total), d(static_cast<int64_t>(lay.layers())),
-        twn_scale(static_cast<int64_t>(lay.layers())), dwp(static_cast<int64_t>(lay.layers())),
-        dwn(static_cast<int64_t>(lay.layers())), codes(lay.total) {}
+        twn_scale(static_cast<int64_t>(lay.layers())), dwp(scales(lay, per_channel)),
+        dwn(scales(lay, per_channel)), codes(lay.total) {}
+  static int64_t scales(const Layout& lay, bool per_channel) {
+    return per_channel ? lay.total_rows : static_cast<int64_t>(lay.layers());
+  }
   // Before the verification pass: gradients accumulate in the per-layer path.
   void reset() {
     latent_grad.zero();
@@ -406,15 +423,18 @@ struct HostOutputs {
 
 struct Inputs {
   DevArray<float> w, g, wp, wn;  // wp, wn: one device scalar per layer
+  DevArray<float> wp_rows, wn_rows;  // per-channel scales, all equal to the per-layer ones
   Inputs(const Layout& lay)
       : w(lay.total), g(lay.total), wp(static_cast<int64_t>(lay.layers())),
-        wn(static_cast<int64_t>(lay.layers())) {
+        wn(static_cast<int64_t>(lay.layers())), wp_rows(lay.total_rows), wn_rows(lay.total_rows) {
     // w uniform in [-1, 1); g biased positive so that the dL/dWp, dL/dWn sums do not cancel and
     // their relative comparison means something. Only the bit patterns' spread matters here.
     bench::fill_uniform(w.get(), lay.total, kSeedW, -1.0f, 1.0f, kStream);
     bench::fill_uniform(g.get(), lay.total, kSeedG, -0.5e-3f, 1e-3f, kStream);
     wp.fill(kWp);
     wn.fill(kWn);
+    wp_rows.fill(kWp);
+    wn_rows.fill(kWn);
   }
 };
 
@@ -427,8 +447,9 @@ struct Variant {
   std::string launches;  // what one forward + backward enqueues, in words
 };
 
+// per_channel: one Wp/Wn per output channel (out must have been built per_channel; not Twn).
 std::vector<cuda::TtqMultiLayer> multi_layers(const Layout& lay, const Inputs& in, Outputs& out,
-                                              ThresholdMode mode) {
+                                              ThresholdMode mode, bool per_channel = false) {
   const bool twn = mode == ThresholdMode::Twn;
   std::vector<cuda::TtqMultiLayer> layers;
   for (size_t l = 0; l < lay.layers(); ++l) {
@@ -448,6 +469,13 @@ std::vector<cuda::TtqMultiLayer> multi_layers(const Layout& lay, const Inputs& i
     m.latent_grad = out.latent_grad.get() + lay.at[l];
     m.dwp = twn ? nullptr : out.dwp.get() + l;  // TWN: the scale is not trained
     m.dwn = twn ? nullptr : out.dwn.get() + l;
+    if (per_channel) {
+      m.channels = lay.rows[l];
+      m.wp = in.wp_rows.get() + lay.row_at[l];
+      m.wn = in.wn_rows.get() + lay.row_at[l];
+      m.dwp = out.dwp.get() + lay.row_at[l];
+      m.dwn = out.dwn.get() + lay.row_at[l];
+    }
     layers.push_back(m);
   }
   return layers;
@@ -598,6 +626,30 @@ void cross_check(Checker& c, const std::string& variant, const Workload& wl, con
       if (!near_rel(r.dwn[l], ref.dwn[l], kScaleGradRel))
         c.fail(layer, ": dL/dWn ", r.dwn[l], ", fused ", ref.dwn[l], " (relative tolerance ", kScaleGradRel, ")");
     }
+  }
+}
+
+// fused_pc against fused: D, codes, w_t and the latent gradient bitwise (every row's scales equal
+// the layer's), and each layer's row sums of dL/dWp, dL/dWn (added in double) against fused's.
+void per_channel_check(Checker& c, const Workload& wl, const Layout& lay, const HostOutputs& ref,
+                       const HostOutputs& r) {
+  for (size_t l = 0; l < lay.layers(); ++l) {
+    const std::string layer = "fused_pc " + wl.layers[l].name;
+    const size_t at = static_cast<size_t>(lay.at[l]), n = static_cast<size_t>(lay.n[l]);
+    if (!same_bits(r.d[l], ref.d[l])) c.fail(layer, ": D = ", r.d[l], ", fused ", ref.d[l]);
+    if (std::memcmp(&r.codes[at], &ref.codes[at], n) != 0) c.fail(layer, ": codes differ from fused");
+    if (std::memcmp(&r.w_t[at], &ref.w_t[at], n * sizeof(float)) != 0) c.fail(layer, ": w_t differs from fused");
+    if (std::memcmp(&r.latent_grad[at], &ref.latent_grad[at], n * sizeof(float)) != 0)
+      c.fail(layer, ": latent gradients differ from fused");
+    double dwp = 0.0, dwn = 0.0;
+    for (int64_t k = 0; k < lay.rows[l]; ++k) {
+      dwp += r.dwp[static_cast<size_t>(lay.row_at[l] + k)];
+      dwn += r.dwn[static_cast<size_t>(lay.row_at[l] + k)];
+    }
+    if (!near_rel(dwp, ref.dwp[l], kScaleGradRel))
+      c.fail(layer, ": the rows' dL/dWp add up to ", dwp, ", fused ", ref.dwp[l]);
+    if (!near_rel(dwn, ref.dwn[l], kScaleGradRel))
+      c.fail(layer, ": the rows' dL/dWn add up to ", dwn, ", fused ", ref.dwn[l]);
   }
 }
 
@@ -816,10 +868,10 @@ void print_row(const Row& r) {
 // Verifies, then times, every mode of one workload; appends rows and verification records. Returns
 // false on a verification failure (nothing of that mode is timed).
 bool run_workload(const Workload& wl, const Options& o, const CopyFloor& copy, const Flush& flush,
-                  std::vector<Row>& rows, std::vector<Verification>& checks) {
+                  std::vector<Row>& rows, std::vector<Verification>& checks, bool& pc_failed) {
   const Layout lay(wl);
   Inputs in(lay);
-  Outputs out_fused(lay), out_layer(lay), out_unfused(lay);
+  Outputs out_fused(lay), out_layer(lay), out_unfused(lay), out_pc(lay, true);
   DevArray<char> ws_threshold(static_cast<int64_t>(cuda::ttq_workspace_bytes(lay.max_n)));
   DevArray<char> ws_scale(static_cast<int64_t>(bench::scale_grad_workspace_bytes(lay.max_n)));
   const std::vector<float> w = in.w.download(), g = in.g.download();
@@ -827,6 +879,8 @@ bool run_workload(const Workload& wl, const Options& o, const CopyFloor& copy, c
   for (ThresholdMode mode : o.modes) {
     const bool twn = mode == ThresholdMode::Twn;
     cuda::TtqMultiTensor multi(multi_layers(lay, in, out_fused, mode));
+    std::unique_ptr<cuda::TtqMultiTensor> multi_pc;  // per-channel scales (not Twn)
+    if (!twn) multi_pc = std::make_unique<cuda::TtqMultiTensor>(multi_layers(lay, in, out_pc, mode, true));
 
     std::vector<Variant> variants;
     {
@@ -878,6 +932,14 @@ bool run_workload(const Workload& wl, const Options& o, const CopyFloor& copy, c
            }
          },
          "per layer: threshold, ternarize, latent-gradient pass, scale-gradient pass"});
+    if (multi_pc) {
+      std::ostringstream os;
+      os << multi_pc->fused_forward_launches() << " fused forward launches";
+      if (multi_pc->sparsity_layers()) os << " + " << multi_pc->sparsity_layers() << " per-layer radix selects";
+      os << ", " << multi_pc->backward_launches() << " backward launches (" << lay.total_rows << " channel rows)";
+      variants.push_back({"fused_pc", &out_pc, [&] { multi_pc->forward(kStream); },
+                          [&] { multi_pc->backward(kStream); }, os.str()});
+    }
 
     // ---- verify: one forward + backward of each variant from zeroed gradients ----
     for (Variant& v : variants) {
@@ -891,19 +953,34 @@ bool run_workload(const Workload& wl, const Options& o, const CopyFloor& copy, c
     Checker c(wl.name + "/" + mode_name(mode));
     const HostOutputs ref(out_fused);
     for (size_t l = 0; l < lay.layers(); ++l) self_check(c, "fused", wl, lay, mode, w, g, ref, l, host_d[l]);
+    Checker pc(wl.name + "/" + mode_name(mode) + " per-channel");
     for (size_t k = 1; k < variants.size(); ++k) {
       const HostOutputs r(*variants[k].out);
-      cross_check(c, variants[k].name, wl, lay, mode, w, g, ref, r, host_d);
+      if (variants[k].name == "fused_pc")
+        per_channel_check(pc, wl, lay, ref, r);
+      else
+        cross_check(c, variants[k].name, wl, lay, mode, w, g, ref, r, host_d);
     }
     checks.push_back({wl.name, mode_name(mode), c.ok(), c.messages()});
+    if (multi_pc) {
+      checks.push_back({wl.name, std::string(mode_name(mode)) + " per-channel", pc.ok(), pc.messages()});
+      if (!pc.ok()) {  // reported; the other variants are still timed
+        std::fprintf(stderr, "\nVERIFICATION FAILED: %s/%s per-channel, %d problem(s):\n", wl.name.c_str(),
+                     mode_name(mode), pc.failures());
+        for (const std::string& m : pc.messages()) std::fprintf(stderr, "  %s\n", m.c_str());
+        pc_failed = true;
+        variants.pop_back();
+      }
+    }
     if (!c.ok()) {
       std::fprintf(stderr, "\nVERIFICATION FAILED: %s/%s, %d problem(s):\n", wl.name.c_str(), mode_name(mode),
                    c.failures());
       for (const std::string& m : c.messages()) std::fprintf(stderr, "  %s\n", m.c_str());
       return false;
     }
-    std::printf("verified %s/%s: fused = host reference; per_layer, unfused = fused (%zu layers, %lld weights)\n",
-                wl.name.c_str(), mode_name(mode), lay.layers(), static_cast<long long>(wl.weights()));
+    std::printf("verified %s/%s: fused = host reference; per_layer, unfused%s = fused (%zu layers, %lld weights)\n",
+                wl.name.c_str(), mode_name(mode), multi_pc && pc.ok() ? ", fused_pc" : "", lay.layers(),
+                static_cast<long long>(wl.weights()));
     std::fflush(stdout);
 
     // ---- time ----
@@ -974,14 +1051,14 @@ int run(const Options& o) {
 
   std::vector<Row> rows;
   std::vector<Verification> checks;
-  bool verified = true;
+  bool verified = true, pc_failed = false;
   for (const std::string& name : o.workloads) {
     const Workload wl = make_workload(name, o);
     std::printf("\n%s: %zu quantized tensors, %lld weights:", wl.name.c_str(), wl.layers.size(),
                 static_cast<long long>(wl.weights()));
     for (size_t i = 0; i < wl.layers.size() && i < 24; ++i) std::printf(" %s", wl.layers[i].shape.c_str());
     std::printf("\n");
-    if (!run_workload(wl, o, copy, flush, rows, checks)) {
+    if (!run_workload(wl, o, copy, flush, rows, checks, pc_failed)) {
       verified = false;
       break;
     }
@@ -995,19 +1072,19 @@ int run(const Options& o) {
               "host_us: time to enqueue one forward + backward.\n",
               copy.gb_per_s);
   for (const Row& r : rows)
-    if (r.variant == "fused")
-      std::printf("RESULT ttq_fused_%s_%s total_us=%.2f gb_per_s=%.1f pct_copy_floor=%.1f\n", r.workload.c_str(),
-                  r.mode.c_str(), r.t.total_us, r.gb_per_s, 100.0 * r.fraction);
+    if (r.variant == "fused" || r.variant == "fused_pc")
+      std::printf("RESULT ttq_%s_%s_%s total_us=%.2f gb_per_s=%.1f pct_copy_floor=%.1f\n", r.variant.c_str(),
+                  r.workload.c_str(), r.mode.c_str(), r.t.total_us, r.gb_per_s, 100.0 * r.fraction);
   if (const Row* t = find_target_row(rows))
     std::printf("TARGET ResNet-18 TTQ forward+backward (fused, max): %.1f us, %.1f GB/s = %.1f%% of the copy floor; "
                 "target >= %.0f%%: %s\n",
                 t->t.total_us, t->gb_per_s, 100.0 * t->fraction, 100.0 * kTargetFraction,
                 t->fraction >= kTargetFraction ? "met" : "NOT met");
   if (!o.json_path.empty()) {
-    write_json(o.json_path, o, dev, copy, rows, checks, verified);
+    write_json(o.json_path, o, dev, copy, rows, checks, verified && !pc_failed);
     std::printf("wrote %s\n", o.json_path.c_str());
   }
-  if (!verified) {
+  if (!verified || pc_failed) {
     std::fprintf(stderr, "bench_ttq_gpu: results differ between implementations (see above); exit status 1\n");
     return 1;
   }

@@ -69,7 +69,8 @@ keep=150
 step train "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=$train_device --set output_dir="$out/train_run"
 step train_bf16 "$build/ttq" train configs/synthetic_smoke.json --quiet --set device=$train_device --set precision=bf16 \
   --set output_dir="$out/train_run_bf16"
-# TTQ kernels (fused / per-layer / unfused, every mode; verifies itself, exits 1 on a mismatch):
+# TTQ kernels (fused / per-layer / unfused / fused with per-channel scales, every mode; verifies
+# itself, exits 1 on a mismatch):
 # about 20-40 s on an H200.
 step kernels timeout 120 "$build/benchmarks/bench_ttq_gpu" --mode all --json "$out/ttq_kernels.json"
 # The engine's training throughput on synthetic data, with a per-phase breakdown in each log:

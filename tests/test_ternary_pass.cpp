@@ -80,7 +80,9 @@ TEST(TernaryPass, TrainsExactlyLikeThePerLayerPath) {
           EXPECT_EQ(sa.threshold, sb.threshold) << qa[i]->path();
           EXPECT_EQ(sa.positive, sb.positive) << qa[i]->path();
           EXPECT_EQ(sa.negative, sb.negative) << qa[i]->path();
-          if (per_channel) EXPECT_EQ(qa[i]->wp().value.numel(), qa[i]->weight().value.shape()[0]) << qa[i]->path();
+          if (per_channel) {
+            EXPECT_EQ(qa[i]->wp().value.numel(), qa[i]->weight().value.shape()[0]) << qa[i]->path();
+          }
         }
       }
     }
