@@ -1038,7 +1038,9 @@ void ttq_forward(math::ThresholdMode mode, float t, double r, const Tensor& late
   expect("ttq_forward", codes, n, "codes");
   expect("ttq_forward", threshold, 1, "threshold");
   expect("ttq_forward", twn_scale, 1, "TWN scale");
-  const int64_t channels = mode == math::ThresholdMode::Twn ? 1 : scale_channels("ttq_forward", wp, wn, n);
+  // Checked in every build; only the CUDA kernels take the count (the CPU loops read wp's size).
+  [[maybe_unused]] const int64_t channels =
+      mode == math::ThresholdMode::Twn ? 1 : scale_channels("ttq_forward", wp, wn, n);
   if (w_t.dtype() == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor wf = f32_like(w_t);
                       ttq_forward_cpu(mode, t, r, latent, wp, wn, threshold, twn_scale, wf, codes); narrow_into(wf, w_t),
