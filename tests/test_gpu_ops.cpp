@@ -301,7 +301,7 @@ TEST(GpuOps, TtqPerChannelScales) {
       Tensor latent_grad = latent0.clone(), dwp = Tensor::full({sh.rows}, 0.25f), dwn = Tensor::full({sh.rows}, -0.5f);
       ops::ttq_backward_accumulate(codes, g, wp, wn, true, latent_grad, dwp, dwn);
 
-      Tensor first_codes, first_w_t, first_latent, first_dwp;
+      Tensor first_codes, first_w_t, first_latent, first_dwp, first_dwn;
       for (int run = 0; run < 2; ++run) {
         const Tensor latent_dev = gpu(latent), wp_dev = gpu(wp), wn_dev = gpu(wn);
         Tensor th_dev = gpu(th), scale_dev = gpu(scale), w_t_dev = gpu(Tensor::zeros({sh.rows, sh.per}));
@@ -324,11 +324,11 @@ TEST(GpuOps, TtqPerChannelScales) {
           first_w_t = host(w_t_dev);
           first_latent = host(latent_dev_grad);
           first_dwp = host(dwp_dev);
-        } else {
-          EXPECT_TRUE(bitwise_equal(codes_dev, first_codes));
-          EXPECT_TRUE(bitwise_equal(w_t_dev, first_w_t));
-          EXPECT_TRUE(bitwise_equal(latent_dev_grad, first_latent));
-          EXPECT_TRUE(bitwise_equal(dwp_dev, first_dwp));
+          first_dwn = host(dwn_dev);
+        } else {  // the second run repeats the first bit for bit
+          for (auto [got, want] : {std::pair{&codes_dev, &first_codes}, {&w_t_dev, &first_w_t},
+                                   {&latent_dev_grad, &first_latent}, {&dwp_dev, &first_dwp}, {&dwn_dev, &first_dwn}})
+            EXPECT_TRUE(bitwise_equal(*got, *want));
         }
       }
       // w_t in bf16 (precision "bf16"): each row's Wp, 0, -Wn rounded to nearest even, as the CPU

@@ -232,25 +232,38 @@ void check_pool(PoolKind kind, bool count_include_pad, uint64_t seed0, bool tied
 
 TEST(OnednnOps, MaxPool) { check_pool(PoolKind::Max, true, 11, false); }
 
+// Max pooling of one 1 x 1 x 2 x 4 input (2 x 2 windows, stride 2, the given padding on every
+// side) forward and backward through the CPU dispatch with oneDNN selected; dy[i] = i + 1.
+struct PoolRun {
+  Pool2dShape s;
+  std::vector<float> y, dx;
+};
+PoolRun onednn_max_pool(const std::vector<float>& x, int64_t pad) {
+  PoolRun r;
+  r.s.n = 1, r.s.c = 1, r.s.h = 2, r.s.w = 4, r.s.kh = 2, r.s.kw = 2, r.s.stride_h = 2, r.s.stride_w = 2;
+  r.s.pad_t = r.s.pad_l = r.s.pad_b = r.s.pad_r = pad;
+  r.y.resize(static_cast<size_t>(r.s.out_numel()));
+  r.dx.resize(x.size());
+  std::vector<float> dy(r.y.size());
+  for (size_t i = 0; i < dy.size(); ++i) dy[i] = static_cast<float>(i + 1);
+  const cpu::Kernels before = cpu::kernels();
+  cpu::set_kernels(cpu::Kernels::OneDNN);
+  cpu::pool2d_forward(PoolKind::Max, r.s, x.data(), r.y.data());
+  cpu::pool2d_backward(PoolKind::Max, r.s, x.data(), dy.data(), r.dx.data());
+  cpu::set_kernels(before);
+  return r;
+}
+
 // oneDNN's max pooling skips NaN; the CPU dispatch sends an input holding NaN to the reference,
 // whose windows with a NaN give NaN and route the gradient to the window's last NaN (PyTorch's
 // rule), forward and backward alike. ReLU passes NaN and its gradient.
 TEST(OnednnOps, NanPassesThroughMaxPoolAndRelu) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  const cpu::Kernels before = cpu::kernels();
-  cpu::set_kernels(cpu::Kernels::OneDNN);
-  Pool2dShape s;
-  s.n = 1, s.c = 1, s.h = 2, s.w = 4, s.kh = 2, s.kw = 2, s.stride_h = 2, s.stride_w = 2;
-  const std::vector<float> x = {nan, 1, 5, 6,   //
-                                3, nan, 7, 2};  // window 0: {nan, 1, 3, nan}; window 1: {5, 6, 7, 2}
-  std::vector<float> y(2), dx(8);
-  const std::vector<float> dy = {10, 20};
-  cpu::pool2d_forward(PoolKind::Max, s, x.data(), y.data());
-  cpu::pool2d_backward(PoolKind::Max, s, x.data(), dy.data(), dx.data());
-  cpu::set_kernels(before);
-  EXPECT_TRUE(std::isnan(y[0]));
-  EXPECT_EQ(y[1], 7.0f);
-  EXPECT_EQ(dx, (std::vector<float>{0, 0, 0, 0, 0, 10, 20, 0}));  // the last NaN, the first maximum
+  const PoolRun p = onednn_max_pool({nan, 1, 5, 6,     //
+                                     3, nan, 7, 2}, 0);  // window 0: {nan, 1, 3, nan}; window 1: {5, 6, 7, 2}
+  EXPECT_TRUE(std::isnan(p.y[0]));
+  EXPECT_EQ(p.y[1], 7.0f);
+  EXPECT_EQ(p.dx, (std::vector<float>{0, 0, 0, 0, 0, 1, 2, 0}));  // the last NaN, the first maximum
   std::vector<float> r = {nan, -1.0f, 2.0f}, ry(3), rdx(3);
   ref::relu_forward(3, r.data(), ry.data());
   EXPECT_TRUE(std::isnan(ry[0]));
@@ -260,28 +273,21 @@ TEST(OnednnOps, NanPassesThroughMaxPoolAndRelu) {
   ref::relu_backward(3, ry.data(), rdy.data(), rdx.data());
   EXPECT_EQ(rdx, (std::vector<float>{4.0f, 0.0f, 6.0f}));
 }
+
 // A window whose inputs are all -inf pools to -inf (oneDNN alone would give -FLT_MAX), and its
 // gradient goes to the window's first element, as in the reference.
 TEST(OnednnOps, MaxPoolOfMinusInfinityIsMinusInfinity) {
   const float inf = std::numeric_limits<float>::infinity();
-  const cpu::Kernels before = cpu::kernels();
-  cpu::set_kernels(cpu::Kernels::OneDNN);
-  Pool2dShape s;
-  s.n = 1, s.c = 1, s.h = 2, s.w = 4, s.kh = 2, s.kw = 2, s.stride_h = 2, s.stride_w = 2;
-  s.pad_t = s.pad_l = s.pad_b = s.pad_r = 1;
   const std::vector<float> x = {-inf, -inf, 5, 6,  //
                                 -inf, -inf, 7, 2};
-  std::vector<float> y(static_cast<size_t>(s.out_numel())), want(y.size()), dx(8), want_dx(8);
-  std::vector<float> dy(y.size());
+  const PoolRun p = onednn_max_pool(x, 1);
+  std::vector<float> want(p.y.size()), want_dx(x.size()), dy(p.y.size());
   for (size_t i = 0; i < dy.size(); ++i) dy[i] = static_cast<float>(i + 1);
-  cpu::pool2d_forward(PoolKind::Max, s, x.data(), y.data());
-  cpu::pool2d_backward(PoolKind::Max, s, x.data(), dy.data(), dx.data());
-  cpu::set_kernels(before);
-  ref::pool2d_forward(PoolKind::Max, s, x.data(), want.data());
-  ref::pool2d_backward(PoolKind::Max, s, x.data(), dy.data(), want_dx.data());
-  EXPECT_EQ(y[0], -inf);  // the padded corner window holds only x[0]
-  EXPECT_EQ(y, want);
-  EXPECT_EQ(dx, want_dx);
+  ref::pool2d_forward(PoolKind::Max, p.s, x.data(), want.data());
+  ref::pool2d_backward(PoolKind::Max, p.s, x.data(), dy.data(), want_dx.data());
+  EXPECT_EQ(p.y[0], -inf);  // the padded corner window holds only x[0]
+  EXPECT_EQ(p.y, want);
+  EXPECT_EQ(p.dx, want_dx);
 }
 
 TEST(OnednnOps, MaxPoolTiesGoToFirstMaximum) { check_pool(PoolKind::Max, true, 12, true); }

@@ -1,6 +1,7 @@
 // Device pieces shared by the per-tensor TTQ kernels (ttq_kernels.cu) and the multi-tensor ones
-// (ttq_multi.cu), nvcc only: the (double, double) running pair and its block-wide fold, and the
-// block-per-row loops of per-output-channel scales. The per-element math is kernels/ttq_math.h.
+// (ttq_multi.cu), nvcc only: the (double, double) running pair and its block-wide fold, one
+// weight's backward step, and the block-per-row loops of per-output-channel scales. The
+// per-element math is kernels/ttq_math.h.
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -34,6 +35,17 @@ __device__ Pair block_reduce(const Pair& v, Op op) {
   return Reduce(tmp).Reduce(v, op);
 }
 
+// One weight of the backward: latent_grad[i] += scale * g[i] (plain g without scale_latent), and
+// its dL/dWp, dL/dWn terms added to this thread's running pair s.
+__device__ __forceinline__ void backward_element(int64_t i, const int8_t* codes, const float* g, float p, float m,
+                                                 bool scale_latent, float* latent_grad, Pair& s) {
+  const int8_t code = codes[i];
+  const float gi = g[i];
+  s.a += math::wp_grad_term(code, gi);
+  s.b += math::wn_grad_term(code, gi);
+  latent_grad[i] += math::latent_grad_term(code, gi, p, m, scale_latent);
+}
+
 // ---- per-output-channel scales: one block per row -----------------------------------------------
 // Row c of a tensor of `channels` rows holds elements [c * per, (c + 1) * per) and uses the scales
 // wp[c], wn[c]. Thread j walks begin + j, begin + j + kThreads, ... in order and the block folds
@@ -57,13 +69,8 @@ __device__ __forceinline__ void backward_row(const int8_t* codes, const float* g
                                              float* dwp, float* dwn) {
   const float p = wp[c], m = wn[c];
   Pair s{0.0, 0.0};
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const int8_t code = codes[i];
-    const float gi = g[i];
-    s.a += math::wp_grad_term(code, gi);
-    s.b += math::wn_grad_term(code, gi);
-    latent_grad[i] += math::latent_grad_term(code, gi, p, m, true);
-  }
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads)
+    backward_element(i, codes, g, p, m, true, latent_grad, s);
   const Pair r = block_reduce(s, SumOp{});
   if (threadIdx.x != 0) return;
   if (dwp) dwp[c] += static_cast<float>(r.a);

@@ -109,13 +109,7 @@ __global__ void backward_partials(const int8_t* codes, const float* g, int64_t n
   const float p = scale_latent ? *wp : 0.0f;
   const float m = scale_latent ? *wn : 0.0f;
   Pair s{0.0, 0.0};
-  TTQ_GRID_STRIDE(i, n) {
-    const int8_t code = codes[i];
-    const float gi = g[i];
-    s.a += math::wp_grad_term(code, gi);
-    s.b += math::wn_grad_term(code, gi);
-    latent_grad[i] += math::latent_grad_term(code, gi, p, m, scale_latent);
-  }
+  TTQ_GRID_STRIDE(i, n) ttq_device::backward_element(i, codes, g, p, m, scale_latent, latent_grad, s);
   const Pair r = block_reduce(s, SumOp{});
   if (threadIdx.x == 0) partials[blockIdx.x] = r;
 }

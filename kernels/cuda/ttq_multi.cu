@@ -137,17 +137,12 @@ __global__ void __launch_bounds__(kThreads)
   const bool scale_latent = layer.mode != ThresholdMode::Twn;
   const float p = scale_latent ? *layer.wp : 0.0f;
   const float m = scale_latent ? *layer.wn : 0.0f;
+  // In registers: the stores to latent_grad could alias the layer table as far as the compiler knows.
   const int8_t* codes = layer.codes;
   const float* g = layer.g;
   float* latent_grad = layer.latent_grad;
   Pair s{0.0, 0.0};
-  TTQ_CHUNK_LOOP(i, work) {
-    const int8_t code = codes[i];
-    const float gi = g[i];
-    s.a += math::wp_grad_term(code, gi);
-    s.b += math::wn_grad_term(code, gi);
-    latent_grad[i] += math::latent_grad_term(code, gi, p, m, scale_latent);
-  }
+  TTQ_CHUNK_LOOP(i, work) ttq_device::backward_element(i, codes, g, p, m, scale_latent, latent_grad, s);
   const Pair r = block_reduce(s, SumOp{});
   if (threadIdx.x == 0) partials[work.id] = r;
 }
