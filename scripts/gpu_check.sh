@@ -97,7 +97,9 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanit
 if [[ -n $sanitizer ]]; then
   ( step sanitizer timeout 180 bash -c "'$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq' --gtest_filter='*n1000*:*Ties*' &&
       '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_bf16' --gtest_filter='*Casts*:*Relu*:*TtqMultiTensor*' &&
-      '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_channels_last' --gtest_filter='*Permutation*:*bn2d_chunked_odd*'"
+      '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_channels_last' --gtest_filter='*Permutation*:*bn2d_chunked_odd*' &&
+      '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ttq_multi' --gtest_filter='*PerChannel*' &&
+      '$sanitizer' --error-exitcode 1 '$build/tests/test_gpu_ops' --gtest_filter='*TtqPerChannel*'"
     echo "${result[sanitizer]}" > "$out/.sanitizer.result" ) &
 else
   echo "not found" > "$out/.sanitizer.result"
