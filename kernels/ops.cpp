@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <initializer_list>
 
+#include "kernels/act_math.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/ops_ref.h"
 #include "kernels/cpu/ttq_cpu.h"
@@ -810,9 +811,8 @@ int64_t count_topk_cpu(int64_t n, int64_t c, const float* logits, const int32_t*
   for (int64_t b = 0; b < n; ++b) {
     const float* z = logits + b * c;
     const float target = z[labels[b]];
-    int64_t above = 0;  // classes ranked before the label: higher, or equal with a lower index
-    for (int64_t j = 0; j < c; ++j)
-      if (z[j] > target || (z[j] == target && j < labels[b])) ++above;
+    int64_t above = 0;  // classes ranked before the label (math::ranks_before)
+    for (int64_t j = 0; j < c; ++j) above += math::ranks_before(z[j], j, target, labels[b]);
     if (above < k) ++correct;
   }
   return correct;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/core/tensor.h"
+#include "kernels/act_math.h"
 #include "kernels/cpu/ops_ref.h"
 #include "kernels/cpu/ttq_cpu.h"
 #include "kernels/cuda/ops_cuda.h"
@@ -479,17 +480,16 @@ TEST(GpuOps, SoftmaxCrossEntropy) {
   }
 }
 
-// Rows whose label is among the k largest logits, ties to the lower index (the CPU definition).
+// Rows whose label is among the k largest logits, ties to the lower index, NaN above every number
+// (the CPU definition).
 int64_t count_topk_host(const Tensor& logits, const Tensor& labels, int k) {
   const int64_t n = logits.dim(0), c = logits.dim(1);
   int64_t correct = 0;
   for (int64_t b = 0; b < n; ++b) {
     const float* z = logits.data<float>() + b * c;
     const int32_t label = labels.data<int32_t>()[b];
-    const float target = z[label];
     int64_t above = 0;
-    for (int64_t j = 0; j < c; ++j)
-      if (z[j] > target || (z[j] == target && j < label)) ++above;
+    for (int64_t j = 0; j < c; ++j) above += math::ranks_before(z[j], j, z[label], label);
     if (above < k) ++correct;
   }
   return correct;
@@ -505,6 +505,7 @@ TEST(GpuOps, CountTopkCorrect) {
       // Coarse values: many ties, so the lower-index rule matters.
       for (int64_t i = 0; i < logits.numel(); ++i)
         logits.data<float>()[i] = std::round(logits.data<float>()[i] * 4.0f) / 4.0f;
+      for (int64_t i = 7; i < logits.numel(); i += 97) logits.data<float>()[i] = NAN;  // NaN ranks first
       const Tensor labels = int_labels(n, classes, ++seed);
       const Tensor logits_dev = gpu(logits), labels_dev = gpu(labels);
       for (int k : {1, 5}) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "engine/core/rng.h"
 
@@ -240,4 +241,11 @@ TEST(LossValue, TopKCounting) {
   EXPECT_EQ(count_topk_correct(logits, labels, 2), 2);  // row 0 (0.5 is 2nd) and row 2
   EXPECT_EQ(count_topk_correct(logits, labels, 3), 3);
   EXPECT_THROW(count_topk_correct(logits, {0, 1, 4}, 1), Error);
+  // NaN ranks above every number (PyTorch's topk), NaNs among themselves by index.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Tensor with_nan = Tensor::from_vector({2, 3}, {0.1f, nan, 5.0f,  //
+                                                 nan, 0.0f, nan});
+  EXPECT_EQ(count_topk_correct(with_nan, {2, 1}, 1), 0);  // row 0: the NaN class 1 comes first
+  EXPECT_EQ(count_topk_correct(with_nan, {1, 0}, 1), 2);  // row 1: NaN class 0 comes before NaN class 2
+  EXPECT_EQ(count_topk_correct(with_nan, {0, 2}, 2), 1);  // row 0: 0.1 is third; row 1: NaN class 2 second
 }

@@ -335,7 +335,7 @@ __global__ void topk_kernel(int64_t n, int64_t classes, const T* __restrict__ lo
     long long above = 0;
     for (int64_t j = lane; j < classes; j += kWarp) {
       const float v = load(z, j);
-      above += (v > target || (v == target && j < label)) ? 1 : 0;
+      above += math::ranks_before(v, j, target, label) ? 1 : 0;
     }
     above = warp_sum(above);
     if (lane == 0 && above < k) atomicAdd(correct, 1ull);
