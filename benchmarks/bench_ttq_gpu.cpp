@@ -969,7 +969,9 @@ bool run_workload(const Workload& wl, const Options& o, const CopyFloor& copy, c
                      mode_name(mode), pc.failures());
         for (const std::string& m : pc.messages()) std::fprintf(stderr, "  %s\n", m.c_str());
         pc_failed = true;
-        variants.pop_back();
+        variants.erase(std::remove_if(variants.begin(), variants.end(),
+                                      [](const Variant& v) { return v.name == "fused_pc"; }),
+                       variants.end());
       }
     }
     if (!c.ok()) {
@@ -978,9 +980,10 @@ bool run_workload(const Workload& wl, const Options& o, const CopyFloor& copy, c
       for (const std::string& m : c.messages()) std::fprintf(stderr, "  %s\n", m.c_str());
       return false;
     }
-    std::printf("verified %s/%s: fused = host reference; per_layer, unfused%s = fused (%zu layers, %lld weights)\n",
-                wl.name.c_str(), mode_name(mode), multi_pc && pc.ok() ? ", fused_pc" : "", lay.layers(),
-                static_cast<long long>(wl.weights()));
+    std::printf("verified %s/%s: fused = host reference; per_layer, unfused%s = fused (scale gradients within "
+                "%g relative; %zu layers, %lld weights)\n",
+                wl.name.c_str(), mode_name(mode), multi_pc && pc.ok() ? ", fused_pc" : "", kScaleGradRel,
+                lay.layers(), static_cast<long long>(wl.weights()));
     std::fflush(stdout);
 
     // ---- time ----

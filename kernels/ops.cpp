@@ -1002,13 +1002,9 @@ void ttq_forward_cpu(math::ThresholdMode mode, float t, double r, const Tensor& 
 void ttq_backward_cpu(const Tensor& codes, const Tensor& g, const Tensor& wp, const Tensor& wn, bool scale_latent,
                       Tensor& latent_grad, Tensor& dwp, Tensor& dwn) {
   if (scale_latent && wp.numel() > 1) {
-    const std::vector<cpu::ScaleGrads> rows =
-        cpu::ttq_backward_channels(codes.data<int8_t>(), g.data<float>(), codes.numel(), wp.numel(), wp.data<float>(),
-                                   wn.data<float>(), latent_grad.data<float>());
-    for (size_t c = 0; c < rows.size(); ++c) {
-      dwp.data<float>()[c] += static_cast<float>(rows[c].wp);
-      dwn.data<float>()[c] += static_cast<float>(rows[c].wn);
-    }
+    cpu::add_scale_grads(cpu::ttq_backward_channels(codes.data<int8_t>(), g.data<float>(), codes.numel(), wp.numel(),
+                                                    wp.data<float>(), wn.data<float>(), latent_grad.data<float>()),
+                         dwp.data<float>(), dwn.data<float>());
     return;
   }
   const cpu::ScaleGrads sums = cpu::ttq_backward(codes.data<int8_t>(), g.data<float>(), codes.numel(),

@@ -165,13 +165,10 @@ void TtqLayerSet::backward() {
     const bool scale = !twn(l);
     const int64_t n = l.latent->numel();
     if (scale && l.wp->numel() > 1) {
-      const std::vector<cpu::ScaleGrads> rows =
-          cpu::ttq_backward_channels(l.codes->data<int8_t>(), l.g->data<float>(), n, l.wp->numel(),
-                                     l.wp->data<float>(), l.wn->data<float>(), l.latent_grad->data<float>());
-      for (size_t c = 0; c < rows.size(); ++c) {
-        if (l.dwp) l.dwp->data<float>()[c] += static_cast<float>(rows[c].wp);
-        if (l.dwn) l.dwn->data<float>()[c] += static_cast<float>(rows[c].wn);
-      }
+      cpu::add_scale_grads(cpu::ttq_backward_channels(l.codes->data<int8_t>(), l.g->data<float>(), n, l.wp->numel(),
+                                                      l.wp->data<float>(), l.wn->data<float>(),
+                                                      l.latent_grad->data<float>()),
+                           l.dwp ? l.dwp->data<float>() : nullptr, l.dwn ? l.dwn->data<float>() : nullptr);
       continue;
     }
     const cpu::ScaleGrads s =

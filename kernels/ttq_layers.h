@@ -53,7 +53,8 @@ class TtqLayerSet {
   Device device() const { return device_; }
   size_t size() const { return layers_.size(); }
   // Kernel launches per forward / backward on the GPU (0 on the CPU): constant in the number of
-  // layers, except one threshold selection per Sparsity layer.
+  // layers, except one threshold selection per Sparsity layer (and, with per-channel scales, one
+  // row-pass launch per 65 536 channel rows of all layers together, in each direction).
   int forward_launches() const;
   int backward_launches() const;
 

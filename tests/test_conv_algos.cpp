@@ -78,6 +78,12 @@ TEST(ConvAlgos, AFallbackFlaggedNonDeterministicIsNotAddedBack) {
       std::vector{perf(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_TENSOR_OP_MATH, CUDNN_NON_DETERMINISTIC)}, 1,
       {}, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_DATA_FLOAT, kLimit, other);
   EXPECT_EQ(other, std::vector{algo(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH)});
+  // An entry cuDNN could not rate (a failed status) says nothing about the pair.
+  std::vector<ca::ConvAlgo> failed;
+  ca::keep_deterministic(std::vector{perf(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH,
+                                          CUDNN_NON_DETERMINISTIC, CUDNN_STATUS_NOT_SUPPORTED)},
+                         1, {}, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_DATA_FLOAT, kLimit, failed);
+  EXPECT_EQ(failed, std::vector{algo(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_FMA_MATH)});
 }
 
 TEST(ConvAlgos, Bf16KeepsEachMathTypeAsOffered) {

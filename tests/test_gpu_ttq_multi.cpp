@@ -552,6 +552,8 @@ TEST(GpuTtqMulti, PerChannelLayersRunByRow) {
     }
   }
   const Run again = run(multi);
+  EXPECT_TRUE(bitwise_equal(again.d, first.d));
+  EXPECT_TRUE(bitwise_equal(again.codes, first.codes));
   EXPECT_TRUE(bitwise_equal(again.w_t, first.w_t));
   EXPECT_TRUE(bitwise_equal(again.latent, first.latent));
   EXPECT_TRUE(bitwise_equal(again.dwp, first.dwp));

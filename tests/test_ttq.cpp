@@ -184,7 +184,10 @@ TEST(TtqGradient, PerChannelScaleGradientsMatchFiniteDifferences) {
     ttq::testing::fill_random(l.weight().value.data<float>(), 30, 43);
     l.enable_ternary(cfg);
     ASSERT_EQ(l.wn().value.shape(), Shape{5});
-    for (int k = 0; k < 5; ++k) l.wn().value.data<float>()[k] = 0.3f + 0.25f * k;
+    for (int k = 0; k < 5; ++k) {
+      l.wp().value.data<float>()[k] = 1.2f - 0.2f * k;
+      l.wn().value.data<float>()[k] = 0.3f + 0.25f * k;
+    }
     ttq::testing::check_module_gradients(l, random_tensor({4, 6}, 44), 45, 1e-2f, 2e-3, 2e-2, 80, {"weight"});
   }
 }
@@ -463,15 +466,20 @@ TEST(TtqCpu, PerChannelRowsMatchThePerTensorLoops) {
 #if defined(_OPENMP)
   const int before = omp_get_max_threads();
 #endif
-  const auto [w_t, codes, latent, pos, neg, sums, means] = run(1);
+  const auto one = run(1);
   const auto two = run(2);
 #if defined(_OPENMP)
   omp_set_num_threads(before);
 #endif
+  const auto& [w_t, codes, latent, pos, neg, sums, means] = one;
   EXPECT_EQ(w_t, std::get<0>(two));
+  EXPECT_EQ(codes, std::get<1>(two));
   EXPECT_EQ(latent, std::get<2>(two));
+  EXPECT_EQ(pos, std::get<3>(two));
+  EXPECT_EQ(neg, std::get<4>(two));
   ASSERT_EQ(sums.size(), 3u);
   ASSERT_EQ(std::get<5>(two).size(), 3u);
+  ASSERT_EQ(std::get<6>(two).size(), 3u);
   int64_t want_pos = 0, want_neg = 0;
   for (int64_t c = 0; c < channels; ++c) {
     const int64_t at = c * per;
@@ -488,6 +496,9 @@ TEST(TtqCpu, PerChannelRowsMatchThePerTensorLoops) {
     EXPECT_EQ(sums[c].wp, rs.wp) << "row " << c;
     EXPECT_EQ(sums[c].wn, rs.wn) << "row " << c;
     EXPECT_EQ(std::get<5>(two)[c].wp, rs.wp) << "row " << c;
+    EXPECT_EQ(std::get<5>(two)[c].wn, rs.wn) << "row " << c;
+    EXPECT_EQ(std::get<6>(two)[c].positive, rm.positive) << "row " << c;
+    EXPECT_EQ(std::get<6>(two)[c].negative, rm.negative) << "row " << c;
     EXPECT_EQ(means[c].positive, rm.positive) << "row " << c;
     EXPECT_EQ(means[c].negative, rm.negative) << "row " << c;
     EXPECT_NE(sums[c].wp, 0.0);

@@ -177,12 +177,12 @@ void load_model(Module& net, const Checkpoint& ck) {
       Tensor& w = l->weight().value;
       std::vector<int8_t> codes(static_cast<size_t>(w.numel()));
       unpack_ternary_codes(packed.data<uint8_t>(), packed.numel(), w.numel(), codes.data());
-      // One scale per layer, or one per output channel (row of the weight).
-      const std::string wp_name = it.key() + ".wp";
-      const int64_t channels =
-          ck.file.has(wp_name) && ck.file.shape(wp_name) == Shape{w.shape()[0]} ? w.shape()[0] : 1;
+      // One scale per layer, or one per output channel (row of the weight), as the layer's stored
+      // settings say; copy_checked refuses a file whose scales have another shape.
+      const bool per_channel = ternary_from_json(it.value(), ck.file.path(), it.key()).per_channel_scales;
+      const int64_t channels = per_channel ? w.shape()[0] : 1;
       Tensor wp = Tensor::empty({channels}), wn = Tensor::empty({channels});
-      copy_checked(ck, wp_name, wp);
+      copy_checked(ck, it.key() + ".wp", wp);
       copy_checked(ck, it.key() + ".wn", wn);
       const int64_t per = w.numel() / channels;
       Tensor host = Tensor::empty(w.shape());

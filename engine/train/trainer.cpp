@@ -304,12 +304,12 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     resume_ck = std::make_unique<Checkpoint>(read_checkpoint(last_path));
     TTQ_CHECK(resume_ck->format == "ttq-checkpoint", "--resume: '" << last_path << "' is not a training checkpoint");
     // The checkpoint's configuration read as this version reads it: an option added since it was
-    // written takes its default there too (defaults keep the earlier behaviour), so an older run
-    // still resumes.
+    // written takes its default there too, so an older run still resumes. This relies on every
+    // new option defaulting to the behaviour from before it existed (docs/ARCHITECTURE.md).
     json saved;
     try {
       saved = parse_experiment(resume_ck->config).resolved;
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       TTQ_FAIL("--resume: the configuration stored in '" << last_path << "' no longer reads: " << e.what());
     }
     saved["model"] = resume_ck->config.value("model", json());  // resolved by the run that wrote it

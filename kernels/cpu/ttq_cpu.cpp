@@ -7,6 +7,8 @@
 //   partial; partials are combined serially in chunk order. Chunks may run on several OpenMP
 //   threads (only for tensors of kParallelMin or more elements), but a chunk's partial never
 //   depends on which thread computes it, so every result is bitwise the same for any thread count.
+//   The per-channel passes (*_channels) spread whole rows over the threads instead and walk each
+//   row in kChunk pieces in order, so a row's results are those of the per-tensor pass on it.
 // - Floating-point sums are accumulated in double, within a chunk in kLanes interleaved
 //   accumulators (element i goes to lane i % kLanes) folded in a fixed tree. This rounds slightly
 //   differently from one serial double sum, but the same way on every run, machine and thread
@@ -451,6 +453,13 @@ std::vector<ScaleGrads> ttq_backward_channels(const int8_t* codes, const float* 
     });
   });
   return rows;
+}
+
+void add_scale_grads(const std::vector<ScaleGrads>& rows, float* dwp, float* dwn) {
+  for (size_t c = 0; c < rows.size(); ++c) {
+    if (dwp) dwp[c] += static_cast<float>(rows[c].wp);
+    if (dwn) dwn[c] += static_cast<float>(rows[c].wn);
+  }
 }
 
 std::vector<SetMeans> ttq_set_means_channels(const float* w, int64_t n, int64_t channels, float d) {

@@ -42,7 +42,9 @@ void keep_deterministic(const std::vector<Perf>& perf, int returned, const std::
   for (int i = 0; i < returned && i < static_cast<int>(perf.size()); ++i) {
     const Perf& p = perf[static_cast<size_t>(i)];
     const ConvAlgo c{static_cast<int>(p.algo), p.mathType};
-    if (p.determinism != CUDNN_DETERMINISTIC && c == last) last_nondeterministic = true;
+    // Only an entry that cuDNN could rate says anything about the pair.
+    if (p.status == CUDNN_STATUS_SUCCESS && p.determinism != CUDNN_DETERMINISTIC && c == last)
+      last_nondeterministic = true;
     if (p.status != CUDNN_STATUS_SUCCESS || p.determinism != CUDNN_DETERMINISTIC || p.memory > max_workspace)
       continue;
     if (std::find(banned.begin(), banned.end(), c.algo) != banned.end()) continue;

@@ -5,8 +5,11 @@
 // the partials buffer. The block's elements are [chunk * C, min(n, (chunk + 1) * C)); thread j
 // handles elements begin + j, begin + j + kThreads, ... in that order, and cub::BlockReduce folds
 // the threads in a fixed tree. A finishing kernel runs one block per layer and folds that layer's
-// partials (contiguous, in chunk order) the same way. Nothing depends on scheduling, so results
-// are bitwise repeatable. The per-element math is kernels/ttq_math.h, as on the CPU.
+// partials (contiguous, in chunk order) the same way. Layers with per-output-channel scales are
+// ternarized and back-propagated by the row pass instead: one block per (layer, row) entry, the
+// row's elements walked the same way, and that block itself adds the row's scale gradients (no
+// partials, no finishing kernel). Nothing depends on scheduling, so results are bitwise
+// repeatable. The per-element math is kernels/ttq_math.h, as on the CPU.
 //
 // w_t in f32 or bf16: each layer sets exactly one of w_t and w_t_bf16 (checked at construction);
 // the ternarize kernel branches per block on which one (a layer-uniform branch) and stores through

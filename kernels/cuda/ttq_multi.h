@@ -123,8 +123,9 @@ class DeviceBuffer {
 class TtqMultiTensor {
  public:
   // The tables live in device memory, so launches are not limited by kernel-argument space: the
-  // defaults put any model up to ~1G weights in one launch per pass. Smaller limits (tests) split
-  // a pass into more launches without changing what it computes per (layer, chunk).
+  // defaults put any model up to ~1G weights in one launch per pass (the row pass of per-channel
+  // layers: up to 65 536 channel rows per launch). Smaller limits (tests) split a pass into more
+  // launches without changing what it computes per (layer, chunk) or (layer, row).
   static MultiTensorLimits default_limits();
 
   // Validates the layers, plans the launches, and uploads the tables (cudaMalloc/cudaMemcpy on the
