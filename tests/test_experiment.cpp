@@ -137,6 +137,8 @@ TEST(Experiment, PerChannelScalesTrainCheckpointAndExport) {
   j["stages"][1]["quantization"]["per_channel_scales"] = true;
   const RunSummary s = train_experiment(parse_experiment(j), quiet());
   EXPECT_LT(s.stages[1].test_top1_error, 0.12);
+  const std::string table = format_summary_table(s);  // the scales shown are means over channels
+  EXPECT_NE(table.find("* per-channel scales: the mean over the layer's output channels"), std::string::npos) << table;
   const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
   ASSERT_TRUE(ck.ternary.contains("conv2"));
   EXPECT_TRUE(ck.ternary["conv2"]["per_channel_scales"].get<bool>());

@@ -570,7 +570,10 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       continue;
     }
     const TernaryStats& s = l->quantizer()->stats();
-    summary.layer_table.push_back({l->path(), fmt("%.4f", s.threshold), fmt("%.4f", s.wp), fmt("%.4f", s.wn),
+    const bool mean = l->quantizer()->config().per_channel_scales;
+    summary.per_channel_means |= mean;
+    const char* scale = mean ? "%.4f*" : "%.4f";
+    summary.layer_table.push_back({l->path(), fmt("%.4f", s.threshold), fmt(scale, s.wp), fmt(scale, s.wn),
                                    fmt("%.1f%%", 100 * s.sparsity())});
   }
   json sj = summary.to_json();
@@ -589,6 +592,7 @@ std::string format_summary_table(const RunSummary& s) {
                   r[3].c_str(), r[4].c_str());
     os << line;
   }
+  if (s.per_channel_means) os << "* per-channel scales: the mean over the layer's output channels\n";
   os << "\n";
   std::snprintf(line, sizeof line, "%-12s %-8s %12s %12s %10s\n", "stage", "weights", "top-1 error", "top-5 error", "sparsity");
   os << line;

@@ -36,6 +36,7 @@ struct RunSummary {
   int64_t fp32_bytes = 0, deployed_bytes = 0;
   double wall_seconds = 0.0;
   std::vector<std::vector<std::string>> layer_table;  // layer, D, Wp, Wn, sparsity (last stage)
+  bool per_channel_means = false;  // some rows' Wp, Wn are means over output channels (marked *)
   json to_json() const;
 };
 
