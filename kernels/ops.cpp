@@ -999,28 +999,11 @@ void ttq_forward_cpu(math::ThresholdMode mode, float t, double r, const Tensor& 
                      twn ? th.twn_scale : wn.data<float>()[0], w_t.data<float>(), codes.data<int8_t>());
 }
 
-void ttq_backward_cpu(const Tensor& codes, const Tensor& g, const Tensor& wp, const Tensor& wn, bool scale_latent,
-                      Tensor& latent_grad, Tensor& dwp, Tensor& dwn) {
-  if (scale_latent && wp.numel() > 1) {
-    cpu::add_scale_grads(cpu::ttq_backward_channels(codes.data<int8_t>(), g.data<float>(), codes.numel(), wp.numel(),
-                                                    wp.data<float>(), wn.data<float>(), latent_grad.data<float>()),
-                         dwp.data<float>(), dwn.data<float>());
-    return;
-  }
-  const cpu::ScaleGrads sums = cpu::ttq_backward(codes.data<int8_t>(), g.data<float>(), codes.numel(),
-                                                 wp.data<float>()[0], wn.data<float>()[0], scale_latent,
-                                                 latent_grad.data<float>());
-  if (scale_latent) {
-    dwp.data<float>()[0] += static_cast<float>(sums.wp);
-    dwn.data<float>()[0] += static_cast<float>(sums.wn);
-  }
-}
-
 // The number of scales, C: wp and wn alike, 1 or a divisor of the n weights (per-channel).
 int64_t scale_channels(const char* op, const Tensor& wp, const Tensor& wn, int64_t n) {
   const int64_t c = wp.numel();
   TTQ_CHECK(wn.numel() == c, op << ": Wp " << wp.str() << " and Wn " << wn.str() << " differ in size");
-  TTQ_CHECK(c == 1 || (c > 1 && n % c == 0),
+  TTQ_CHECK(math::scale_rows_fit(c, n),
             op << ": " << c << " scales do not divide the " << n << " weights into rows (1 per layer or 1 per output channel)");
   return c;
 }
@@ -1062,7 +1045,10 @@ void ttq_backward_accumulate(const Tensor& codes, const Tensor& g, const Tensor&
     expect("ttq_backward_accumulate", dwp, channels, "Wp gradient");
     expect("ttq_backward_accumulate", dwn, channels, "Wn gradient");
   }
-  TTQ_DISPATCH(dev, ttq_backward_cpu(codes, g, wp, wn, scale_latent, latent_grad, dwp, dwn),
+  TTQ_DISPATCH(dev,
+               cpu::ttq_backward_accumulate(codes.data<int8_t>(), g.data<float>(), n, channels, wp.data<float>(),
+                                            wn.data<float>(), scale_latent, latent_grad.data<float>(),
+                                            dwp.data<float>(), dwn.data<float>()),
                cuda::ttq_backward_accumulate(codes.data_ptr<int8_t>(), g.data_ptr<float>(), n, channels,
                                              wp.data_ptr<float>(), wn.data_ptr<float>(), scale_latent,
                                              latent_grad.data_ptr<float>(), dwp.data_ptr<float>(),

@@ -57,7 +57,7 @@ void TtqLayerSet::check() {
     const int64_t n = l.latent->numel();
     if (!twn(l)) {
       const int64_t c = l.wp->numel();
-      TTQ_CHECK(l.wn->numel() == c && (c == 1 || (c > 1 && n % c == 0)),
+      TTQ_CHECK(l.wn->numel() == c && math::scale_rows_fit(c, n),
                 "TTQ layer set: layer " << i << ": Wp " << l.wp->str() << " and Wn " << l.wn->str()
                                         << " must both hold 1 scale or 1 per row of " << l.latent->str());
       TTQ_CHECK((!l.dwp || l.dwp->numel() == c) && (!l.dwn || l.dwn->numel() == c),
@@ -161,21 +161,12 @@ void TtqLayerSet::backward() {
     TTQ_FAIL("TTQ layer set: CUDA tensors in a build without the CUDA backend");
 #endif
   }
+  auto fp = [](const Tensor* t) { return t ? t->data<float>() : nullptr; };
   for (const auto& l : layers_) {
     const bool scale = !twn(l);
-    const int64_t n = l.latent->numel();
-    if (scale && l.wp->numel() > 1) {
-      cpu::add_scale_grads(cpu::ttq_backward_channels(l.codes->data<int8_t>(), l.g->data<float>(), n, l.wp->numel(),
-                                                      l.wp->data<float>(), l.wn->data<float>(),
-                                                      l.latent_grad->data<float>()),
-                           l.dwp ? l.dwp->data<float>() : nullptr, l.dwn ? l.dwn->data<float>() : nullptr);
-      continue;
-    }
-    const cpu::ScaleGrads s =
-        cpu::ttq_backward(l.codes->data<int8_t>(), l.g->data<float>(), n, scale ? l.wp->data<float>()[0] : 1.0f,
-                          scale ? l.wn->data<float>()[0] : 1.0f, scale, l.latent_grad->data<float>());
-    if (scale && l.dwp) l.dwp->data<float>()[0] += static_cast<float>(s.wp);
-    if (scale && l.dwn) l.dwn->data<float>()[0] += static_cast<float>(s.wn);
+    cpu::ttq_backward_accumulate(l.codes->data<int8_t>(), l.g->data<float>(), l.latent->numel(),
+                                 scale ? l.wp->numel() : 1, scale ? fp(l.wp) : nullptr, scale ? fp(l.wn) : nullptr,
+                                 scale, l.latent_grad->data<float>(), fp(l.dwp), fp(l.dwn));
   }
 }
 

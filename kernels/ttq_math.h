@@ -109,6 +109,10 @@ TTQ_HD float wn_grad_term(int8_t code, float g) { return detail::select(code < 0
 TTQ_HD float threshold_from_max(float max_abs, float t) { return t * max_abs; }
 TTQ_HD float twn_threshold(float mean_abs) { return 0.7f * mean_abs; }
 
+// Per-output-channel scales: `channels` (Wp, Wn) pairs split a tensor of n weights into rows of
+// n / channels, row c using pair c; one pair per tensor is channels == 1. Whether a count fits.
+TTQ_HD bool scale_rows_fit(int64_t channels, int64_t n) { return channels >= 1 && n % channels == 0; }
+
 // Index k (0-based, into |W~| sorted ascending) whose value is D in sparsity mode, or -1 when
 // k = floor(r * n) is 0 (then D = 0 and only exact zeros are in the band). The small slack keeps
 // products like 0.29 * 100 = 28.999999999999996 at the count the user meant.

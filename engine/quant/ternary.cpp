@@ -63,11 +63,9 @@ void TernaryQuantizer::init(const Tensor& latent) {
   if (cfg_.init_scales_from_weights && trainable_scales()) {
     const Tensor w = latent.to(Device::CPU);  // once, at quantization time
     const float d = cpu::ttq_threshold(cfg_.mode, w.data<float>(), w.numel(), cfg_.t, cfg_.r).threshold;
-    std::vector<cpu::SetMeans> means;
-    if (channels > 1)
-      means = cpu::ttq_set_means_channels(w.data<float>(), w.numel(), channels, d);
-    else
-      means.push_back(cpu::ttq_set_means(w.data<float>(), w.numel(), d));
+    // One row per scale pair (the whole tensor when there is one): a row's means are the
+    // per-tensor ones of its slice.
+    const std::vector<cpu::SetMeans> means = cpu::ttq_set_means_channels(w.data<float>(), w.numel(), channels, d);
     Tensor p = Tensor::empty({channels}), n = Tensor::empty({channels});
     for (int64_t c = 0; c < channels; ++c) {  // an empty set keeps 1.0
       p.data<float>()[c] = means[c].positive > 0.0f ? means[c].positive : 1.0f;

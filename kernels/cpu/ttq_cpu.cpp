@@ -50,8 +50,8 @@ void for_each_chunk(int64_t n, const Body& body) {
 // per-tensor functions walk the whole tensor, so a row's results never depend on the threads.
 template <class Body>
 void for_each_row(int64_t n, int64_t rows, const Body& body) {
-  TTQ_CHECK(rows > 0 && n % rows == 0, "TTQ per-channel scales: " << rows << " channels do not divide "
-                                                                  << n << " weights");
+  TTQ_CHECK(math::scale_rows_fit(rows, n),
+            "TTQ per-channel scales: " << rows << " channels do not divide " << n << " weights");
   const int64_t per = n / rows;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin && rows > 1)
   for (int64_t c = 0; c < rows; ++c) body(c, c * per, per);
@@ -455,7 +455,14 @@ std::vector<ScaleGrads> ttq_backward_channels(const int8_t* codes, const float* 
   return rows;
 }
 
-void add_scale_grads(const std::vector<ScaleGrads>& rows, float* dwp, float* dwn) {
+void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, int64_t channels, const float* wp,
+                             const float* wn, bool scale_latent, float* latent_grad, float* dwp, float* dwn) {
+  if (!scale_latent) {  // TWN: the plain straight-through gradient, no scale gradients
+    ttq_backward(codes, g, n, 1.0f, 1.0f, false, latent_grad);
+    return;
+  }
+  const std::vector<ScaleGrads> rows = channels > 1 ? ttq_backward_channels(codes, g, n, channels, wp, wn, latent_grad)
+                                                    : std::vector{ttq_backward(codes, g, n, wp[0], wn[0], true, latent_grad)};
   for (size_t c = 0; c < rows.size(); ++c) {
     if (dwp) dwp[c] += static_cast<float>(rows[c].wp);
     if (dwn) dwn[c] += static_cast<float>(rows[c].wn);

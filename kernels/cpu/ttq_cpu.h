@@ -49,9 +49,11 @@ TernarizeCounts ttq_ternarize_channels(const float* w, int64_t n, int64_t channe
 // latent_grad as ttq_backward with each row's scales; returns the scale gradients of every row.
 std::vector<ScaleGrads> ttq_backward_channels(const int8_t* codes, const float* g, int64_t n, int64_t channels,
                                               const float* wp, const float* wn, float* latent_grad);
-// Adds each row's scale gradients into dwp[c] and dwn[c] (either may be null), each rounded to
-// float once.
-void add_scale_grads(const std::vector<ScaleGrads>& rows, float* dwp, float* dwn);
+// The backward of one tensor with `channels` scale pairs (1: one per tensor): the latent gradient
+// as above, and each pair's dL/dWp, dL/dWn rounded to float once and ADDED into dwp[c], dwn[c]
+// (either may be null; untouched without scale_latent, when wp and wn are not read).
+void ttq_backward_accumulate(const int8_t* codes, const float* g, int64_t n, int64_t channels, const float* wp,
+                             const float* wn, bool scale_latent, float* latent_grad, float* dwp, float* dwn);
 // The set means of every row (for initialising per-channel scales from the weights).
 std::vector<SetMeans> ttq_set_means_channels(const float* w, int64_t n, int64_t channels, float d);
 

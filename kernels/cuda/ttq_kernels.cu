@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Rows of a per-channel tensor, checked: one block each.
 int64_t rows_of(const char* what, int64_t n, int64_t channels) {
-  TTQ_CHECK(channels > 0 && n >= 0 && n % channels == 0 && channels <= 0x7fffffff,
+  TTQ_CHECK(n >= 0 && math::scale_rows_fit(channels, n) && channels <= 0x7fffffff,
             what << ": " << channels << " channels do not divide " << n << " weights into rows");
   return n / channels;
 }

@@ -325,8 +325,8 @@ TtqMultiTensor::TtqMultiTensor(std::vector<TtqMultiLayer> layers, const MultiTen
               "TTQ multi-tensor: layer " << i << " sets both w_t (f32) and w_t_bf16; exactly one of the two");
     TTQ_CHECK(l.n == 0 || (l.w && (l.w_t || l.w_t_bf16) && l.codes),
               "TTQ multi-tensor: layer " << i << " lacks w, w_t (or w_t_bf16) or codes");
-    TTQ_CHECK(l.channels >= 1 && l.channels <= std::numeric_limits<int32_t>::max() &&
-                  (l.channels == 1 || (l.n % l.channels == 0 && l.mode != ThresholdMode::Twn)),
+    TTQ_CHECK(math::scale_rows_fit(l.channels, l.n) && l.channels <= std::numeric_limits<int32_t>::max() &&
+                  (l.channels == 1 || l.mode != ThresholdMode::Twn),
               "TTQ multi-tensor: layer " << i << " has " << l.channels << " channels for " << l.n
                                          << " weights (per-channel scales need a divisor of n, and not Twn)");
     switch (l.mode) {
@@ -409,7 +409,8 @@ int TtqMultiTensor::fused_forward_launches() const {
 }
 
 int TtqMultiTensor::backward_launches() const {
-  return layers_.empty() ? 0 : static_cast<int>(all_pass_.launches.size() + row_pass_.launches.size()) + 1;
+  const int chunked = all_pass_.launches.empty() ? 0 : static_cast<int>(all_pass_.launches.size()) + 1;
+  return chunked + static_cast<int>(row_pass_.launches.size());
 }
 
 void TtqMultiTensor::forward(cudaStream_t stream) {
@@ -455,16 +456,17 @@ void TtqMultiTensor::forward(cudaStream_t stream) {
 
 void TtqMultiTensor::backward(cudaStream_t stream) {
   TTQ_CHECK(backward_ready_, "TTQ multi-tensor backward: a layer lacks g or latent_grad");
-  if (layers_.empty()) return;
   auto* partials = static_cast<Pair*>(backward_partials_.get());
-  for (const auto& launch : all_pass_.launches) {
-    backward_partials<<<launch.blocks, kThreads, 0, stream>>>(
-        layers_dev_, all_pass_.blocks, launch.first_block, limits_.chunk, partials);
+  if (!all_pass_.launches.empty()) {  // some layer with one scale pair and weights
+    for (const auto& launch : all_pass_.launches) {
+      backward_partials<<<launch.blocks, kThreads, 0, stream>>>(
+          layers_dev_, all_pass_.blocks, launch.first_block, limits_.chunk, partials);
+      CUDA_CHECK(cudaGetLastError());
+    }
+    finish_layers<Finish::Backward><<<static_cast<unsigned>(layers_.size()), kThreads, 0, stream>>>(
+        layers_dev_, all_pass_.ranges, partials);
     CUDA_CHECK(cudaGetLastError());
   }
-  finish_layers<Finish::Backward><<<static_cast<unsigned>(layers_.size()), kThreads, 0, stream>>>(
-      layers_dev_, all_pass_.ranges, partials);
-  CUDA_CHECK(cudaGetLastError());
   for (const auto& launch : row_pass_.launches) {
     backward_rows<<<launch.blocks, kThreads, 0, stream>>>(layers_dev_, row_pass_.blocks, launch.first_block);
     CUDA_CHECK(cudaGetLastError());

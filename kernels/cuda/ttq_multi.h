@@ -18,7 +18,8 @@
 //                per-output-channel scales: one block per (layer, row) of the row pass instead).
 //   backward: 1. per (layer, chunk) block: latent_grad += scale * g and the partial sums (double)
 //                of the dL/dWp and dL/dWn terms (minus sign for Wn), one launch per plan launch;
-//             2. one finishing launch adding dL/dWp and dL/dWn into each layer's gradients;
+//             2. one finishing launch adding dL/dWp and dL/dWn into each layer's gradients
+//                (1 and 2 only when some layer with one scale pair holds weights);
 //             3. layers with per-output-channel scales: one block per (layer, row) updates the
 //                row's latent gradient and adds the row's sums into dwp[row], dwn[row] itself.
 //
