@@ -77,7 +77,7 @@ void BM_step(benchmark::State& state) {
       // Communication left after the LAST rank finished its backward pass (one machine: one clock).
       std::fill(starts.begin(), starts.end(), 0.0);
       starts[static_cast<size_t>(g_comm->rank())] = reducer->last_finish_start();
-      g_comm->all_reduce_sum(starts.data(), g_comm->world());
+      g_comm->all_reduce_sum(starts.data(), g_comm->world(), "the start times");
       const double last = *std::max_element(starts.begin(), starts.end());
       exposed += std::max(0.0, reducer->last_finish_start() + reducer->last_wait_seconds() - last);
       state.ResumeTiming();

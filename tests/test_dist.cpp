@@ -57,7 +57,7 @@ int join_two_ranks_late_root(const std::string& rendezvous, int delay_ms, double
       o.timeout_s = timeout_s;
       TcpCommunicator c(o);
       int64_t one = 1;
-      c.all_reduce_sum(&one, 1);
+      c.all_reduce_sum(&one, 1, "a test value");
       if (one == 2) ++ok;
     });
   for (auto& t : th) t.join();
@@ -206,12 +206,12 @@ TEST(TcpBackend, AllReduceOverSizesIncludingOddOnes) {
       EXPECT_EQ(bad, 0) << "size " << n << " on rank " << r;
     }
     double d[3] = {0.5 * r, 1.0, -2.0 * r};
-    c->all_reduce_sum(d, 3);
+    c->all_reduce_sum(d, 3, "test doubles");
     EXPECT_DOUBLE_EQ(d[0], 1.5);
     EXPECT_DOUBLE_EQ(d[1], 3.0);
     EXPECT_DOUBLE_EQ(d[2], -6.0);
     int64_t k[2] = {r, int64_t(1) << 40};
-    c->all_reduce_sum(k, 2);
+    c->all_reduce_sum(k, 2, "test integers");
     EXPECT_EQ(k[0], 3);
     EXPECT_EQ(k[1], int64_t(3) << 40);
     std::vector<char> bytes(100003, static_cast<char>(r == 2 ? 'x' : 'o'));
@@ -342,6 +342,20 @@ TEST(TcpBackend, ADeadRankEndsTheCollectiveAtOnce) {
   });
   EXPECT_NE(err0.find("rank 1 closed its connection"), std::string::npos) << err0;
   EXPECT_LT(t_fail, 5.0);  // not the 60 s timeout
+}
+
+TEST(TcpBackend, AFailedHostSumNamesItsData) {
+  TempDir dir;
+  std::string err0;
+  run_ranks(2, dir.file("rdv"), 60.0, [&](int r, std::shared_ptr<Communicator> c) {
+    c->barrier();
+    if (r == 1) return;  // gone
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    int64_t counts[2] = {1, 2};
+    err0 = tt::error_of([&] { c->all_reduce_sum(counts, 2, "the evaluation counts"); });
+  });
+  EXPECT_NE(err0.find("all-reduce of the evaluation counts (16 bytes)"), std::string::npos) << err0;
+  EXPECT_NE(err0.find("rank 1 closed its connection"), std::string::npos) << err0;
 }
 
 TEST(TcpBackend, RanksThatDisagreeOnTheirCollectivesGetAnError) {

@@ -30,7 +30,7 @@ bool same_on_every_rank(const void* p, size_t bytes) {
   std::vector<char> root(static_cast<const char*>(p), static_cast<const char*>(p) + bytes);
   g_comm->broadcast(root.data(), bytes, 0);
   int64_t differs = std::memcmp(root.data(), p, bytes) != 0;
-  g_comm->all_reduce_sum(&differs, 1);
+  g_comm->all_reduce_sum(&differs, 1, "the differences");
   return differs == 0;
 }
 
@@ -87,11 +87,11 @@ TEST(MpiBackend, AllReduceOverSizesIncludingOddOnes) {
     EXPECT_TRUE(same_on_every_rank(t.raw(), t.nbytes())) << "size " << n;
   }
   double d[2] = {0.5 * r, 1.0};
-  g_comm->all_reduce_sum(d, 2);
+  g_comm->all_reduce_sum(d, 2, "test doubles");
   EXPECT_DOUBLE_EQ(d[0], 0.5);
   EXPECT_DOUBLE_EQ(d[1], 2.0);
   int64_t k[2] = {r, int64_t(1) << 40};
-  g_comm->all_reduce_sum(k, 2);
+  g_comm->all_reduce_sum(k, 2, "test integers");
   EXPECT_EQ(k[0], 1);
   EXPECT_EQ(k[1], int64_t(2) << 40);
   std::vector<char> bytes(100003, r == 1 ? 'x' : 'o');
@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
     }
     rc = RUN_ALL_TESTS();
     int64_t failed = rc != 0;
-    g_comm->all_reduce_sum(&failed, 1);  // every rank fails when one does
+    g_comm->all_reduce_sum(&failed, 1, "the failures");  // every rank fails when one does
     rc = failed ? 1 : 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "test_dist_mpi: %s\n", e.what());

@@ -78,11 +78,11 @@ class MpiCommunicator : public Communicator {
       }
     });
   }
-  void all_reduce_sum(double* data, int64_t n) override {
-    thread_.run([&] { reduce_sum(data, n, MPI_DOUBLE, sizeof(double), "all-reduce"); });
+  void all_reduce_sum(double* data, int64_t n, const char* what) override {
+    thread_.run([&] { reduce_sum(data, n, MPI_DOUBLE, sizeof(double), ("all-reduce of " + std::string(what)).c_str()); });
   }
-  void all_reduce_sum(int64_t* data, int64_t n) override {
-    thread_.run([&] { reduce_sum(data, n, MPI_INT64_T, sizeof(int64_t), "all-reduce"); });
+  void all_reduce_sum(int64_t* data, int64_t n, const char* what) override {
+    thread_.run([&] { reduce_sum(data, n, MPI_INT64_T, sizeof(int64_t), ("all-reduce of " + std::string(what)).c_str()); });
   }
   void broadcast(void* data, size_t bytes, int root) override {
     TTQ_CHECK(root >= 0 && root < world_, "distributed (mpi): broadcast root " << root << " is not a rank of " << world_);
@@ -165,7 +165,7 @@ class MpiCommunicator : public Communicator {
   void reduce_sum(void* data, int64_t n, MPI_Datatype type, size_t elem, const char* what) {
     check_usable(what);
     if (world_ == 1) return;
-    const std::string label = std::string(what) + " of " + size_str(static_cast<size_t>(n) * elem);
+    const std::string label = std::string(what) + " (" + size_str(static_cast<size_t>(n) * elem) + ")";
     char* p = static_cast<char*>(data);
     for (int64_t done = 0; done < n;) {
       const int count = static_cast<int>(std::min<int64_t>(n - done, int64_t{1} << 30));

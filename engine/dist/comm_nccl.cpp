@@ -119,11 +119,11 @@ class NcclCommunicator : public Communicator {
   // Host collectives. A failure there (a dead peer) also aborts the NCCL communicator: all-reduces
   // this rank already launched may wait for that peer, and device work queued behind them (and any
   // cudaFree on the way out) would otherwise never finish.
-  void all_reduce_sum(double* data, int64_t n) override {
-    on_host([&] { host_->all_reduce_sum(data, n); });
+  void all_reduce_sum(double* data, int64_t n, const char* what) override {
+    on_host([&] { host_->all_reduce_sum(data, n, what); });
   }
-  void all_reduce_sum(int64_t* data, int64_t n) override {
-    on_host([&] { host_->all_reduce_sum(data, n); });
+  void all_reduce_sum(int64_t* data, int64_t n, const char* what) override {
+    on_host([&] { host_->all_reduce_sum(data, n, what); });
   }
   void broadcast(void* data, size_t bytes, int root) override {
     on_host([&] { host_->broadcast(data, bytes, root); });
@@ -296,7 +296,7 @@ std::unique_ptr<CommWork> NcclCommunicator::all_reduce_average_async(Tensor& dat
   TTQ_CHECK(data.dtype() == DType::F32 && data.device() == Device::CUDA,
             "distributed (nccl): all-reduce needs an f32 GPU tensor, got " << data.str());
   check_usable("an all-reduce");
-  const std::string what = "gradient all-reduce of " + size_str(data.nbytes());
+  const std::string what = "gradient all-reduce (" + size_str(data.nbytes()) + ")";
   cudaEvent_t ready = nullptr, done = nullptr;
   CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
   CUDA_CHECK(cudaEventRecord(ready, cudaStreamPerThread));

@@ -539,7 +539,7 @@ template <typename T> void TcpCommunicator::reduce_sum(T* data, int64_t n, const
   check_usable(what);
   const uint64_t seq = ++seq_;
   const size_t bytes = static_cast<size_t>(n) * sizeof(T);
-  const std::string label = std::string(what) + " of " + size_str(bytes);
+  const std::string label = std::string(what) + " (" + size_str(bytes) + ")";
   const Deadline d(timeout_s_);
   const MsgHeader mine{kMsgMagic, op_of<T>(), bytes, seq};
   if (rank_ == 0) {
@@ -623,14 +623,14 @@ std::unique_ptr<CommWork> TcpCommunicator::all_reduce_average_async(Tensor& data
   });
 }
 
-void TcpCommunicator::all_reduce_sum(double* data, int64_t n) {
+void TcpCommunicator::all_reduce_sum(double* data, int64_t n, const char* what) {
   if (world_ == 1) return;
-  thread_.run([&] { reduce_sum(data, n, "all-reduce"); });
+  thread_.run([&] { reduce_sum(data, n, ("all-reduce of " + std::string(what)).c_str()); });
 }
 
-void TcpCommunicator::all_reduce_sum(int64_t* data, int64_t n) {
+void TcpCommunicator::all_reduce_sum(int64_t* data, int64_t n, const char* what) {
   if (world_ == 1) return;
-  thread_.run([&] { reduce_sum(data, n, "all-reduce"); });
+  thread_.run([&] { reduce_sum(data, n, ("all-reduce of " + std::string(what)).c_str()); });
 }
 
 void TcpCommunicator::broadcast(void* data, size_t bytes, int root) {

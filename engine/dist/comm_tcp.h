@@ -41,8 +41,8 @@ class TcpCommunicator : public Communicator {
 
   const char* backend() const override { return "tcp"; }
   std::unique_ptr<CommWork> all_reduce_average_async(Tensor& data) override;
-  void all_reduce_sum(double* data, int64_t n) override;
-  void all_reduce_sum(int64_t* data, int64_t n) override;
+  void all_reduce_sum(double* data, int64_t n, const char* what) override;
+  void all_reduce_sum(int64_t* data, int64_t n, const char* what) override;
   void broadcast(void* data, size_t bytes, int root) override;
   void barrier() override;
   void abort(const std::string& reason) noexcept override;

@@ -78,9 +78,10 @@ class Communicator {
   // ordered after the work the calling thread enqueued so far, and wait() orders later work after it.
   virtual std::unique_ptr<CommWork> all_reduce_average_async(Tensor& data) = 0;
   void all_reduce_average(Tensor& data) { all_reduce_average_async(data)->wait(); }
-  // Sums of small host arrays (counters), in place.
-  virtual void all_reduce_sum(double* data, int64_t n) = 0;
-  virtual void all_reduce_sum(int64_t* data, int64_t n) = 0;
+  // Sums of small host arrays (counters), in place. `what` names the data for errors ("the
+  // evaluation counts").
+  virtual void all_reduce_sum(double* data, int64_t n, const char* what) = 0;
+  virtual void all_reduce_sum(int64_t* data, int64_t n, const char* what) = 0;
   // Host bytes from root to every rank.
   virtual void broadcast(void* data, size_t bytes, int root) = 0;
   virtual void barrier() = 0;
@@ -111,8 +112,8 @@ class SingleProcessCommunicator : public Communicator {
   SingleProcessCommunicator() = default;
   const char* backend() const override { return "none"; }
   std::unique_ptr<CommWork> all_reduce_average_async(Tensor& data) override;
-  void all_reduce_sum(double*, int64_t) override {}
-  void all_reduce_sum(int64_t*, int64_t) override {}
+  void all_reduce_sum(double*, int64_t, const char*) override {}
+  void all_reduce_sum(int64_t*, int64_t, const char*) override {}
   void broadcast(void*, size_t, int) override {}
   void barrier() override {}
   void abort(const std::string&) noexcept override {}

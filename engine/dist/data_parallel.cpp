@@ -79,17 +79,17 @@ void DataParallel::sync_device(const std::string& what) {
   if (active()) guarded([&] { comm_->sync_device(what); });
 }
 
-void DataParallel::sum(double* v, int64_t n) {
-  if (active()) guarded([&] { comm_->all_reduce_sum(v, n); });
+void DataParallel::sum(double* v, int64_t n, const char* what) {
+  if (active()) guarded([&] { comm_->all_reduce_sum(v, n, what); });
 }
 
-void DataParallel::sum(int64_t* v, int64_t n) {
-  if (active()) guarded([&] { comm_->all_reduce_sum(v, n); });
+void DataParallel::sum(int64_t* v, int64_t n, const char* what) {
+  if (active()) guarded([&] { comm_->all_reduce_sum(v, n, what); });
 }
 
 double DataParallel::mean(double v) {
   if (!active()) return v;
-  sum(&v, 1);
+  sum(&v, 1, "a value averaged over the ranks");
   return v / world();
 }
 

@@ -49,8 +49,9 @@ class DataParallel {
   // timeout, for its all-reduces before the optimizer's one-time set-up (whose uploads would
   // otherwise block without a timeout behind a collective of a dead peer).
   void begin_stage();
-  void sum(double* v, int64_t n);
-  void sum(int64_t* v, int64_t n);
+  // Sums over the ranks, in place; `what` names the data for errors.
+  void sum(double* v, int64_t n, const char* what);
+  void sum(int64_t* v, int64_t n, const char* what);
   // Mean of one value over the ranks. Collective.
   double mean(double v);
 

@@ -64,7 +64,7 @@ int64_t sync_batchnorm_forward_train(Communicator& comm, const BatchNormShape& s
     std::memcpy(sums.data(), h.data<double>(), uc * sizeof(double));
   }
   sums[uc] = static_cast<double>(per);
-  comm.all_reduce_sum(sums.data(), C + 1);
+  comm.all_reduce_sum(sums.data(), C + 1, "the sync_bn batch sums");
   const double count = sums[uc];
   TTQ_CHECK(count > 1, "sync_bn: training needs more than one value per channel over all ranks, got " << count);
   std::vector<double> mu(uc);
@@ -82,7 +82,7 @@ int64_t sync_batchnorm_forward_train(Communicator& comm, const BatchNormShape& s
     std::memcpy(rm.data(), hm.data<float>(), uc * sizeof(float));
     std::memcpy(rv.data(), hv.data<float>(), uc * sizeof(float));
   }
-  comm.all_reduce_sum(sq.data(), C);
+  comm.all_reduce_sum(sq.data(), C, "the sync_bn squared deviations");
   // Statistics on the host, in double; the f32 outputs and running statistics as before.
   std::vector<double> is(uc);
   std::vector<float> meanf(uc), varf(uc), isf(uc);
@@ -128,7 +128,7 @@ void sync_batchnorm_backward(Communicator& comm, const BatchNormShape& s, int64_
   }
   write_f32(dgamma, dg);
   write_f32(dbeta, db);
-  comm.all_reduce_sum(sums.data(), 2 * C);
+  comm.all_reduce_sum(sums.data(), 2 * C, "the sync_bn gradient sums");
   // Every rank's dy is the gradient of its own mean loss (world x the gradient of the global mean
   // loss), so with global sums and the global count, dx is world x dL/dx, like every other
   // gradient on this rank before the averaging all-reduce.

@@ -116,8 +116,8 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
   TTQ_CHECK(std::isfinite(loss_sum), "evaluation: the loss is not finite; the model's outputs contain NaN or Inf");
   if (comm && comm->world() > 1) {
     int64_t counts[3] = {top1, top5, seen};
-    comm->all_reduce_sum(counts, 3);
-    comm->all_reduce_sum(&loss_sum, 1);
+    comm->all_reduce_sum(counts, 3, "the evaluation counts");
+    comm->all_reduce_sum(&loss_sum, 1, "the evaluation loss");
     top1 = counts[0];
     top5 = counts[1];
     seen = counts[2];
@@ -235,8 +235,8 @@ void fold_epoch_sums(DataParallel& dp, TrainingState& state) {
   if (!dp.active()) return;
   double loss_sum = state.epoch_loss_sum;
   int64_t counts[2] = {state.epoch_correct, state.epoch_seen};
-  dp.sum(&loss_sum, 1);
-  dp.sum(counts, 2);
+  dp.sum(&loss_sum, 1, "the epoch's loss sum");
+  dp.sum(counts, 2, "the epoch's counts");
   if (dp.root()) {
     state.epoch_loss_sum = loss_sum;
     state.epoch_correct = counts[0];
@@ -441,7 +441,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
           global[2 * i] = done[i].loss * static_cast<double>(done[i].batch);
           global[2 * i + 1] = static_cast<double>(done[i].batch);
         }
-        if (dp.active() && !global.empty()) dp.sum(global.data(), static_cast<int64_t>(global.size()));
+        if (dp.active() && !global.empty()) dp.sum(global.data(), static_cast<int64_t>(global.size()), "the steps' losses");
         for (size_t i = 0; i < done.size(); ++i) {
           const Pending& p = pending[i];
           const LoggedStep& r = done[i];
@@ -504,8 +504,8 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       const bool last_epoch = epoch + 1 == st.epochs;
       double train_loss_sum = state.epoch_loss_sum;  // over all ranks
       int64_t train_counts[2] = {state.epoch_correct, state.epoch_seen};
-      dp.sum(&train_loss_sum, 1);
-      dp.sum(train_counts, 2);
+      dp.sum(&train_loss_sum, 1, "the epoch's training loss");
+      dp.sum(train_counts, 2, "the epoch's training counts");
       json rec = {{"type", "epoch"}, {"stage", st.name}, {"epoch", epoch + 1}, {"step", state.global_step},
                   {"train_loss", train_loss_sum / std::max<int64_t>(train_counts[1], 1)},
                   {"train_top1_error", 1.0 - static_cast<double>(train_counts[0]) / std::max<int64_t>(train_counts[1], 1)},
