@@ -806,6 +806,15 @@ void shortcut_a_backward(int64_t stride, const Tensor& dy, Tensor& dx) {
 }
 
 namespace {
+// Host labels must index a class: the CPU loops read logits[label]. (On the GPU a label outside
+// [0, classes) makes the row's loss NaN, which the finite-loss checks report, without a sync.)
+void check_labels(const char* op, const Tensor& labels, int64_t classes) {
+  const int32_t* l = labels.data<int32_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i)
+    TTQ_CHECK(l[i] >= 0 && l[i] < classes,
+              op << ": label " << l[i] << " of row " << i << " is outside [0, " << classes << ")");
+}
+
 int64_t count_topk_cpu(int64_t n, int64_t c, const float* logits, const int32_t* labels, int k) {
   int64_t correct = 0;
   for (int64_t b = 0; b < n; ++b) {
@@ -831,6 +840,7 @@ double softmax_xent_forward(const Tensor& logits, const Tensor& labels, float la
     softmax_xent_forward_into(logits, labels, label_smoothing, probs, out);
     return out.to(Device::CPU).data<float>()[0];
   }
+  check_labels("softmax_xent_forward", labels, c);
   return ref::softmax_xent_forward(n, c, widen(logits).data<float>(), labels.data<int32_t>(), label_smoothing,
                                    probs.data<float>());
 }
@@ -838,7 +848,9 @@ double softmax_xent_forward(const Tensor& logits, const Tensor& labels, float la
 void softmax_xent_backward(const Tensor& probs, const Tensor& labels, float label_smoothing, Tensor& dlogits) {
   const Device dev = common_device("softmax_xent_backward", {&probs, &labels, &dlogits});
   const int64_t n = probs.dim(0), c = probs.dim(1);
+  expect("softmax_xent_backward", labels, n, "labels");
   expect("softmax_xent_backward", dlogits, n * c, "logit gradient");
+  if (dev == Device::CPU) check_labels("softmax_xent_backward", labels, c);
   expect_f32("softmax_xent_backward", {&probs});
   if (act_dtype("softmax_xent_backward", {&dlogits}) == DType::BF16) {
     TTQ_BF16_DISPATCH(dev, Tensor df = f32_like(dlogits); softmax_xent_backward(probs, labels, label_smoothing, df);
@@ -907,6 +919,7 @@ int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k) {
     count_topk_correct_into(logits, labels, k, out);
     return out.to(Device::CPU).data<int64_t>()[0];
   }
+  check_labels("count_topk_correct", labels, c);
   return count_topk_cpu(n, c, widen(logits).data<float>(), labels.data<int32_t>(), k);
 }
 
@@ -1071,6 +1084,8 @@ void sgd_update(Tensor& p, const Tensor& g, Tensor* momentum_buf, float lr, floa
                 bool first_step) {
   const Device dev = common_device("sgd_update", {&p, &g, momentum_buf});
   expect("sgd_update", g, p.numel(), "gradient");
+  TTQ_CHECK(momentum == 0.0f || momentum_buf, "sgd_update: momentum " << momentum << " without a momentum buffer");
+  if (momentum_buf) expect("sgd_update", *momentum_buf, p.numel(), "momentum buffer");
   TTQ_DISPATCH(dev,
                sgd_cpu(p.numel(), p.data_ptr<float>(), g.data_ptr<float>(), mptr(momentum_buf), lr, momentum, wd, nesterov,
                        first_step),

@@ -256,6 +256,33 @@ TEST_P(GpuBatchNorm, BackwardMatchesReferenceAndRepeats) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GpuBatchNorm, ::testing::ValuesIn(kBnCases), CaseName{});
 
+// An empty batch (N = 0): nothing to normalise, and dgamma, dbeta are 0 as on the CPU (not left
+// as they were), in f32 (cuDNN) and bf16 (own kernels).
+TEST(GpuBatchNormEmpty, BackwardZeroesTheParameterGradients) {
+  const BatchNormShape s{0, 3, 4};
+  const Shape xs{0, 3, 4}, cs{3};
+  const Tensor gamma = testing::random_tensor(cs, 91), mean = testing::random_tensor(cs, 92);
+  const Tensor inv_std = testing::random_tensor(cs, 93, 0.5f, 2.0f);
+  Tensor x = cpu_empty(xs), dy = cpu_empty(xs), dx = cpu_empty(xs);
+  Tensor dg_ref = testing::random_tensor(cs, 94), db_ref = testing::random_tensor(cs, 95);
+  ops::batchnorm_backward(s, x, dy, gamma, mean, inv_std, 1e-5f, dx, dg_ref, db_ref);
+  for (int64_t c = 0; c < 3; ++c) {
+    ASSERT_EQ(hp(dg_ref)[c], 0.0f) << "the CPU's dgamma";
+    ASSERT_EQ(hp(db_ref)[c], 0.0f) << "the CPU's dbeta";
+  }
+  if (cuda_device_count() == 0) GTEST_SKIP() << cuda_device_summary();
+  TTQ_REQUIRE_CUDNN();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Tensor xg = Tensor::empty(xs, dt, Device::CUDA), dyg = Tensor::empty(xs, dt, Device::CUDA);
+    Tensor dxg = Tensor::empty(xs, dt, Device::CUDA);
+    Tensor dg = gpu_garbage(cs), db = gpu_garbage(cs);
+    ops::batchnorm_backward(s, xg, dyg, gpu(gamma), gpu(mean), gpu(inv_std), 1e-5f, dxg, dg, db);
+    EXPECT_TRUE(bitwise_equal(dg, dg_ref)) << "dgamma";
+    EXPECT_TRUE(bitwise_equal(db, db_ref)) << "dbeta";
+  }
+}
+
 // ---- linear ---------------------------------------------------------------------------------
 
 const std::vector<LinearCase> kLinearCases = linear_cases({});

@@ -478,6 +478,17 @@ TEST(GpuOps, SoftmaxCrossEntropy) {
     ops::softmax_xent_backward(probs_cpu_dev, labels_dev, c.smoothing, dlogits_op);
     EXPECT_TRUE(bitwise_equal(dlogits_op, dlogits));
   }
+  // A label outside [0, classes) makes the loss NaN (the device path does not read labels on the
+  // host), which the finite-loss checks report.
+  for (int32_t bad : {5, -1}) {
+    const Tensor logits_dev = gpu(random({2, 5}, 1799, -1.0f, 1.0f));
+    const Tensor labels_dev = gpu(Tensor::from_int32({1, bad}));
+    Tensor probs_dev = Tensor::empty({2, 5}, DType::F32, Device::CUDA);
+    Tensor loss_dev = Tensor::empty({1}, DType::F32, Device::CUDA);
+    cuda::softmax_xent_forward(2, 5, logits_dev.data_ptr<float>(), labels_dev.data_ptr<int32_t>(), 0.0f,
+                               probs_dev.data_ptr<float>(), loss_dev.data_ptr<float>());
+    EXPECT_TRUE(std::isnan(value(loss_dev))) << "label " << bad;
+  }
 }
 
 // Rows whose label is among the k largest logits, ties to the lower index, NaN above every number

@@ -249,3 +249,27 @@ TEST(LossValue, TopKCounting) {
   EXPECT_EQ(count_topk_correct(with_nan, {1, 0}, 1), 2);  // row 1: NaN class 0 comes before NaN class 2
   EXPECT_EQ(count_topk_correct(with_nan, {0, 2}, 2), 1);  // row 0: 0.1 is third; row 1: NaN class 2 second
 }
+
+// The tensor ops on the CPU refuse a label that indexes no class, or a label count that is not
+// the row count, naming the op, rather than reading outside the logits.
+TEST(LossValue, OpsRefuseLabelsOutsideTheClasses) {
+  const Tensor logits = random_tensor({3, 4}, 61, -1.0f, 1.0f);
+  Tensor probs = Tensor::empty({3, 4}), d = Tensor::empty({3, 4});
+  const Tensor good = Tensor::from_int32({0, 3, 1});
+  EXPECT_NO_THROW(ops::softmax_xent_forward(logits, good, 0.0f, probs));
+  EXPECT_NO_THROW(ops::softmax_xent_backward(probs, good, 0.0f, d));
+  for (const std::vector<int32_t>& bad : {std::vector<int32_t>{0, 4, 1}, std::vector<int32_t>{0, -1, 1}}) {
+    const Tensor labels = Tensor::from_int32(bad);
+    const std::string fwd = ttq::testing::error_of([&] { ops::softmax_xent_forward(logits, labels, 0.0f, probs); });
+    EXPECT_NE(fwd.find("softmax_xent_forward: label " + std::to_string(bad[1]) + " of row 1 is outside [0, 4)"),
+              std::string::npos)
+        << fwd;
+    const std::string bwd = ttq::testing::error_of([&] { ops::softmax_xent_backward(probs, labels, 0.0f, d); });
+    EXPECT_NE(bwd.find("softmax_xent_backward: label"), std::string::npos) << bwd;
+    const std::string top = ttq::testing::error_of([&] { ops::count_topk_correct(logits, labels, 1); });
+    EXPECT_NE(top.find("count_topk_correct: label"), std::string::npos) << top;
+  }
+  const std::string short_labels =
+      ttq::testing::error_of([&] { ops::softmax_xent_backward(probs, Tensor::from_int32({0, 1}), 0.0f, d); });
+  EXPECT_NE(short_labels.find("softmax_xent_backward"), std::string::npos) << short_labels;
+}

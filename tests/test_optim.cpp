@@ -5,6 +5,7 @@
 
 #include "engine/optim/optimizer.h"
 #include "engine/optim/schedule.h"
+#include "kernels/ops.h"
 
 using namespace ttq;
 
@@ -108,6 +109,16 @@ TEST(Sgd, FrozenParametersAreSkipped) {
   w.grad() = 1.0f;
   opt->step(0.1);
   EXPECT_EQ(w.value(), 1.0f);
+}
+
+// The update op refuses momentum without a buffer (the CPU loop would otherwise carry one element's
+// momentum into the next, the GPU kernel would silently drop it) and a buffer of another size.
+TEST(Sgd, UpdateOpNeedsAMomentumBuffer) {
+  Tensor p = Tensor::full({4}, 1.0f), g = Tensor::full({4}, 0.5f), short_buf = Tensor::full({3}, 0.0f);
+  EXPECT_THROW(ops::sgd_update(p, g, nullptr, 0.1f, 0.9f, 0.0f, false, true), Error);
+  EXPECT_THROW(ops::sgd_update(p, g, &short_buf, 0.1f, 0.9f, 0.0f, false, true), Error);
+  ops::sgd_update(p, g, nullptr, 0.1f, 0.0f, 0.0f, false, true);  // plain SGD needs none
+  EXPECT_EQ(p.data<float>()[3], 0.95f);
 }
 
 TEST(Adam, MatchesHandComputation) {

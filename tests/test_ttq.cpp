@@ -5,7 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "engine/nn/conv2d.h"
 #include "engine/nn/linear.h"
@@ -100,6 +104,42 @@ TEST(TtqForward, SparsityModeHitsRequestedFraction) {
   for (const auto& [r, want] : cases) {
     const auto q = ternarize(w, math::ThresholdMode::Sparsity, 0.0f, r);
     EXPECT_EQ(std::count(q.codes.begin(), q.codes.end(), int8_t(0)), want) << "r = " << r;
+  }
+}
+
+// The CPU's radix select (tensors of 2048 and more) gives the k-th smallest |w| exactly, for any
+// thread count, also when the top digit's bin holds most of the tensor (all zeros, constant,
+// one exponent), where every thread finds candidates in every chunk.
+TEST(TtqForward, SparsityThresholdIsTheKthSmallestMagnitude) {
+  const int64_t n = (int64_t{1} << 18) + 77;
+  std::vector<float> w(static_cast<size_t>(n));
+  for (int variant = 0; variant < 4; ++variant) {
+    ttq::testing::fill_random(w.data(), n, 40 + variant);
+    if (variant == 1) std::fill(w.begin(), w.end(), 0.0f);
+    if (variant == 2)
+      for (size_t i = 0; i < w.size(); ++i) w[i] = i % 3 ? 0.25f : -0.25f;
+    if (variant == 3)  // one exponent: [1, 2), a few far smaller values
+      for (size_t i = 0; i < w.size(); ++i) w[i] = i % 1000 ? 1.0f + std::fabs(w[i]) * 0.5f : 1e-3f * w[i];
+    std::vector<float> mags(w.size());
+    for (size_t i = 0; i < w.size(); ++i) mags[i] = std::fabs(w[i]);
+    for (double r : {0.001, 0.3, 0.5, 0.999}) {
+      const int64_t k = math::sparsity_rank(r, n);
+      ASSERT_GE(k, 0);
+      std::vector<float> sorted = mags;
+      std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
+      const float want = sorted[static_cast<size_t>(k)];
+      for (int threads : {1, 2, 3}) {
+#if defined(_OPENMP)
+        const int before = omp_get_max_threads();
+        omp_set_num_threads(threads);
+#endif
+        const float got = cpu::ttq_threshold(math::ThresholdMode::Sparsity, w.data(), n, 0.0f, r).threshold;
+#if defined(_OPENMP)
+        omp_set_num_threads(before);
+#endif
+        EXPECT_EQ(got, want) << "variant " << variant << ", r = " << r << ", " << threads << " threads";
+      }
+    }
   }
 }
 
@@ -436,11 +476,6 @@ TEST(QuantizeModel, ModelSizeCountsTwoBitsPerTernaryWeight) {
 
 // The CPU passes split large tensors into fixed chunks whose partial results are combined in chunk
 // order, so every output is bitwise the same whether one thread or several run the chunks.
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-#include <cstring>
-
 // The per-channel loops give, row by row, exactly what the per-tensor loops give on that row with
 // its scales, for rows of several kChunk pieces and tensors big enough to run on several threads,
 // and the same for any thread count.

@@ -296,7 +296,9 @@ float kth_smallest_abs(const float* w, int64_t n, int64_t k) {
   uint32_t prefix = static_cast<uint32_t>(find_bin(hist.data(), kBins, rank)) << kDigitShift[0];
 
   // Pass 2: the keys in that bin, in any order (only their multiset matters). Each thread
-  // compacts its chunks branch-free (always write, advance on a match), then appends.
+  // compacts its chunks branch-free (always write, advance on a match), then appends. A thread's
+  // buffer grows with what it found (the bin may hold most of a large tensor: one buffer of the
+  // bin's size per thread would be threads x the tensor).
   const uint32_t top = prefix >> kDigitShift[0];
   const auto in_bin = static_cast<size_t>(hist[top]);
   std::vector<uint32_t> cand;
@@ -305,13 +307,16 @@ float kth_smallest_abs(const float* w, int64_t n, int64_t k) {
     const int64_t chunks = chunk_count(n);
 #pragma omp parallel if (n >= kParallelMin)
     {
-      std::vector<uint32_t> local(in_bin + 1);
-      uint32_t* __restrict out = local.data();
+      std::vector<uint32_t> local;
       size_t m = 0;
 #pragma omp for schedule(static) nowait
       for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t end = std::min(n, (c + 1) * kChunk);
-        for (int64_t i = c * kChunk; i < end; ++i) {
+        const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+        // Written at m <= min(in_bin, m + chunk length - 1): room for that.
+        const size_t need = std::min(in_bin, m + static_cast<size_t>(end - begin)) + 1;
+        if (local.size() < need) local.resize(std::max(need, std::min(in_bin + 1, 2 * local.size())));
+        uint32_t* __restrict out = local.data();
+        for (int64_t i = begin; i < end; ++i) {
           const uint32_t key = abs_bits(w[i]);
           out[m] = key;
           m += (key >> kDigitShift[0]) == top;

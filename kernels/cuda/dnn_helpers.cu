@@ -188,6 +188,10 @@ void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, 
   CUDA_CHECK(cudaGetLastError());
 }
 
+void zero_floats(float* p, int64_t count) {
+  if (p && count > 0) CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(count) * sizeof(float), cudaStreamPerThread));
+}
+
 template <class T>
 void channel_sums(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums) {
   if (c <= 0) return;

@@ -68,4 +68,7 @@ void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, 
 template <class T>
 void channel_sums(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums);
 
+// count floats at p set to 0 (nothing when p is null or count is 0).
+void zero_floats(float* p, int64_t count);
+
 }  // namespace ttq::cuda::helpers

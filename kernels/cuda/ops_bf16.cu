@@ -383,7 +383,11 @@ void batchnorm_backward(const BatchNormShape& shape, const bf16* x, const bf16* 
   (void)eps;  // the saved inv_std already includes it (the reference's formula)
   const char* op = "batchnorm_backward (CUDA, bf16)";
   check_bn(op, s);
-  if (s.numel() == 0) return;
+  if (s.numel() == 0) {  // no values: the parameter gradients are 0, as on the CPU
+    helpers::zero_floats(dgamma, s.c);
+    helpers::zero_floats(dbeta, s.c);
+    return;
+  }
   const Plan p = chan::make_plan(op, s.n, s.c, s.s);
   const bool vec = chan::vec_aligned(p.v, x) && chan::vec_aligned(p.v, dy) && chan::vec_aligned(p.v, dx);
   if (p.single_chunk()) {

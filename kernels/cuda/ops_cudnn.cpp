@@ -765,7 +765,11 @@ void batchnorm_forward_infer(const BatchNormShape& s, const float* x, const floa
 
 void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
                         const float* mean, const float* inv_std, float eps, float* dx, float* dgamma, float* dbeta) {
-  if (s.numel() == 0) return;
+  if (s.numel() == 0) {  // no values: the parameter gradients are 0, as on the CPU
+    helpers::zero_floats(dgamma, s.c);
+    helpers::zero_floats(dbeta, s.c);
+    return;
+  }
   cudnnHandle_t h = DeviceContext::current().cudnn();
   const BnSetup bs(s);
   // Data and parameter gradients both overwritten (beta factors 0).

@@ -262,8 +262,9 @@ __global__ void adam_kernel(int64_t count, float* __restrict__ p, const float* _
 // ---- softmax cross-entropy -------------------------------------------------------------------------
 
 // One warp per row: max, log-sum-exp and probabilities, and the row's loss
-// -sum_k target_k * log p_k (double) into row_loss[row]. Labels outside [0, classes) put no
-// (1 - eps) mass on any class (the host checks labels before it gets here).
+// -sum_k target_k * log p_k (double) into row_loss[row]. A label outside [0, classes) makes the
+// row's loss NaN, so the mean is NaN and the trainer's finite-loss check reports it (the labels
+// stay on the device: no check on the host).
 template <class T>
 __global__ void softmax_xent_rows_kernel(int64_t n, int64_t classes, const T* __restrict__ logits,
                                          const int32_t* __restrict__ labels, float label_smoothing,
@@ -290,7 +291,7 @@ __global__ void softmax_xent_rows_kernel(int64_t n, int64_t classes, const T* __
       loss -= target * logp;
     }
     loss = warp_sum(loss);
-    if (lane == 0) row_loss[row] = loss;
+    if (lane == 0) row_loss[row] = (label >= 0 && label < classes) ? loss : static_cast<double>(NAN);
   }
 }
 

@@ -103,6 +103,9 @@ OptimMultiTensor::~OptimMultiTensor() = default;
 
 void OptimMultiTensor::sgd(cudaStream_t stream, const OptimGroupValues& groups, float momentum, bool nesterov,
                            bool first_step) {
+  if (momentum != 0.0f)
+    for (const auto& t : tensors_)
+      TTQ_CHECK(t.n == 0 || t.s1, "multi-tensor SGD: momentum " << momentum << " for a tensor without a buffer");
   for (const auto& launch : pass_.launches) {
     sgd_blocks<<<launch.blocks, kThreads, 0, stream>>>(tensors_dev_, pass_.blocks, launch.first_block,
                                                        limits_.chunk, groups, momentum, nesterov, first_step);

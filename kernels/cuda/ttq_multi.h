@@ -68,6 +68,9 @@ struct TtqMultiLayer {
   const float* g = nullptr;      // dL/dw_t, n elements
   float* latent_grad = nullptr;  // dL/dW~ is ADDED here (Wp*g / g / Wn*g; Twn: plain g)
   float* dwp = nullptr;          // in/out: `channels` device floats, dL/dWp added into them; may be null
+                                 // (Twn: the sums over the +/- codes are still added when given, as
+                                 // cuda::ttq_backward writes them; the engine passes null, TWN's
+                                 // scale is not trained)
   float* dwn = nullptr;          // in/out: the same for dL/dWn (minus sign included); may be null
 };
 
