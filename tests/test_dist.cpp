@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <thread>
@@ -433,6 +434,44 @@ TEST(DataParallel, EvaluationCountsEverySampleOnce) {
     EXPECT_DOUBLE_EQ(got[r].top5_error, single.top5_error);
     EXPECT_NEAR(got[r].loss, single.loss, 1e-9 * std::abs(single.loss) + 1e-12);
   }
+}
+
+// A rank whose outputs are not finite: every rank stops with the cause (the check follows the sums
+// over the ranks), not only that rank while the others see a closed connection.
+TEST(DataParallel, ANonFiniteEvaluationStopsEveryRankWithTheCause) {
+  TempDir dir;
+  const InputSpec spec{1, 8, 8, 4};
+  auto test = std::make_shared<SyntheticDataset>(spec, 64, 1.0f, 5, int64_t(1) << 40);
+  std::vector<std::string> err(2);
+  run_ranks(2, dir.file("rdv"), 30, [&](int r, std::shared_ptr<Communicator> c) {
+    Model m = build_model(json{{"name", "small_convnet"}}, spec, 9);
+    if (r == 1) m.net->named_parameters().back().param->value.data<float>()[0] = std::nanf("");
+    err[r] = tt::error_of([&] { evaluate(*m.net, test, 16, 0, c.get()); });
+  });
+  EXPECT_NE(err[0].find("evaluation: the loss is not finite on another rank"), std::string::npos) << err[0];
+  EXPECT_NE(err[1].find("evaluation: the loss is not finite;"), std::string::npos) << err[1];
+}
+
+// A step that overflows the weights (a learning rate beyond float's range) right before a
+// checkpoint: every rank stops naming the diverged parameter, and nothing is written.
+TEST(DataParallel, ADivergedModelStopsEveryRankBeforeTheCheckpoint) {
+  TempDir dir;
+  json j = read_json_file(std::string(TTQ_SOURCE_DIR) + "/configs/synthetic_smoke.json");
+  j["output_dir"] = dir.file("run");
+  j["data"]["workers"] = 0;
+  j["checkpoint"] = {{"every_steps", 1}};
+  j["stages"][0]["optimizer"]["lr"] = 1e39;  // inf as the kernels' float: step 1's loss is finite, its update is not
+  const ExperimentConfig cfg = parse_experiment(j);
+  std::vector<std::string> err(2);
+  run_ranks(2, dir.file("rdv"), 30, [&](int r, std::shared_ptr<Communicator> c) {
+    TrainOptions o;
+    o.quiet = true;
+    o.comm = c;
+    err[r] = tt::error_of([&] { train_experiment(cfg, o); });
+  });
+  for (int r = 0; r < 2; ++r)
+    EXPECT_NE(err[r].find("(the model diverged)"), std::string::npos) << "rank " << r << ": " << err[r];
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run/last.safetensors")));
 }
 
 TEST(DataParallel, TwoRanksMatchOneRankWithTheGlobalBatch) {

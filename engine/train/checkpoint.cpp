@@ -88,18 +88,26 @@ json ternary_layers_json(Module& net) {
 
 }  // namespace
 
+namespace {
+void check_finite(const std::string& path, const std::string& name, const Tensor& host_value) {
+  if (host_value.dtype() != DType::F32) return;
+  const float* p = host_value.data<float>();
+  for (int64_t i = 0, n = host_value.numel(); i < n; ++i)
+    TTQ_CHECK(std::isfinite(p[i]), "not writing '" << path << "': parameter '" << name << "' holds " << p[i]
+                                                   << " at [" << i << "] (the model diverged)");
+}
+}  // namespace
+
+void check_parameters_finite(Module& net, const std::string& path) {
+  for (auto& np : net.named_parameters()) check_finite(path, np.name, np.param->value.to(Device::CPU));
+}
+
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
                      const json& config) {
   SafeTensorsWriter w;
   for (auto& np : net.named_parameters()) {
     const Tensor v = np.param->value.to(Device::CPU);
-    // A diverged model is not written over the last good checkpoint.
-    if (v.dtype() == DType::F32) {
-      const float* p = v.data<float>();
-      for (int64_t i = 0, n = v.numel(); i < n; ++i)
-        TTQ_CHECK(std::isfinite(p[i]), "not writing '" << path << "': parameter '" << np.name << "' holds "
-                                                       << p[i] << " at [" << i << "] (the model diverged)");
-    }
+    check_finite(path, np.name, v);  // a diverged model is not written over the last good checkpoint
     w.add(np.name, v);
   }
   for (auto& nb : net.named_buffers()) w.add(nb.name, nb.tensor->to(Device::CPU));

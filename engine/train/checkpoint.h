@@ -45,8 +45,15 @@ struct TrainingState {
   static TrainingState from_json(const json& j);
 };
 
+// Writes the model, the optimizer state, the training state and the config to path (atomically:
+// the previous file stays until the new one is complete). Refuses, naming the parameter, a model
+// holding NaN or Inf (see check_parameters_finite).
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
                      const json& config);
+// The error save_checkpoint(path, net, ...) would give for a diverged model, without writing.
+// Data parallel: every rank calls it before rank 0 saves, so all ranks stop together (their
+// replicas are the same) rather than the others waiting for a rank 0 that stopped alone.
+void check_parameters_finite(Module& net, const std::string& path);
 
 struct Checkpoint {
   SafeTensorsFile file;

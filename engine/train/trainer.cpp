@@ -113,7 +113,9 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
   }
   flush();
   net.train(was_training);
-  TTQ_CHECK(std::isfinite(loss_sum), "evaluation: the loss is not finite; the model's outputs contain NaN or Inf");
+  // Checked after the sums, so every rank stops with the cause (a rank stopping alone would leave
+  // the others an error about a closed connection).
+  const bool finite_here = std::isfinite(loss_sum);
   if (comm && comm->world() > 1) {
     int64_t counts[3] = {top1, top5, seen};
     comm->all_reduce_sum(counts, 3, "the evaluation counts");
@@ -122,6 +124,8 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
     top5 = counts[1];
     seen = counts[2];
   }
+  TTQ_CHECK(std::isfinite(loss_sum), "evaluation: the loss is not finite" << (finite_here ? " on another rank" : "")
+                                                                          << "; the model's outputs contain NaN or Inf");
   TTQ_CHECK(seen > 0, "evaluation: the test set gave no samples");
   return {loss_sum / seen, 1.0 - static_cast<double>(top1) / seen, 1.0 - static_cast<double>(top5) / seen, seen};
 }
@@ -491,6 +495,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
           s.batch = b + 1;
           s.optimizer_steps = optimizer->steps();
           s.elapsed_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
+          check_parameters_finite(net, last_path);  // on every rank: all stop together
           if (root) save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
         }
         if (opt.stop_after_steps > 0 && steps_this_process >= opt.stop_after_steps) {
@@ -543,6 +548,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         s.batch = 0;
         s.optimizer_steps = optimizer->steps();
         s.elapsed_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
+        check_parameters_finite(net, last_path);  // on every rank: all stop together
         if (last_epoch) {
           // The stage's own checkpoint and results first: last.safetensors, written last, is what
           // a resume trusts, so an interruption in between redoes this stage end, not skips it.
