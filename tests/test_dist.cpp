@@ -20,6 +20,7 @@
 
 #include "engine/dist/comm_tcp.h"
 #include "engine/dist/data_parallel.h"
+#include "engine/dist/gpu_util.h"
 #include "engine/dist/grad_reducer.h"
 #include "engine/dist/sync_batchnorm.h"
 #include "engine/nn/batchnorm.h"
@@ -357,6 +358,85 @@ TEST(TcpBackend, AFailedHostSumNamesItsData) {
   });
   EXPECT_NE(err0.find("all-reduce of the evaluation counts (16 bytes)"), std::string::npos) << err0;
   EXPECT_NE(err0.find("rank 1 closed its connection"), std::string::npos) << err0;
+}
+
+// Which GPU a rank binds to: one per local rank when the node shows enough, GPU 0 when each rank
+// sees a single one (srun --gpus-per-task=1), an error otherwise.
+TEST(GpuBinding, LocalGpuIndex) {
+  EXPECT_EQ(local_gpu_index(8, 3, 8, "rank 3"), 3);
+  EXPECT_EQ(local_gpu_index(8, 1, 2, "rank 1"), 1);
+  EXPECT_EQ(local_gpu_index(1, 5, 8, "rank 5"), 0);  // its own GPU, the only one it sees
+  EXPECT_EQ(local_gpu_index(1, 0, 1, "rank 0"), 0);
+  const std::string few = tt::error_of([] { local_gpu_index(2, 3, 8, "rank 3 of 8"); });
+  EXPECT_NE(few.find("rank 3 of 8 is local rank 3 of 8 on its node and sees 2 GPUs"), std::string::npos) << few;
+  EXPECT_NE(tt::error_of([] { local_gpu_index(0, 0, 1, "rank 0"); }).find("sees no GPU"), std::string::npos);
+}
+
+TEST(GpuBinding, RanksSharingAGpuAreFound) {
+  GpuUuid a{}, b{}, c{};
+  a[0] = 1;
+  b[0] = 2;
+  c[15] = 0xab;
+  EXPECT_EQ(ranks_sharing_a_gpu({a, b, c}), std::make_pair(-1, -1));
+  EXPECT_EQ(ranks_sharing_a_gpu({a, b, c, b}), std::make_pair(1, 3));
+  EXPECT_EQ(ranks_sharing_a_gpu({}), std::make_pair(-1, -1));
+  EXPECT_EQ(gpu_uuid_str(c), "GPU-00000000-0000-0000-0000-0000000000ab");
+}
+
+// A rank without a GPU among ranks with one: every rank fails, saying how many have one.
+TEST(GpuBinding, RanksMustAllOrNoneTrainOnAGpu) {
+  TempDir dir;
+  std::vector<std::string> err(3);
+  run_ranks(3, dir.file("rdv"), 30, [&](int r, std::shared_ptr<Communicator> c) {
+    err[r] = tt::error_of([&] { check_ranks_agree_on_gpu(*c, r != 1); });
+    check_ranks_agree_on_gpu(*c, false);  // all without: fine
+    check_ranks_agree_on_gpu(*c, true);   // all with: fine
+  });
+  for (int r = 0; r < 3; ++r)
+    EXPECT_NE(err[r].find("distributed: 2 of 3 ranks train on a GPU"), std::string::npos) << err[r];
+  EXPECT_NE(err[1].find("on its CPU"), std::string::npos) << err[1];
+}
+
+// A communicator of two ranks that only counts the aborts of its device collectives.
+class CountingComm : public Communicator {
+ public:
+  CountingComm() { world_ = 2; }
+  const char* backend() const override { return "counting"; }
+  std::unique_ptr<CommWork> all_reduce_average_async(Tensor&) override { TTQ_FAIL("not used"); }
+  void all_reduce_sum(double*, int64_t, const char*) override {}
+  void all_reduce_sum(int64_t*, int64_t, const char*) override {}
+  void broadcast(void*, size_t, int) override {}
+  void barrier() override {}
+  void abort(const std::string&) noexcept override {}
+  void abort_device() noexcept override { ++device_aborts; }
+  int device_aborts = 0;
+};
+
+// The guard the training loop holds: the device collectives are aborted only when an exception
+// leaves its scope (before the destructors declared earlier in the scope wait for the device).
+TEST(DataParallel, DeviceCollectivesAreAbortedOnlyWhenAnErrorUnwinds) {
+  auto comm = std::make_shared<CountingComm>();
+  DataParallel dp(comm, DistConfig{}, Device::CPU);
+  { const DataParallel::AbortOnUnwind guard(dp); }
+  EXPECT_EQ(comm->device_aborts, 0);
+  EXPECT_THROW(
+      {
+        const DataParallel::AbortOnUnwind guard(dp);
+        TTQ_FAIL("a failed step");
+      },
+      Error);
+  EXPECT_EQ(comm->device_aborts, 1);
+  // Made while another exception is already in flight (a destructor during unwinding): only a
+  // new one counts.
+  try {
+    struct Inner {
+      DataParallel& dp;
+      ~Inner() { const DataParallel::AbortOnUnwind guard(dp); }
+    } inner{dp};
+    TTQ_FAIL("outer");
+  } catch (const Error&) {
+  }
+  EXPECT_EQ(comm->device_aborts, 1);
 }
 
 TEST(TcpBackend, RanksThatDisagreeOnTheirCollectivesGetAnError) {

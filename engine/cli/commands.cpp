@@ -99,7 +99,7 @@ int run_train(const std::vector<std::string>& argv) {
     ExperimentConfig cfg = parse_experiment(cfg_json);
     // One communicator for all runs of a sweep (data parallel: mpirun / env launch; else one process).
     if (!opt.comm)
-      opt.comm = make_communicator(cfg.distributed, cfg.device != "cpu" && cuda_device_count() > 0);
+      opt.comm = make_communicator(cfg.distributed, trains_on_gpu(cfg.device));
     root = opt.comm->is_root();
     TrainOptions run_opt = opt;
     if (opt.resume && runs.size() > 1 && !fs::exists(cfg.output_dir + "/last.safetensors")) {

@@ -65,7 +65,7 @@ class NcclCommunicator : public Communicator {
   }
 
   void set_up() {
-    select_local_gpu(*host_);
+    select_local_gpu(*host_, /*exclusive=*/true);
     CUDA_CHECK(cudaGetDevice(&device_));
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     ncclUniqueId id{};
@@ -135,6 +135,7 @@ class NcclCommunicator : public Communicator {
     abort_nccl();
     host_->abort(reason);
   }
+  void abort_device() noexcept override { abort_nccl(); }
 
   // Polls the enqueue of a non-blocking call (ncclInProgress) until it is done.
   void wait_ready(const std::string& what) {

@@ -7,6 +7,7 @@
 
 #include "engine/dist/backends.h"
 #include "engine/dist/comm_tcp.h"
+#include "kernels/device.h"
 
 namespace ttq {
 
@@ -151,26 +152,32 @@ std::shared_ptr<Communicator> make_communicator(const DistConfig& cfg, bool gpu)
     o.timeout_s = cfg.timeout_s;
     return std::make_shared<TcpCommunicator>(o);
   };
-  if (backend == "none") {
-    comm = std::make_shared<SingleProcessCommunicator>();
-  } else if (backend == "mpi") {
-    comm = detail::mpi_world_communicator(cfg.timeout_s);
-  } else if (backend == "tcp") {
-    comm = tcp();
-  } else {  // nccl
-    std::shared_ptr<Communicator> host;
-    if (launch.launcher == "mpi")
-      host = detail::mpi_world_communicator(cfg.timeout_s);
-    else if (launch.launcher == "env")
-      host = tcp();
-    else
-      host = std::make_shared<SingleProcessCommunicator>();
-    comm = detail::make_nccl_communicator(host, cfg.timeout_s);
-  }
+  // The host connection: the communicator itself (mpi, tcp), or what bootstraps NCCL and carries
+  // its host sums (the launcher's: mpi or tcp, none for one process).
+  std::shared_ptr<Communicator> host;
+  if (backend == "mpi" || (backend == "nccl" && launch.launcher == "mpi"))
+    host = detail::mpi_world_communicator(cfg.timeout_s);
+  else if (backend == "tcp" || (backend == "nccl" && launch.launcher == "env"))
+    host = tcp();
+  else
+    host = std::make_shared<SingleProcessCommunicator>();
+  check_ranks_agree_on_gpu(*host, gpu);
+  comm = backend == "nccl" ? detail::make_nccl_communicator(host, cfg.timeout_s) : host;
   comm->set_timeout(cfg.timeout_s);
   std::lock_guard<std::mutex> lock(g_mu);
   g_current = comm;
   return comm;
+}
+
+void check_ranks_agree_on_gpu(Communicator& comm, bool gpu) {
+  if (comm.world() == 1) return;
+  int64_t with_gpu = gpu ? 1 : 0;
+  comm.all_reduce_sum(&with_gpu, 1, "the ranks' GPU counts");
+  TTQ_CHECK(with_gpu == 0 || with_gpu == comm.world(),
+            "distributed: " << with_gpu << " of " << comm.world() << " ranks train on a GPU, " << comm.who()
+                            << (gpu ? " on its GPU" : " on its CPU (" + cuda_device_summary() + ")")
+                            << ": every rank must have a usable GPU (a node whose GPUs failed must be left out), "
+                               "or set \"device\": \"cpu\"");
 }
 
 std::shared_ptr<Communicator> current_communicator() {

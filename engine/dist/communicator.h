@@ -88,6 +88,10 @@ class Communicator {
   // Makes every rank stop: MPI_Abort (ends this process too), ncclCommAbort, closing the sockets.
   // Never throws; safe after a failed collective.
   virtual void abort(const std::string& reason) noexcept = 0;
+  // Ends the collectives queued on the device (nccl: ncclCommAbort), leaving the host connection
+  // as it is; nothing for the host backends. Never throws. For an error unwinding on this rank:
+  // what waits for the device afterwards (freeing buffers) cannot wait for a peer that is gone.
+  virtual void abort_device() noexcept {}
   // True once a collective failed (the communicator cannot be used any more).
   virtual bool broken() const { return false; }
 
@@ -124,8 +128,13 @@ class SingleProcessCommunicator : public Communicator {
 std::string resolve_backend(const std::string& requested, const LaunchInfo& launch, bool gpu);
 
 // Creates (or, for mpi, returns the process's) communicator for the config. gpu: the model
-// trains on a GPU. The result is also remembered as current_communicator().
+// trains on a GPU. The result is also remembered as current_communicator(). Before the backend
+// is settled the ranks check, over the host connection, that all or none of them train on a GPU.
 std::shared_ptr<Communicator> make_communicator(const DistConfig& cfg, bool gpu);
+// Collective: an error on every rank, naming how many ranks have a GPU, unless all or none train
+// on one (a node whose GPUs fail would otherwise train on its CPU, or pick another backend, and
+// the ranks' later collectives would not match).
+void check_ranks_agree_on_gpu(Communicator& comm, bool gpu);
 // The communicator make_communicator made last in this process (null before; kept alive until
 // shutdown_communication, so the command line can abort() it on an error).
 std::shared_ptr<Communicator> current_communicator();

@@ -16,7 +16,7 @@ namespace ttq {
 DataParallel::DataParallel(std::shared_ptr<Communicator> comm, const DistConfig& cfg, Device device)
     : comm_(std::move(comm)), cfg_(cfg), device_(device) {
   TTQ_CHECK(comm_, "distributed: no communicator");
-  if (active() && device_ == Device::CUDA) select_local_gpu(*comm_);
+  if (active() && device_ == Device::CUDA) select_local_gpu(*comm_, /*exclusive=*/false);
 #ifdef _OPENMP
   // Several CPU ranks on one node share its cores: without OMP_NUM_THREADS each would start one
   // OpenMP thread per core (mpirun binds ranks to cores, which omp_get_num_procs already sees).

@@ -10,6 +10,7 @@
 // the same update on every rank, so the replicas stay identical.
 #pragma once
 
+#include <exception>
 #include <memory>
 #include <string>
 
@@ -66,6 +67,24 @@ class DataParallel {
       rethrow_in_context(e);
     }
   }
+
+  // While alive: should an exception leave its scope, the communicator's device collectives are
+  // aborted first (Communicator::abort_device), before the destructors of what was made earlier
+  // in the scope (the batch feed, the optimizer's and the TTQ pass's device tables) wait for the
+  // device. The error is reported, and the host connection aborted, further up.
+  class AbortOnUnwind {
+   public:
+    explicit AbortOnUnwind(DataParallel& dp) : dp_(dp), uncaught_(std::uncaught_exceptions()) {}
+    ~AbortOnUnwind() {
+      if (std::uncaught_exceptions() > uncaught_ && dp_.active()) dp_.comm_->abort_device();
+    }
+    AbortOnUnwind(const AbortOnUnwind&) = delete;
+    AbortOnUnwind& operator=(const AbortOnUnwind&) = delete;
+
+   private:
+    DataParallel& dp_;
+    int uncaught_;
+  };
 
   GradientReducer* reducer() { return reducer_.get(); }
   // "2 ranks (mpi), 1 node, 2 per node"

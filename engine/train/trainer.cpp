@@ -216,18 +216,36 @@ std::string first_difference(const json& a, const json& b, const std::string& pa
 
 }  // namespace
 
+namespace {
+// The GPU's convolutions, pooling and batch norm come from cuDNN, its Linear from cuBLAS: a CUDA
+// build without them cannot train on the GPU.
+#if defined(TTQ_HAVE_CUDNN) && defined(TTQ_HAVE_CUBLAS)
+constexpr bool kGpuLayersBuilt = true;
+#else
+constexpr bool kGpuLayersBuilt = false;
+#endif
+}  // namespace
+
+bool trains_on_gpu(const std::string& device) {
+  return device != "cpu" && kGpuLayersBuilt && cuda_device_count() > 0;
+}
+
 Device select_device(const std::string& device, std::string* said) {
   const int gpus = cuda_device_count();
   if (device == "cuda") {
     TTQ_CHECK(gpus > 0, "device 'cuda' requested but there is no usable GPU (" << cuda_device_summary() << ")");
+    TTQ_CHECK(kGpuLayersBuilt, "device 'cuda' requested but this build lacks cuDNN or cuBLAS, which the GPU layers "
+                               "need (`ttq info` shows what it has; CUDNN_ROOT points CMake at cuDNN)");
     return Device::CUDA;
   }
   TTQ_CHECK(device == "auto" || device == "cpu", "device '" << device << "': expected cpu, cuda or auto");
   if (device == "cpu") return Device::CPU;
   if (said)
-    *said = gpus > 0 ? "Training on the GPU: " + cuda_device_summary()
-                     : "No usable GPU (" + cuda_device_summary() + "): training on the CPU";
-  return gpus > 0 ? Device::CUDA : Device::CPU;
+    *said = gpus == 0       ? "No usable GPU (" + cuda_device_summary() + "): training on the CPU"
+            : kGpuLayersBuilt ? "Training on the GPU: " + cuda_device_summary()
+                              : "This build lacks cuDNN or cuBLAS, which the GPU layers need: training on the CPU "
+                                "(GPU: " + cuda_device_summary() + ")";
+  return trains_on_gpu(device) ? Device::CUDA : Device::CPU;
 }
 
 namespace {
@@ -277,7 +295,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   ExperimentConfig cfg = cfg_in;
   // Data parallel: one process per rank; only rank 0 prints and writes files.
   std::shared_ptr<Communicator> comm =
-      opt.comm ? opt.comm : make_communicator(cfg.distributed, cfg.device != "cpu" && cuda_device_count() > 0);
+      opt.comm ? opt.comm : make_communicator(cfg.distributed, trains_on_gpu(cfg.device));
   comm->set_timeout(cfg.distributed.timeout_s);
   const bool root = comm->is_root();
   Progress progress(!opt.quiet && Progress::stdout_is_terminal(), root);
@@ -422,6 +440,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       loader.start_epoch(epoch, first);
       dp.set_context("stage '" + st.name + "', epoch " + std::to_string(epoch + 1), last_path);
       BatchFeed feed(loader, device, cfg.compute_format());
+      const DataParallel::AbortOnUnwind abort_on_error(dp);  // destroyed first: before feed, optimizer, ...
       const auto t_epoch = clock::now();
       int64_t images = 0;
       // Steps whose loss and top-1 count are still on the device (read in groups: one

@@ -53,7 +53,11 @@ struct TrainOptions {
 
 // The device a "device" setting names: "cuda" needs a usable GPU (an error otherwise), "auto" takes
 // one when present, "cpu" is the CPU. For "auto", *said (when given) gets the line that says which.
+// A build without cuDNN or cuBLAS trains on the CPU ("cuda" is then an error).
 Device select_device(const std::string& device, std::string* said = nullptr);
+// Whether select_device(device) gives the GPU, without its errors (for choosing the communicator's
+// backend before the device is settled).
+bool trains_on_gpu(const std::string& device);
 
 struct EvalResult {
   double loss = 0.0, top1_error = 1.0, top5_error = 1.0;

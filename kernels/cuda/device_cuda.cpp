@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
@@ -68,7 +69,34 @@ void keep_pool_memory() {
 void* device_malloc(size_t nbytes) {
   keep_pool_memory();
   void* p = nullptr;
-  CUDA_CHECK(cudaMallocAsync(&p, nbytes, cudaStreamPerThread));
+  cudaError_t e = cudaMallocAsync(&p, nbytes, cudaStreamPerThread);
+  if (e == cudaErrorMemoryAllocation) {
+    // The pool may hold enough freed memory in the wrong pieces, or frees still pending on the
+    // stream: wait for the stream, hand the pool's unused memory back to the driver (where it can
+    // be mapped again in one piece, and where cuBLAS and NCCL allocate too), and try once more.
+    (void)cudaGetLastError();
+    CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
+    int dev = 0;
+    cudaMemPool_t pool = nullptr;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, dev));
+    CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+    e = cudaMallocAsync(&p, nbytes, cudaStreamPerThread);
+  }
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    size_t free_bytes = 0, total_bytes = 0;
+    const bool info = cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess;
+    (void)cudaGetLastError();
+    TTQ_FAIL("device memory: cannot allocate " << (nbytes >> 20) << " MiB (" << cudaGetErrorName(e) << ": "
+                                               << cudaGetErrorString(e) << ")"
+                                               << (info ? "; " + std::to_string(free_bytes >> 20) + " of " +
+                                                              std::to_string(total_bytes >> 20) + " MiB free"
+                                                        : std::string())
+                                               << (e == cudaErrorMemoryAllocation
+                                                       ? ": a smaller batch_size, or precision \"bf16\", needs less"
+                                                       : ""));
+  }
   return p;
 }
 
