@@ -1098,6 +1098,7 @@ int run(const Options& o) {
 }  // namespace ttq
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log file as they come, also before a timeout
   ttq::Options o;
   try {
     o = ttq::parse_options(argc, argv);

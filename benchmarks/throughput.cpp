@@ -140,6 +140,7 @@ int run(const cli::Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log file as they come, also before a timeout
   cli::Args a("ttq_throughput", "training images/s on synthetic data, with a per-phase breakdown");
   a.option("model", "resnet20", "model name (see `ttq info`)")
       .option("image-size", "32", "input height and width")

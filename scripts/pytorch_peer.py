@@ -231,8 +231,9 @@ def main(argv):
     def resnet18(num_classes):
         try:
             import torchvision
-        except ImportError:
-            return builtin_resnet18(num_classes), "built-in copy of torchvision's resnet18 (torchvision not installed)"
+        except Exception as e:  # absent, or built for another torch (RuntimeError, OSError)
+            return builtin_resnet18(num_classes), \
+                "built-in copy of torchvision's resnet18 (torchvision not usable: %s)" % type(e).__name__
         return torchvision.models.resnet18(weights=None, num_classes=num_classes), \
             "torchvision %s resnet18" % torchvision.__version__
 
