@@ -26,6 +26,7 @@
 #include <chrono>
 #include <exception>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -75,6 +76,11 @@ class NcclCommunicator : public Communicator {
                                                                                    << ncclGetErrorString(r));
     }
     host_->broadcast(&id, sizeof id, 0);
+    // Peers connected during initialisation (under its timeout), not at the first all-reduce in
+    // step 0's backward pass: NCCL's connection buffers are then allocated while the GPU's memory
+    // is still free, before the engine's stream-ordered pool holds the activations. A value the
+    // user set is kept.
+    ::setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     const ncclResult_t r = ncclCommInitRankConfig(&comm_, world_, id, rank_, &cfg);
