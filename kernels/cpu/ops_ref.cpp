@@ -10,6 +10,10 @@
 
 namespace ttq::ref {
 
+namespace {
+constexpr int64_t kElementwiseParallelMin = int64_t{1} << 16;  // below this one thread is faster
+}  // namespace
+
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   const int64_t oh = s.out_h(), ow = s.out_w(), cig = s.c_in_per_group(), cog = s.c_out_per_group();
 #pragma omp parallel for collapse(2) schedule(static)
@@ -327,12 +331,22 @@ void global_avgpool_backward(int64_t n, int64_t c, int64_t hw, const float* dy, 
   }
 }
 
+// Elementwise loops: every value loaded unconditionally and selected (a blend, not a branch on
+// the sign, which mispredicts on half of a ReLU's inputs), split over the threads when large.
 void relu_forward(int64_t count, const float* x, float* y) {
-  for (int64_t i = 0; i < count; ++i) y[i] = math::relu_passes(x[i]) ? x[i] : 0.0f;
+#pragma omp parallel for simd schedule(static) if (count >= kElementwiseParallelMin)
+  for (int64_t i = 0; i < count; ++i) {
+    const float v = x[i];
+    y[i] = math::relu_passes(v) ? v : 0.0f;
+  }
 }
 
 void relu_backward(int64_t count, const float* y, const float* dy, float* dx) {
-  for (int64_t i = 0; i < count; ++i) dx[i] = math::relu_passes(y[i]) ? dy[i] : 0.0f;
+#pragma omp parallel for simd schedule(static) if (count >= kElementwiseParallelMin)
+  for (int64_t i = 0; i < count; ++i) {
+    const float g = dy[i];
+    dx[i] = math::relu_passes(y[i]) ? g : 0.0f;
+  }
 }
 
 void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out,
