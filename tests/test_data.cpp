@@ -93,7 +93,16 @@ TEST(Idx, BadFilesNameTheFileAndProblem) {
   const std::string gz_full = ttq::testing::read_bytes(d.file("full.gz"));
   write_bytes(lab + ".gz", gz_full.substr(0, gz_full.size() / 2));
   EXPECT_NE(error_of([&] { read_idx(img, lab + ".gz", 10, "t"); }).find("corrupt or truncated gzip"), std::string::npos);
+  // A file that expands past the limit (a gzip bomb) is refused, naming it, before memory runs out.
+  write_gz(d.file("big.gz"), std::string(3 << 20, '\0'));
+  EXPECT_EQ(read_maybe_gzip(d.file("big.gz"), 3 << 20).size(), size_t{3} << 20);
+  const std::string bomb = error_of([&] { read_maybe_gzip(d.file("big.gz"), 1 << 20); });
+  EXPECT_NE(bomb.find("'" + d.file("big.gz") + "' decompresses to more than 1048576 bytes"), std::string::npos) << bomb;
 #endif
+
+  write_bytes(img, idx_images(0, 4, 4));
+  write_bytes(lab, idx_labels(0));
+  EXPECT_NE(err().find("'" + img + "': the header says it holds no images"), std::string::npos) << err();
 
   const std::string missing = error_of([&] { load_mnist_like(d.file("nowhere"), false, "fmnist"); });
   EXPECT_NE(missing.find("missing file"), std::string::npos) << missing;

@@ -57,6 +57,18 @@ TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
   EXPECT_NE(error_of([] { read_json_file("/nonexistent/x.json"); }).find("cannot open config '/nonexistent/x.json'"),
             std::string::npos);
   EXPECT_NE(error_of([] { read_json_file("/tmp"); }).find("config '/tmp' is a folder"), std::string::npos);
+  // Nested deeper than any config (nlohmann's copies and dumps recurse: the stack would overflow).
+  TempDir deep_dir;
+  const std::string deep_file = deep_dir.file("deep.json");
+  ttq::testing::write_bytes(deep_file, std::string(100000, '[') + std::string(100000, ']'));
+  const std::string deep = error_of([&] { read_json_file(deep_file); });
+  EXPECT_NE(deep.find("config '" + deep_file + "': JSON nested deeper than 64 levels"), std::string::npos) << deep;
+  // Synthetic data sizes that would overflow or exhaust memory.
+  json synth = j;
+  synth["data"] = {{"dataset", "synthetic"}, {"synthetic", {{"size", 3037000500LL}}}};
+  EXPECT_NE(err(synth).find("'data.synthetic': at most"), std::string::npos) << err(synth);
+  synth["data"]["synthetic"] = {{"classes", int64_t{1} << 40}};
+  EXPECT_NE(err(synth).find("'data.synthetic': at most"), std::string::npos) << err(synth);
 }
 
 TEST(ExperimentConfigTest, OverridesAndSweeps) {
@@ -67,6 +79,14 @@ TEST(ExperimentConfigTest, OverridesAndSweeps) {
   EXPECT_EQ(j["name"], "renamed");
   EXPECT_NE(error_of([&] { apply_override(j, "stages.5.epochs=1"); }).find("past the end"), std::string::npos);
   EXPECT_NE(error_of([&] { apply_override(j, "noequals"); }).find("key.path=value"), std::string::npos);
+  const std::string utf8 = error_of([&] { apply_override(j, "name=\xff\xfe"); });
+  EXPECT_NE(utf8.find("--set name: the value is not valid UTF-8"), std::string::npos) << utf8;
+  const std::string deep = error_of([&] { apply_override(j, "seed=" + std::string(1000, '[')); });
+  EXPECT_NE(deep.find("--set seed: JSON nested deeper than 64 levels"), std::string::npos) << deep;
+  json bad_name = j;
+  bad_name["name"] = 5;
+  bad_name["sweep"] = {{"seed", {1, 2}}};
+  EXPECT_NE(error_of([&] { expand_sweep(bad_name); }).find("config: 'name' must be a string, got 5"), std::string::npos);
   j["sweep"] = {{"stages.1.quantization.t", {0.05, 0.1, 0.2}}, {"seed", {1, 2}}};
   const auto runs = expand_sweep(j);
   ASSERT_EQ(runs.size(), 6u);
@@ -126,6 +146,30 @@ TEST(Experiment, TrainEvalExportEvalExported) {
   std::set<float> values(conv2->weight().value.data<float>(), conv2->weight().value.data<float>() + conv2->weight().value.numel());
   EXPECT_EQ(values.size(), 3u);
   EXPECT_EQ(values.count(0.0f), 1u);
+
+  // A damaged export: codes of another dtype, or an invalid 2-bit code; the error names the file
+  // and the tensor.
+  const SafeTensorsFile exported = SafeTensorsFile::read(d.file("model.ttq.safetensors"));
+  auto rewrite = [&](const std::string& path, const Tensor& codes) {
+    SafeTensorsWriter w;
+    for (const std::string& name : exported.names())
+      w.add(name, name == "conv2.weight_codes" ? codes : exported.tensor(name));
+    for (const auto& [k, v] : exported.metadata()) w.add_metadata(k, v);
+    w.write(path);
+  };
+  const Tensor good_codes = exported.tensor("conv2.weight_codes");
+  Tensor as_i8 = Tensor::empty(good_codes.shape(), DType::I8);
+  std::memcpy(as_i8.raw(), good_codes.raw(), good_codes.nbytes());
+  rewrite(d.file("i8.safetensors"), as_i8);
+  Tensor invalid = good_codes.clone();
+  invalid.data<uint8_t>()[0] = 0xff;  // four codes 0b11
+  rewrite(d.file("bad_code.safetensors"), invalid);
+  for (const char* f : {"i8.safetensors", "bad_code.safetensors"}) {
+    Model m3 = build_model(rcfg.model, data.spec, 99);
+    const std::string e = error_of([&] { load_model(*m3.net, read_checkpoint(d.file(f))); });
+    const std::string want = d.file(f) + "': 'conv2.weight_codes'";
+    EXPECT_NE(e.find(want), std::string::npos) << e;
+  }
 }
 
 // Per-output-channel scales through a whole experiment: the checkpoint holds one Wp/Wn per
@@ -289,6 +333,23 @@ TEST(Experiment, ResumedRunInAReusedFolderReportsItsOwnStages) {
   EXPECT_EQ(s.stages[1].best_test_top1_error, best["ttq"]);
   EXPECT_EQ(s.best_test_top1_error, best["ttq"]);
   EXPECT_EQ(stages[1]["best_test_top1_error"].get<double>(), best["ttq"]);
+}
+
+// stages.json holds the finished stages' results a resumed run reports: damaged, it is named.
+TEST(Experiment, ResumeNamesADamagedStagesFile) {
+  TempDir d;
+  json j = two_stage_config(d.path());
+  j["stages"][0]["epochs"] = 1;
+  j["stages"][1]["epochs"] = 1;
+  j["checkpoint"] = {{"every_steps", 20}};
+  TrainOptions stop = quiet();
+  stop.stop_after_steps = 70;  // in the second stage, past the checkpoint at step 60
+  train_experiment(parse_experiment(j), stop);
+  ttq::testing::write_bytes(d.file("stages.json"), "[{}]");
+  TrainOptions r = quiet();
+  r.resume = true;
+  const std::string e = error_of([&] { train_experiment(parse_experiment(j), r); });
+  EXPECT_NE(e.find("--resume: '" + d.file("stages.json") + "' is damaged"), std::string::npos) << e;
 }
 
 TEST(Experiment, InitFromAFullPrecisionCheckpoint) {

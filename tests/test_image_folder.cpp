@@ -170,6 +170,36 @@ TEST(ImageFolder, BadFoldersAreNamed) {
   EXPECT_NE(e.find("class folder '" + d.file("t") + "/full' is not one of the 1 training classes"), std::string::npos) << e;
 }
 
+// Links back to a parent folder (a loop) or a second way to a folder: each folder is walked once,
+// so the scan ends and its files count once; a folder with a JPEG name is never an image.
+TEST(ImageFolder, LinkedFoldersAreWalkedOnce) {
+  TempDir d;
+  fs::create_directories(d.file("t/c1/sub"));
+  fs::create_directories(d.file("t/c2"));
+  write_bytes(d.file("t/c1/a.jpg"), "x");
+  write_bytes(d.file("t/c1/sub/b.jpg"), "x");
+  write_bytes(d.file("t/c2/c.jpg"), "x");
+  fs::create_directories(d.file("t/c2/folder.jpg"));
+  fs::create_directory_symlink("..", d.file("t/c1/up1"));  // c1/up1 -> c1's parent, t
+  fs::create_directory_symlink("..", d.file("t/c1/up2"));
+  fs::create_directory_symlink("sub", d.file("t/c1/again"));  // a second way to c1/sub
+  const ImageFolderIndex idx = scan_image_folder(d.file("t"));
+  std::multiset<std::string> names;
+  for (int64_t i = 0; i < idx.size(); ++i) names.insert(idx.relative_path(i));
+  EXPECT_EQ(names.count("c1/a.jpg"), 1u);
+  EXPECT_EQ(names.count("c2/c.jpg"), 1u);
+  // c1/sub once, by whichever way the walk reached it first; t entered once through a link (c2's
+  // files then also appear under it), c1 never again.
+  EXPECT_EQ(names.count("c1/sub/b.jpg") + names.count("c1/again/b.jpg"), 1u);
+  for (const std::string& n : names) EXPECT_EQ(n.find("folder.jpg"), std::string::npos) << n;
+  EXPECT_LE(names.size(), 5u);
+  // A list entry naming a folder is no file.
+  fs::create_directories(d.file("v/x.JPEG"));
+  write_bytes(d.file("v/list.txt"), "x.JPEG 0\n");
+  const std::string e = error_of([&] { read_image_list(d.file("v"), d.file("v/list.txt"), {"c1", "c2"}); });
+  EXPECT_NE(e.find("line 1: no file '" + d.file("v") + "/x.JPEG'"), std::string::npos) << e;
+}
+
 TEST(ImageFolder, ListFilesInTheCommonFormats) {
   TempDir d;
   const std::string val = d.file("val");

@@ -93,6 +93,20 @@ TEST(SafeTensors, DamagedFilesAreRefusedWithTheFileName) {
 
   EXPECT_NE(error_of([&] { SafeTensorsFile::read(temp_path("missing.safetensors")); }).find("cannot open"),
             std::string::npos);
+
+  // A header nested deeper than any real one (its copies and dumps would recurse off the stack).
+  const std::string deep = temp_path("deep.safetensors");
+  std::string header = "{\"x\":{\"dtype\":" + std::string(5000, '[') + std::string(5000, ']') + "}}";
+  std::string b4;
+  for (int i = 0; i < 8; ++i) b4.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xff));
+  write_all(deep, b4 + header);
+  const std::string e4 = error_of([&] { SafeTensorsFile::read(deep); });
+  EXPECT_NE(e4.find("deep.safetensors': header: JSON nested deeper than 64 levels"), std::string::npos) << e4;
+
+  const std::string folder = temp_path("folder.safetensors");
+  fs::create_directories(folder);
+  const std::string e5 = error_of([&] { SafeTensorsFile::read(folder); });
+  EXPECT_NE(e5.find("is a folder, not a safetensors file"), std::string::npos) << e5;
 }
 
 // A header whose shape multiplies past 2^63 (here to 0 modulo 2^64, matching empty offsets) is

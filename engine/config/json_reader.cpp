@@ -18,6 +18,19 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 }
 }  // namespace
 
+json::parser_callback_t json_depth_limit(std::string what) {
+  return [what = std::move(what)](int depth, json::parse_event_t, json&) {
+    TTQ_CHECK(depth <= kJsonMaxDepth, what << ": JSON nested deeper than " << kJsonMaxDepth << " levels");
+    return true;
+  };
+}
+
+std::string json_text(const json& v) {
+  std::string s = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() > 80) s = s.substr(0, 77) + "...";
+  return s;
+}
+
 std::string closest_match(const std::string& s, const std::vector<std::string>& options) {
   std::string best;
   size_t best_d = std::string::npos;
@@ -36,7 +49,7 @@ std::string closest_match(const std::string& s, const std::vector<std::string>& 
 JsonReader::JsonReader(const json& j, std::string path, json* resolved)
     : j_(j), path_(std::move(path)), resolved_(resolved) {
   TTQ_CHECK(j_.is_object(), "config: '" << (path_.empty() ? std::string("<top>") : path_)
-                                        << "' must be an object, got " << j_.dump());
+                                        << "' must be an object, got " << json_text(j_));
   if (resolved_ && !resolved_->is_object()) *resolved_ = json::object();
 }
 

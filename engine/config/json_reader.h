@@ -17,6 +17,15 @@ namespace ttq {
 
 using json = nlohmann::json;
 
+// Documents nested deeper than this are refused: nlohmann's copies, dumps and comparisons recurse,
+// so a deeply nested file (a few kilobytes of brackets) would overflow the stack.
+constexpr int kJsonMaxDepth = 64;
+// The callback for json::parse that refuses nesting deeper than kJsonMaxDepth with an error
+// naming `what` (a file, a metadata key).
+json::parser_callback_t json_depth_limit(std::string what);
+// v as compact JSON for an error message: invalid UTF-8 replaced, cut after about 80 characters.
+std::string json_text(const json& v);
+
 // The entry of `options` closest to `s` by edit distance, or "" when none is reasonably close.
 std::string closest_match(const std::string& s, const std::vector<std::string>& options);
 
@@ -79,7 +88,7 @@ class JsonReader {
       want = "an integer";
       if (ok) {  // in T's range (nlohmann would wrap 4294967297 to 1 for an int)
         const bool fits = v.is_number_unsigned() ? std::in_range<T>(v.get<uint64_t>()) : std::in_range<T>(v.get<int64_t>());
-        TTQ_CHECK(fits, "config: '" << path_of(key) << "' is " << v.dump() << ", out of range (at most "
+        TTQ_CHECK(fits, "config: '" << path_of(key) << "' is " << json_text(v) << ", out of range (at most "
                                     << +std::numeric_limits<T>::max() << ")");
       }
     } else if constexpr (std::is_floating_point_v<T>) {
@@ -97,7 +106,7 @@ class JsonReader {
       for (const auto& e : v) ok = ok && e.is_number();
       want = "a list of numbers";
     }
-    TTQ_CHECK(ok, "config: '" << path_of(key) << "' must be " << want << ", got " << v.dump());
+    TTQ_CHECK(ok, "config: '" << path_of(key) << "' must be " << want << ", got " << json_text(v));
   }
 
   const json& j_;

@@ -1,6 +1,8 @@
 // Scanning ImageNet-style folders and list files, and the JPEG sample source (see image_folder.h).
 #include "engine/data/image_folder.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -9,6 +11,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "engine/core/error.h"
 
@@ -31,15 +34,32 @@ bool is_dir(const fs::path& p) {
   return fs::is_directory(p, ec);  // follows symbolic links
 }
 
-// The JPEG files under dir (recursively, following links), as paths relative to dir, sorted.
+// The folder p is (device, inode), following links; false when it cannot be read.
+bool folder_id(const fs::path& p, std::pair<dev_t, ino_t>& id) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return false;
+  id = {st.st_dev, st.st_ino};
+  return true;
+}
+
+// The JPEG files under dir (recursively, following links), as paths relative to dir, sorted. A
+// folder reached again through a link (a loop, or a second way to the same folder) is not entered
+// again: each folder's files count once, and a link to a parent cannot make the walk endless.
 std::vector<std::string> jpeg_files_under(const fs::path& dir) {
   std::vector<std::string> out;
+  std::set<std::pair<dev_t, ino_t>> entered;
+  std::pair<dev_t, ino_t> id;
+  if (folder_id(dir, id)) entered.insert(id);
   std::error_code ec;
   fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, ec), end;
   TTQ_CHECK(!ec, "data: cannot list '" << dir.string() << "': " << ec.message());
   for (; it != end; it.increment(ec)) {
     TTQ_CHECK(!ec, "data: cannot list '" << dir.string() << "': " << ec.message());
-    if (is_jpeg_name(it->path().filename().string()) && !is_dir(it->path()))
+    if (folder_id(it->path(), id)) {
+      if (!entered.insert(id).second) it.disable_recursion_pending();
+      continue;
+    }
+    if (is_jpeg_name(it->path().filename().string()))
       out.push_back(it->path().lexically_relative(dir).generic_string());
   }
   TTQ_CHECK(!ec, "data: cannot list '" << dir.string() << "': " << ec.message());
@@ -107,8 +127,11 @@ ImageFolderIndex read_image_list(const std::string& dir, const std::string& list
   // The folder's files, to resolve names given without an extension.
   std::set<std::string> present;
   std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-    present.insert(it->path().filename().string());
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code type_ec;
+    if (fs::is_regular_file(it->path(), type_ec))  // follows links; a folder is never an image
+      present.insert(it->path().filename().string());
+  }
   TTQ_CHECK(!ec, "data: cannot list '" << dir << "': " << ec.message());
 
   std::vector<std::pair<std::string, int32_t>> items;

@@ -31,7 +31,7 @@ std::string find_file(const std::string& dir, const std::string& base, const std
 
 }  // namespace
 
-std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
+std::vector<uint8_t> read_maybe_gzip(const std::string& path, size_t max_bytes) {
   TTQ_CHECK(file_exists(path), "missing file '" << path << "'");
 #ifndef TTQ_HAVE_ZLIB
   std::ifstream in(path, std::ios::binary);
@@ -54,6 +54,11 @@ std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
       TTQ_FAIL("'" << path << "': corrupt or truncated gzip data (" << msg << ")");
     }
     if (n == 0) break;
+    if (out.size() + static_cast<size_t>(n) > max_bytes) {
+      gzclose(f);
+      TTQ_FAIL("'" << path << "' decompresses to more than " << max_bytes
+                   << " bytes: not a data file (a damaged or hostile archive)");
+    }
     out.insert(out.end(), buf.begin(), buf.begin() + n);
   }
   // gzread stops quietly at a truncated gzip stream; gzclose reports it.
@@ -75,6 +80,7 @@ ImageSet read_idx(const std::string& images_path, const std::string& labels_path
             "'" << labels_path << "': wrong magic 0x" << std::hex << be32(lab.data()) << " (expected 0x00000801, u8 labels)");
   const int64_t n = be32(img.data() + 4), h = be32(img.data() + 8), w = be32(img.data() + 12);
   const int64_t nl = be32(lab.data() + 4);
+  TTQ_CHECK(n > 0, "'" << images_path << "': the header says it holds no images");
   TTQ_CHECK(h > 0 && w > 0 && h <= 4096 && w <= 4096, "'" << images_path << "': implausible image size " << h << "x" << w);
   TTQ_CHECK(static_cast<int64_t>(img.size()) == 16 + n * h * w,
             "'" << images_path << "': header says " << n << " images of " << h << "x" << w << " (" << 16 + n * h * w

@@ -35,7 +35,11 @@ ImageSet load_cifar10(const std::string& root, bool train);
 // labels, in root or root/cifar-100-binary.
 ImageSet load_cifar100(const std::string& root, bool train);
 
-// Reads a whole file, transparently gunzipping it when it is gzip-compressed.
-std::vector<uint8_t> read_maybe_gzip(const std::string& path);
+// The most a compressed data file may expand to (MNIST-like and CIFAR files are tens of MB): a
+// damaged or hostile archive is an error, not all of the machine's memory.
+constexpr size_t kMaxDataFileBytes = size_t{2} << 30;
+// Reads a whole file, transparently gunzipping it when it is gzip-compressed (to at most
+// max_bytes, an error naming the file beyond).
+std::vector<uint8_t> read_maybe_gzip(const std::string& path, size_t max_bytes = kMaxDataFileBytes);
 
 }  // namespace ttq

@@ -1,6 +1,8 @@
 // JPEG decoding and encoding with TurboJPEG (see jpeg.h for the colour conventions).
 #include "engine/data/jpeg.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -18,6 +20,11 @@ namespace ttq {
 void read_file_bytes(const std::string& path, std::vector<uint8_t>& out) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
   TTQ_CHECK(f, "cannot open '" << path << "': " << std::strerror(errno));
+  struct stat st {};
+  if (::fstat(::fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+    std::fclose(f);
+    TTQ_FAIL("cannot read '" << path << "': it is a folder");
+  }
   out.clear();
   std::fseek(f, 0, SEEK_END);
   const long size = std::ftell(f);

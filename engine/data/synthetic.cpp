@@ -10,8 +10,12 @@ SyntheticDataset::SyntheticDataset(const InputSpec& spec, int64_t size, float no
     : spec_(spec), size_(size), noise_(noise), seed_(seed), offset_(offset) {
   TTQ_CHECK(size > 0 && spec.classes > 1 && spec.channels > 0 && spec.height > 0 && spec.width > 0,
             "synthetic data: invalid size " << size << " or input spec");
-  const int64_t per = spec.channels * spec.height * spec.width;
-  prototypes_.resize(static_cast<size_t>(spec.classes * per));
+  int64_t per = 0, all = 0;
+  TTQ_CHECK(!__builtin_mul_overflow(spec.channels, spec.height, &per) && !__builtin_mul_overflow(per, spec.width, &per) &&
+                !__builtin_mul_overflow(spec.classes, per, &all) && all <= (int64_t{1} << 28),
+            "synthetic data: " << spec.classes << " class prototypes of " << spec.channels << "x" << spec.height << "x"
+                               << spec.width << " are more than 2^28 values");
+  prototypes_.resize(static_cast<size_t>(all));
   Rng rng(seed);
   for (auto& v : prototypes_) v = static_cast<float>(rng.normal());
 }

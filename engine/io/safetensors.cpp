@@ -1,12 +1,15 @@
 #include "engine/io/safetensors.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+
+#include "engine/config/json_reader.h"
 
 namespace ttq {
 
@@ -109,9 +112,16 @@ void SafeTensorsWriter::write(const std::string& path) const {
 SafeTensorsFile SafeTensorsFile::read(const std::string& path) {
   SafeTensorsFile f;
   f.path_ = path;
+  struct stat st {};
+  TTQ_CHECK(::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode), "'" << path << "' is a folder, not a safetensors file");
   std::ifstream in(path, std::ios::binary);
   TTQ_CHECK(in, "cannot open '" << path << "': " << std::strerror(errno));
-  std::vector<char> all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<char> all;
+  try {
+    all.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::exception& e) {  // a read error of the stream
+    TTQ_FAIL("cannot read '" << path << "': " << e.what());
+  }
   TTQ_CHECK(all.size() >= 8, "'" << path << "' is not a safetensors file: " << all.size() << " bytes, truncated");
   uint64_t len = 0;
   for (int i = 0; i < 8; ++i) len |= static_cast<uint64_t>(static_cast<unsigned char>(all[i])) << (8 * i);
@@ -119,7 +129,8 @@ SafeTensorsFile SafeTensorsFile::read(const std::string& path) {
                                        << all.size() << " (truncated or not a safetensors file)");
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(all.begin() + 8, all.begin() + 8 + static_cast<int64_t>(len));
+    header = nlohmann::json::parse(all.begin() + 8, all.begin() + 8 + static_cast<int64_t>(len),
+                                   json_depth_limit("'" + path + "': header"));
   } catch (const nlohmann::json::exception& e) {
     TTQ_FAIL("'" << path << "': header is not valid JSON: " << e.what());
   }
@@ -139,18 +150,18 @@ SafeTensorsFile SafeTensorsFile::read(const std::string& path) {
               "'" << path << "': entry '" << it.key() << "' lacks dtype, shape or data_offsets");
     Entry e{};
     TTQ_CHECK(v["dtype"].is_string() && parse_st_dtype(v["dtype"].get<std::string>(), e.dtype),
-              "'" << path << "': tensor '" << it.key() << "' has unsupported dtype " << v["dtype"].dump());
+              "'" << path << "': tensor '" << it.key() << "' has unsupported dtype " << json_text(v["dtype"]));
     int64_t numel = 1;
     TTQ_CHECK(v["shape"].is_array(), "'" << path << "': tensor '" << it.key() << "' shape is not a list");
     for (const auto& d : v["shape"]) {
       // A dimension, or the product, too large for the bytes a file can hold is a bad shape (the
       // product is checked before it could overflow).
       TTQ_CHECK(d.is_number_unsigned() && d.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX),
-                "'" << path << "': tensor '" << it.key() << "' has a bad dimension " << d.dump());
+                "'" << path << "': tensor '" << it.key() << "' has a bad dimension " << json_text(d));
       e.shape.push_back(d.get<int64_t>());
       TTQ_CHECK(!__builtin_mul_overflow(numel, e.shape.back(), &numel) && numel <= INT64_MAX / 8,
                 "'" << path << "': tensor '" << it.key() << "' has a shape of more elements than any file holds: "
-                    << v["shape"].dump());
+                    << json_text(v["shape"]));
     }
     const auto& off = v["data_offsets"];
     TTQ_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),

@@ -45,7 +45,7 @@ std::string format_double(double v) {
 
 json parse_meta_json(const SafeTensorsFile& f, const std::string& key) {
   try {
-    return json::parse(f.meta(key));
+    return json::parse(f.meta(key), json_depth_limit("'" + f.path() + "': metadata '" + key + "'"));
   } catch (const json::exception& e) {
     TTQ_FAIL("'" << f.path() << "': metadata '" << key << "' is not valid JSON: " << e.what());
   }
@@ -182,9 +182,15 @@ void load_model(Module& net, const Checkpoint& ck) {
       const std::string codes_name = it.key() + ".weight_codes";
       TTQ_CHECK(ck.file.has(codes_name), "'" << ck.file.path() << "' lacks '" << codes_name << "'");
       Tensor packed = ck.file.tensor(codes_name);
+      TTQ_CHECK(packed.dtype() == DType::U8, "'" << ck.file.path() << "': '" << codes_name << "' holds "
+                                                 << dtype_name(packed.dtype()) << " values, not u8 packed 2-bit codes");
       Tensor& w = l->weight().value;
       std::vector<int8_t> codes(static_cast<size_t>(w.numel()));
-      unpack_ternary_codes(packed.data<uint8_t>(), packed.numel(), w.numel(), codes.data());
+      try {
+        unpack_ternary_codes(packed.data<uint8_t>(), packed.numel(), w.numel(), codes.data());
+      } catch (const Error& e) {
+        TTQ_FAIL("'" << ck.file.path() << "': '" << codes_name << "': " << e.what());
+      }
       // One scale per layer, or one per output channel (row of the weight), as the layer's stored
       // settings say; copy_checked refuses a file whose scales have another shape.
       const bool per_channel = ternary_from_json(it.value(), ck.file.path(), it.key()).per_channel_scales;

@@ -16,7 +16,7 @@ json read_json_file(const std::string& path) {
   std::ifstream in(path);
   TTQ_CHECK(in, "cannot open config '" << path << "': " << std::strerror(errno));
   try {
-    return json::parse(in);
+    return json::parse(in, json_depth_limit("config '" + path + "'"));
   } catch (const json::exception& e) {
     TTQ_FAIL("config '" << path << "' is not valid JSON: " << e.what());
   }
@@ -76,6 +76,7 @@ DataConfig parse_data(JsonReader r) {
   TTQ_CHECK(d.workers >= 0 && d.workers <= 256, "config: '" << r.path_of("workers") << "' must be in [0, 256]");
   TTQ_CHECK(d.prefetch >= 1, "config: '" << r.path_of("prefetch") << "' must be >= 1");
   if (d.dataset == "synthetic") {
+    constexpr int64_t kSyntheticMaxSamples = int64_t{1} << 24;  // an epoch's permutation stays small
     JsonReader s = r.child("synthetic");
     d.synthetic_train = s.get<int64_t>("train", d.synthetic_train);
     d.synthetic_test = s.get<int64_t>("test", d.synthetic_test);
@@ -84,6 +85,10 @@ DataConfig parse_data(JsonReader r) {
     d.synthetic_noise = s.get<double>("noise", d.synthetic_noise);
     TTQ_CHECK(d.synthetic_train > 0 && d.synthetic_test > 0 && d.synthetic_size >= 4 && d.synthetic_classes > 1,
               "config: '" << s.path() << "': sizes must be positive (size >= 4, classes >= 2)");
+    TTQ_CHECK(d.synthetic_train <= kSyntheticMaxSamples && d.synthetic_test <= kSyntheticMaxSamples &&
+                  d.synthetic_size <= 4096 && d.synthetic_classes <= 100000,
+              "config: '" << s.path() << "': at most " << kSyntheticMaxSamples
+                          << " train and test samples, size 4096 and 100000 classes");
     s.finish();
   }
   r.finish();
@@ -191,9 +196,14 @@ json apply_override(json j, const std::string& assignment) {
   const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
   json value;
   try {
-    value = json::parse(text);
+    value = json::parse(text, json_depth_limit("--set " + path));
   } catch (const json::exception&) {
     value = text;  // a bare word is a string
+  }
+  try {
+    (void)value.dump();
+  } catch (const json::exception&) {
+    TTQ_FAIL("--set " << path << ": the value is not valid UTF-8");
   }
   json* node = &j;
   std::stringstream ss(path);
@@ -243,6 +253,9 @@ std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
       }
     runs = std::move(next);
   }
+  for (const char* key : {"name", "output_dir"})
+    TTQ_CHECK(!j.contains(key) || j.at(key).is_string(),
+              "config: '" << key << "' must be a string, got " << json_text(j.at(key)));
   const std::string base_name = j.value("name", std::string("experiment"));
   const std::string base_dir = j.value("output_dir", "runs/" + base_name);
   for (auto& [name, cfg] : runs) {

@@ -163,7 +163,12 @@ class MetricsLog {
       std::ifstream in(path);
       std::string line, kept;
       while (std::getline(in, line)) {
-        const json r = json::parse(line, nullptr, false);
+        json r;
+        try {
+          r = json::parse(line, json_depth_limit(path), false);
+        } catch (const Error&) {
+          continue;  // nested too deeply: not a record of this engine
+        }
         if (r.is_object() && r.contains("step") && r["step"].is_number_integer() &&
             r["step"].get<int64_t>() <= resumed_at)
           kept += line + "\n";
@@ -386,14 +391,20 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   if (opt.resume) {
     // The results of the stages the checkpoint has finished (a stages.json from a later point of
     // the interrupted run, or from an earlier run in this folder, may hold more).
-    std::ifstream in(cfg.output_dir + "/stages.json");
+    const std::string stages_path = cfg.output_dir + "/stages.json";
+    std::ifstream in(stages_path);
     if (in) {
-      json st = json::parse(in, nullptr, false);
-      if (st.is_array())
-        for (const auto& s : st) {
-          if (static_cast<int64_t>(summary.stages.size()) >= state.stage) break;
-          summary.stages.push_back(stage_from_json(s));
-        }
+      try {
+        json st = json::parse(in, json_depth_limit("'" + stages_path + "'"), false);
+        if (st.is_array())
+          for (const auto& s : st) {
+            if (static_cast<int64_t>(summary.stages.size()) >= state.stage) break;
+            summary.stages.push_back(stage_from_json(s));
+          }
+      } catch (const json::exception& e) {
+        TTQ_FAIL("--resume: '" << stages_path << "' is damaged (" << e.what()
+                               << "); it holds the results of the finished stages");
+      }
     }
   }
   const double elapsed_before = state.elapsed_seconds;
