@@ -15,6 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_check_logs}
+out=${out%/}  # the archive goes beside the folder, not into it
 mkdir -p "$out"
 build=build-gpu
 declare -A result
@@ -102,7 +103,9 @@ if [[ -n $gpu ]]; then
 fi
 # The programs that give the numbers first, so a failing test file cannot keep them from being
 # linked; then everything else, going on past failures (-k 0).
-step build_tools cmake --build "$build" -j "$jobs" --target ttq ttq_throughput bench_ttq_gpu
+tools=(ttq ttq_throughput)
+grep -q -- "-- CUDA: found" "$out/configure.log" 2>/dev/null && tools+=(bench_ttq_gpu)  # built with CUDA only
+step build_tools cmake --build "$build" -j "$jobs" --target "${tools[@]}"
 step build cmake --build "$build" -j "$jobs" -- -k 0
 { timeout 30 "$build/ttq" info; ldd "$build/ttq" | grep -E "not found|cudnn|nccl|cublas|cudart"; } > "$out/info.log" 2>&1
 # The numbers first (each capped well above its expected time), then the GPU tests, so a slow
@@ -149,8 +152,8 @@ sanitize() {
   if grep -qi "device not supported\|not supported on this" "$log"; then echo "$tool: unsupported on this machine"; return; fi
   case $rc in
     0) echo "clean" ;;
-    86) echo "$tool $prog: $(grep -c '^========= Invalid\|^========= .*[Hh]azard' "$log") memory errors or hazards," \
-             "$(grep -c '^========= Program hit' "$log") CUDA API errors" ;;
+    86) echo "$tool $prog: $(grep -oE '(ERROR|RACECHECK) SUMMARY: [0-9]+ [a-z]+' "$log" | tail -1 | sed 's/.*SUMMARY: //')," \
+             "$(grep -c '^========= Program hit' "$log") of them CUDA API errors (see sanitizer.log)" ;;
     124|137) echo "$tool $prog: timed out" ;;
     *) echo "$tool $prog: tests failed (exit $rc)" ;;
   esac
@@ -212,9 +215,11 @@ rate() {
 }
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo "${GPU_CHECK_COMMIT:-?}")
 [[ -n $(git status --porcelain --untracked-files=no 2>/dev/null) ]] && commit="$commit+changes"
+steps=(configure build_tools build train train_bf16 kernels thr_r18_ttq peer_fp32 thr_r18_ttq_cl peer_bf16
+       thr_r18_ttq_bf16 peer_bf16_nchw thr_r18_fp thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq gpu_tests sanitizer cpu_tests)
 # The end of each failed step's log, before the table (the table stays last).
-for s in "${!result[@]}"; do
-  if [[ ${result[$s]} == FAILED* || ${result[$s]} == "TIMED OUT"* ]] && [[ -f $out/$s.log ]]; then
+for s in "${steps[@]}"; do
+  if [[ ${result[$s]:-} == FAILED* || ${result[$s]:-} == "TIMED OUT"* ]] && [[ -f $out/$s.log ]]; then
     echo; echo "---- $s: ${result[$s]}, last lines of $s.log"; tail -n 12 "$out/$s.log"
   fi
 done
@@ -222,9 +227,7 @@ table() {
   echo "GPU check $(date -u +%Y-%m-%d) commit $commit on ${gpu:-no GPU} ($(( $(date +%s) - started ))s)"
   printf '| %-16s | %s |\n' "step" "result"
   printf '|%s|%s|\n' "------------------" "------------------------------"
-  for s in configure build_tools build train train_bf16 kernels thr_r18_ttq peer_fp32 thr_r18_ttq_cl peer_bf16 \
-           thr_r18_ttq_bf16 peer_bf16_nchw thr_r18_fp thr_r18_fp_bf16 thr_alex_ttq thr_r20_ttq gpu_tests sanitizer \
-           cpu_tests; do
+  for s in "${steps[@]}"; do
     printf '| %-16s | %s |\n' "$s" "${result[$s]:-?}"
   done
   printf '| %-16s | %s |\n' "gpu tests" "${passed:-?}, ${skipped:-?} skipped"

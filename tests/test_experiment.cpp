@@ -83,6 +83,10 @@ TEST(ExperimentConfigTest, OverridesAndSweeps) {
   EXPECT_NE(utf8.find("--set name: the value is not valid UTF-8"), std::string::npos) << utf8;
   const std::string deep = error_of([&] { apply_override(j, "seed=" + std::string(1000, '[')); });
   EXPECT_NE(deep.find("--set seed: JSON nested deeper than 64 levels"), std::string::npos) << deep;
+  std::string long_path = "a";
+  for (int i = 0; i < 100; ++i) long_path += ".a";
+  EXPECT_NE(error_of([&] { apply_override(j, long_path + "=1"); }).find("key path has more than 64 parts"),
+            std::string::npos);
   json bad_name = j;
   bad_name["name"] = 5;
   bad_name["sweep"] = {{"seed", {1, 2}}};

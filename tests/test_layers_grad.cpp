@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "engine/core/rng.h"
@@ -15,6 +16,7 @@
 #include "engine/nn/pooling.h"
 #include "engine/nn/residual.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/ops_ref.h"
 #include "kernels/ops.h"
 #include "tests/test_util.h"
 
@@ -202,6 +204,38 @@ TEST_P(LayerGrad, ResidualOptionBWithReluAfterAdd) {
 
 INSTANTIATE_TEST_SUITE_P(Kernels, LayerGrad, ::testing::Values(cpu::Kernels::Reference, cpu::Kernels::OneDNN),
                          [](const auto& info) { return std::string(cpu::kernels_name(info.param)); });
+
+// The ReLU loops over tensors large enough to be split over threads and vectorised: every element
+// as the definition says (x if x > 0 or NaN, else +0; the gradient where that holds), infinities,
+// signed zeros and NaN included, in place too.
+TEST(ReluKernels, LargeTensorsFollowTheDefinition) {
+  const int64_t n = (int64_t{1} << 18) + 5;
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(), -0.0f, 0.0f,
+                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::denorm_min()};
+  std::vector<float> x(n), dy(n), y(n), dx(n);
+  ttq::testing::fill_random(x.data(), n, 71, -1.0f, 1.0f);
+  ttq::testing::fill_random(dy.data(), n, 72, -1.0f, 1.0f);
+  for (int64_t i = 0; i < n; i += 97) x[i] = specials[(i / 97) % 7];
+  ref::relu_forward(n, x.data(), y.data());
+  ref::relu_backward(n, y.data(), dy.data(), dx.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const bool pass = x[i] > 0.0f || std::isnan(x[i]);
+    if (pass) {
+      ASSERT_TRUE(std::memcmp(&y[i], &x[i], sizeof(float)) == 0) << i;
+      ASSERT_EQ(dx[i], dy[i]) << i;
+    } else {
+      ASSERT_TRUE(y[i] == 0.0f && !std::signbit(y[i])) << i << ": " << y[i];
+      ASSERT_TRUE(dx[i] == 0.0f && !std::signbit(dx[i])) << i;
+    }
+  }
+  std::vector<float> in_place = x;
+  ref::relu_forward(n, in_place.data(), in_place.data());
+  EXPECT_EQ(std::memcmp(in_place.data(), y.data(), sizeof(float) * n), 0);
+  std::vector<float> grad_in_place = dy;
+  ref::relu_backward(n, y.data(), grad_in_place.data(), grad_in_place.data());
+  EXPECT_EQ(std::memcmp(grad_in_place.data(), dx.data(), sizeof(float) * n), 0);
+}
 
 TEST(LossGrad, SoftmaxCrossEntropyWithSmoothing) {
   for (float smoothing : {0.0f, 0.1f}) {

@@ -42,27 +42,44 @@ bool folder_id(const fs::path& p, std::pair<dev_t, ino_t>& id) {
   return true;
 }
 
-// The JPEG files under dir (recursively, following links), as paths relative to dir, sorted. A
-// folder reached again through a link (a loop, or a second way to the same folder) is not entered
-// again: each folder's files count once, and a link to a parent cannot make the walk endless.
+using FolderId = std::pair<dev_t, ino_t>;
+
+// Walks `folder` (relative path `rel` below the class folder) in name order, following links. A
+// link back to a folder on the way down (a loop) is an error naming it; a folder reached a second
+// way is not entered again (its files count once, under the path found first in name order).
+void walk_jpegs(const fs::path& folder, const std::string& rel, std::vector<FolderId>& path_ids,
+                std::set<FolderId>& entered, std::vector<std::string>& out) {
+  std::vector<fs::path> entries;
+  std::error_code ec;
+  for (fs::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) entries.push_back(it->path());
+  TTQ_CHECK(!ec, "data: cannot list '" << folder.string() << "': " << ec.message());
+  std::sort(entries.begin(), entries.end());
+  for (const fs::path& p : entries) {
+    const std::string name = p.filename().string(), sub = rel.empty() ? name : rel + "/" + name;
+    FolderId id;
+    if (folder_id(p, id)) {
+      TTQ_CHECK(std::find(path_ids.begin(), path_ids.end(), id) == path_ids.end(),
+                "data: '" << p.string() << "' leads back to a folder above it (a loop of links)");
+      if (!entered.insert(id).second) continue;
+      path_ids.push_back(id);
+      walk_jpegs(p, sub, path_ids, entered, out);
+      path_ids.pop_back();
+    } else if (is_jpeg_name(name)) {
+      out.push_back(sub);
+    }
+  }
+}
+
+// The JPEG files under dir (recursively, following links), as paths relative to dir, sorted.
 std::vector<std::string> jpeg_files_under(const fs::path& dir) {
   std::vector<std::string> out;
-  std::set<std::pair<dev_t, ino_t>> entered;
-  std::pair<dev_t, ino_t> id;
-  if (folder_id(dir, id)) entered.insert(id);
-  std::error_code ec;
-  fs::recursive_directory_iterator it(dir, fs::directory_options::follow_directory_symlink, ec), end;
-  TTQ_CHECK(!ec, "data: cannot list '" << dir.string() << "': " << ec.message());
-  for (; it != end; it.increment(ec)) {
-    TTQ_CHECK(!ec, "data: cannot list '" << dir.string() << "': " << ec.message());
-    if (folder_id(it->path(), id)) {
-      if (!entered.insert(id).second) it.disable_recursion_pending();
-      continue;
-    }
-    if (is_jpeg_name(it->path().filename().string()))
-      out.push_back(it->path().lexically_relative(dir).generic_string());
-  }
-  TTQ_CHECK(!ec, "data: cannot list '" << dir.string() << "': " << ec.message());
+  std::vector<FolderId> path_ids;
+  std::set<FolderId> entered;
+  FolderId id;
+  TTQ_CHECK(folder_id(dir, id), "data: cannot list '" << dir.string() << "'");
+  path_ids.push_back(id);
+  entered.insert(id);
+  walk_jpegs(dir, "", path_ids, entered, out);
   std::sort(out.begin(), out.end());
   return out;
 }

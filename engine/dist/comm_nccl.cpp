@@ -26,8 +26,8 @@
 #include <chrono>
 #include <exception>
 #include <cstdio>
-#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "engine/dist/gpu_util.h"
@@ -60,6 +60,11 @@ class NcclCommunicator : public Communicator {
       abort_nccl();
       if (stream_) CUDA_CHECK_NOTHROW(cudaStreamDestroy(stream_));
       stream_ = nullptr;
+      // MPI's abort ends this process at once: the error is printed here, or nobody would see it.
+      if (std::string(host_->backend()) == "mpi") {
+        std::fprintf(stderr, "distributed (nccl): set-up failed on %s: %s\n", who().c_str(), e.what());
+        std::fflush(stderr);
+      }
       host_->abort(e.what());
       throw;
     }
@@ -76,11 +81,6 @@ class NcclCommunicator : public Communicator {
                                                                                    << ncclGetErrorString(r));
     }
     host_->broadcast(&id, sizeof id, 0);
-    // Peers connected during initialisation (under its timeout), not at the first all-reduce in
-    // step 0's backward pass: NCCL's connection buffers are then allocated while the GPU's memory
-    // is still free, before the engine's stream-ordered pool holds the activations. A value the
-    // user set is kept.
-    ::setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     const ncclResult_t r = ncclCommInitRankConfig(&comm_, world_, id, rank_, &cfg);

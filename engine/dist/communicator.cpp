@@ -141,7 +141,16 @@ std::string resolve_backend(const std::string& requested, const LaunchInfo& laun
 
 std::shared_ptr<Communicator> make_communicator(const DistConfig& cfg, bool gpu) {
   const LaunchInfo launch = detect_launch();
-  const std::string backend = resolve_backend(cfg.backend, launch, gpu);
+  // An explicit nccl backend's refusal of CPU training comes after the ranks' agreement check, so
+  // a rank without a GPU among ranks with one fails on every rank alike.
+  const std::string backend = resolve_backend(cfg.backend, launch, gpu || cfg.backend == "nccl");
+  if (backend == "nccl") {
+    // NCCL connects its peers during set-up (under its timeout), not at the first all-reduce in
+    // step 0's backward pass: its connection buffers are then allocated while the GPU's memory is
+    // still free, before the stream-ordered pool holds the activations. A value the user set is
+    // kept. Set before any communication thread exists.
+    ::setenv("NCCL_RUNTIME_CONNECT", "0", /*overwrite=*/0);
+  }
   std::shared_ptr<Communicator> comm;
   auto tcp = [&] {
     TcpOptions o;
@@ -162,6 +171,7 @@ std::shared_ptr<Communicator> make_communicator(const DistConfig& cfg, bool gpu)
   else
     host = std::make_shared<SingleProcessCommunicator>();
   check_ranks_agree_on_gpu(*host, gpu);
+  if (backend == "nccl") resolve_backend(cfg.backend, launch, gpu);  // its refusal of CPU training
   comm = backend == "nccl" ? detail::make_nccl_communicator(host, cfg.timeout_s) : host;
   comm->set_timeout(cfg.timeout_s);
   std::lock_guard<std::mutex> lock(g_mu);

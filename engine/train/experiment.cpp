@@ -1,5 +1,6 @@
 #include "engine/train/experiment.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -194,6 +195,8 @@ json apply_override(json j, const std::string& assignment) {
   const auto eq = assignment.find('=');
   TTQ_CHECK(eq != std::string::npos && eq > 0, "--set expects key.path=value, got '" << assignment << "'");
   const std::string path = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  TTQ_CHECK(std::count(path.begin(), path.end(), '.') < kJsonMaxDepth,
+            "--set: the key path has more than " << kJsonMaxDepth << " parts");
   json value;
   try {
     value = json::parse(text, json_depth_limit("--set " + path));

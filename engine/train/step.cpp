@@ -15,7 +15,7 @@ StepResult train_step(Module& net, CrossEntropyLoss& loss, Optimizer& opt, const
   StepLog log(device, 1);
   train_step(net, loss, opt, db, lr, pass, log);
   const LoggedStep s = log.read().at(0);
-  TTQ_CHECK(std::isfinite(s.loss), "loss: not finite (" << s.loss << "); logits contain NaN or Inf");
+  TTQ_CHECK(std::isfinite(s.loss), "loss: not finite (" << s.loss << "); logits contain NaN or Inf, or a label is outside the classes");
   return {s.loss, s.correct};
 }
 

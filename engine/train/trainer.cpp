@@ -125,7 +125,7 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
     seen = counts[2];
   }
   TTQ_CHECK(std::isfinite(loss_sum), "evaluation: the loss is not finite" << (finite_here ? " on another rank" : "")
-                                                                          << "; the model's outputs contain NaN or Inf");
+                                                                          << "; the model's outputs contain NaN or Inf, or a label is outside the classes");
   TTQ_CHECK(seen > 0, "evaluation: the test set gave no samples");
   return {loss_sum / seen, 1.0 - static_cast<double>(top1) / seen, 1.0 - static_cast<double>(top5) / seen, seen};
 }
@@ -484,7 +484,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
             TTQ_FAIL("stage '" << st.name << "', epoch " << epoch + 1 << ", step " << p.b + 1 << ": loss: not finite ("
                                << (std::isfinite(r.loss) ? shown_loss : r.loss)
                                << (std::isfinite(r.loss) ? " on another rank" : "")
-                               << "); logits contain NaN or Inf (the last checkpoint, " << last_path << ", is unchanged)");
+                               << "); logits contain NaN or Inf, or a label is outside the classes (the last checkpoint, " << last_path << ", is unchanged)");
           state.epoch_loss_sum += r.loss * r.batch;
           state.epoch_correct += r.correct;
           state.epoch_seen += r.batch;

@@ -71,11 +71,11 @@ void* device_malloc(size_t nbytes) {
   void* p = nullptr;
   cudaError_t e = cudaMallocAsync(&p, nbytes, cudaStreamPerThread);
   if (e == cudaErrorMemoryAllocation) {
-    // The pool may hold enough freed memory in the wrong pieces, or frees still pending on the
-    // stream: wait for the stream, hand the pool's unused memory back to the driver (where it can
-    // be mapped again in one piece, and where cuBLAS and NCCL allocate too), and try once more.
+    // The pool may hold enough freed memory in the wrong pieces: hand its unused memory back to
+    // the driver (where it can be mapped again in one piece, and where cuBLAS and NCCL allocate
+    // too) and try once more. No wait for the stream, which may be waiting for a collective whose
+    // peer is gone.
     (void)cudaGetLastError();
-    CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
     int dev = 0;
     cudaMemPool_t pool = nullptr;
     CUDA_CHECK(cudaGetDevice(&dev));
