@@ -51,6 +51,14 @@ TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
   json bad_opt = j;
   bad_opt["stages"][0]["optimizer"]["type"] = "adamw";
   EXPECT_NE(err(bad_opt).find("'stages.0.optimizer.type'"), std::string::npos) << err(bad_opt);
+  // A checkpoint's stored configuration that no longer reads names who read it and the file.
+  json stored = j;
+  stored["stages"][0]["epochs"] = 0;
+  const std::string old = error_of([&] { parse_stored_experiment(stored, "run/last.safetensors", "eval"); });
+  EXPECT_NE(old.find("eval: the configuration stored in 'run/last.safetensors' no longer reads: config: "
+                     "'stages.0.epochs' must be >= 1"),
+            std::string::npos)
+      << old;
   json no_stages = j;
   no_stages.erase("stages");
   EXPECT_NE(err(no_stages).find("'stages' must be a non-empty list"), std::string::npos);

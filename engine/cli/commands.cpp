@@ -139,15 +139,6 @@ std::string resolve_checkpoint(const std::string& arg) {
   return arg;
 }
 
-// The experiment a checkpoint was trained with; an error names the checkpoint.
-ExperimentConfig stored_experiment(const char* cmd, const Checkpoint& ck, const json& cfg_json) {
-  try {
-    return parse_experiment(cfg_json);
-  } catch (const std::exception& e) {
-    TTQ_FAIL(cmd << ": the configuration stored in '" << ck.file.path() << "' does not read: " << e.what());
-  }
-}
-
 }  // namespace
 
 int run_eval(const std::vector<std::string>& argv) {
@@ -165,7 +156,7 @@ int run_eval(const std::vector<std::string>& argv) {
                                                     "experiment from it with \"init_from\"");
   json cfg_json = ck.config;
   if (!a.get("data-root").empty()) cfg_json["data"]["root"] = a.get("data-root");
-  const ExperimentConfig cfg = stored_experiment("eval", ck, cfg_json);
+  const ExperimentConfig cfg = parse_stored_experiment(cfg_json, ck.file.path(), "eval");
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   Model model = build_model(cfg.model, data.spec, cfg.seed);
   load_model(*model.net, ck);
@@ -204,7 +195,7 @@ int run_export(const std::vector<std::string>& argv) {
                                                    << "' is a plain state dict without an experiment config; start an "
                                                       "experiment from it with \"init_from\"");
   TTQ_CHECK(ck.format == "ttq-checkpoint", "export: '" << ck_path << "' is already an export");
-  const ExperimentConfig cfg = stored_experiment("export", ck, ck.config);
+  const ExperimentConfig cfg = parse_stored_experiment(ck.config, ck.file.path(), "export");
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   Model model = build_model(cfg.model, data.spec, cfg.seed);
   load_model(*model.net, ck);

@@ -239,6 +239,14 @@ namespace {
 std::string value_label(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 }  // namespace
 
+ExperimentConfig parse_stored_experiment(const json& j, const std::string& checkpoint_path, const std::string& who) {
+  try {
+    return parse_experiment(j);
+  } catch (const std::exception& e) {
+    TTQ_FAIL(who << ": the configuration stored in '" << checkpoint_path << "' no longer reads: " << e.what());
+  }
+}
+
 std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
   if (!j.is_object() || !j.contains("sweep")) return {{"", j}};
   const json& sweep = j.at("sweep");

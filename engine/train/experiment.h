@@ -82,6 +82,9 @@ struct ExperimentConfig {
 
 // Parses an experiment (without a "sweep" key: expand sweeps first).
 ExperimentConfig parse_experiment(const json& j);
+// Parses the configuration a checkpoint stored (as this version reads it: options added since take
+// their defaults); an error says that `who` ("--resume", "eval") read it from `checkpoint_path`.
+ExperimentConfig parse_stored_experiment(const json& j, const std::string& checkpoint_path, const std::string& who);
 
 // Applies "--set key.path=value" overrides: value is parsed as JSON when it can be, else taken
 // as a string. List elements are addressed by index ("stages.1.epochs=3").

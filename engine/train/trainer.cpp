@@ -333,12 +333,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     // The checkpoint's configuration read as this version reads it: an option added since it was
     // written takes its default there too, so an older run still resumes. This relies on every
     // new option defaulting to the behaviour from before it existed (docs/ARCHITECTURE.md).
-    json saved;
-    try {
-      saved = parse_experiment(resume_ck->config).resolved;
-    } catch (const std::exception& e) {
-      TTQ_FAIL("--resume: the configuration stored in '" << last_path << "' no longer reads: " << e.what());
-    }
+    json saved = parse_stored_experiment(resume_ck->config, last_path, "--resume").resolved;
     saved["model"] = resume_ck->config.value("model", json());  // resolved by the run that wrote it
     const std::string differs = first_difference(saved, cfg.resolved);
     if (!differs.empty()) {
