@@ -925,7 +925,7 @@ int64_t count_topk_correct(const Tensor& logits, const Tensor& labels, int k) {
 
 namespace {
 void add_cpu(int64_t n, const float* a, const float* b, float* out) {
-#pragma omp parallel for simd schedule(static) if (n >= (int64_t{1} << 16))
+#pragma omp parallel for simd schedule(static) if (n >= ref::kElementwiseParallelMin)
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 void clamp_cpu(int64_t n, float* p, float lo) {

@@ -86,9 +86,6 @@ json ternary_layers_json(Module& net) {
   return t;
 }
 
-}  // namespace
-
-namespace {
 void check_finite(const std::string& path, const std::string& name, const Tensor& host_value) {
   if (host_value.dtype() != DType::F32) return;
   const float* p = host_value.data<float>();
@@ -96,6 +93,7 @@ void check_finite(const std::string& path, const std::string& name, const Tensor
     TTQ_CHECK(std::isfinite(p[i]), "not writing '" << path << "': parameter '" << name << "' holds " << p[i]
                                                    << " at [" << i << "] (the model diverged)");
 }
+
 }  // namespace
 
 void check_parameters_finite(Module& net, const std::string& path) {

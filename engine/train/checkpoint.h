@@ -51,8 +51,8 @@ struct TrainingState {
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
                      const json& config);
 // The error save_checkpoint(path, net, ...) would give for a diverged model, without writing.
-// Data parallel: every rank calls it before rank 0 saves, so all ranks stop together (their
-// replicas are the same) rather than the others waiting for a rank 0 that stopped alone.
+// Data parallel: the ranks other than 0 call it where rank 0 saves, so all ranks stop together
+// (their replicas are the same) rather than the others waiting for a rank 0 that stopped alone.
 void check_parameters_finite(Module& net, const std::string& path);
 
 struct Checkpoint {

@@ -219,9 +219,6 @@ std::string first_difference(const json& a, const json& b, const std::string& pa
   return a == b ? "" : (path.empty() ? std::string("/") : path);
 }
 
-}  // namespace
-
-namespace {
 // The GPU's convolutions, pooling and batch norm come from cuDNN, its Linear from cuBLAS: a CUDA
 // build without them cannot train on the GPU.
 #if defined(TTQ_HAVE_CUDNN) && defined(TTQ_HAVE_CUBLAS)
@@ -323,6 +320,14 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
 
   if (root) fs::create_directories(cfg.output_dir);
   const std::string last_path = cfg.output_dir + "/last.safetensors";
+  // Rank 0 writes a checkpoint; the other ranks make the same refusal of a diverged model (their
+  // replicas are rank 0's), so all ranks stop together instead of waiting for a rank 0 that stopped.
+  auto write_checkpoint = [&](const std::string& path, const Optimizer& optimizer, const TrainingState& s) {
+    if (root)
+      save_checkpoint(path, net, &optimizer, s, cfg.resolved);
+    else
+      check_parameters_finite(net, path);
+  };
   const std::string config_path = cfg.output_dir + "/config.json";
   TrainingState state;
   std::unique_ptr<Checkpoint> resume_ck;
@@ -520,8 +525,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
           s.batch = b + 1;
           s.optimizer_steps = optimizer->steps();
           s.elapsed_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
-          check_parameters_finite(net, last_path);  // on every rank: all stop together
-          if (root) save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
+          write_checkpoint(last_path, *optimizer, s);
         }
         if (opt.stop_after_steps > 0 && steps_this_process >= opt.stop_after_steps) {
           drain();
@@ -573,17 +577,15 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
         s.batch = 0;
         s.optimizer_steps = optimizer->steps();
         s.elapsed_seconds = elapsed_before + std::chrono::duration<double>(clock::now() - t_start).count();
-        check_parameters_finite(net, last_path);  // on every rank: all stop together
         if (last_epoch) {
           // The stage's own checkpoint and results first: last.safetensors, written last, is what
           // a resume trusts, so an interruption in between redoes this stage end, not skips it.
           // (epochs >= 1 and a resume starts before the last epoch, so every stage ends here.)
-          if (root)
-            save_checkpoint(cfg.output_dir + "/" + st.name + ".safetensors", net, optimizer.get(), s, cfg.resolved);
+          write_checkpoint(cfg.output_dir + "/" + st.name + ".safetensors", *optimizer, s);
           result.best_test_top1_error = state.best_error;
           record_stage(summary, result, cfg.output_dir, root);
         }
-        if (root) save_checkpoint(last_path, net, optimizer.get(), s, cfg.resolved);
+        write_checkpoint(last_path, *optimizer, s);
       }
     }
     state.stage = si + 1;

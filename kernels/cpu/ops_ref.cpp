@@ -10,9 +10,6 @@
 
 namespace ttq::ref {
 
-namespace {
-constexpr int64_t kElementwiseParallelMin = int64_t{1} << 16;  // below this one thread is faster
-}  // namespace
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y) {
   const int64_t oh = s.out_h(), ow = s.out_w(), cig = s.c_in_per_group(), cog = s.c_out_per_group();

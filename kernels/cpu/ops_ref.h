@@ -9,6 +9,10 @@
 
 namespace ttq::ref {
 
+// Elementwise loops of at least this many values are split over the OpenMP threads (below it one
+// thread is faster).
+constexpr int64_t kElementwiseParallelMin = int64_t{1} << 16;
+
 // y[n, co, oh, ow] = bias[co] + sum_{ci in group, kh, kw} x[n, ci, ...] * w[co, ci', kh, kw]
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, const float* bias, float* y);
 void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* w, float* dx);

@@ -188,8 +188,8 @@ void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, 
   CUDA_CHECK(cudaGetLastError());
 }
 
-void zero_floats(float* p, int64_t count) {
-  if (p && count > 0) CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(count) * sizeof(float), cudaStreamPerThread));
+void zero_fill_bytes(void* p, size_t bytes) {
+  if (p && bytes > 0) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread));
 }
 
 template <class T>

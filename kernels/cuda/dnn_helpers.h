@@ -12,6 +12,7 @@
 // store (kernels/cuda/bf16_device.cuh).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "engine/core/bf16.h"
@@ -68,7 +69,7 @@ void add_channel_bias(int64_t n, int64_t c, int64_t spatial, const float* bias, 
 template <class T>
 void channel_sums(int64_t n, int64_t c, int64_t spatial, const T* m, float* sums);
 
-// count floats at p set to 0 (nothing when p is null or count is 0).
-void zero_floats(float* p, int64_t count);
+// `bytes` bytes at p set to 0 on cudaStreamPerThread (nothing when p is null or bytes is 0).
+void zero_fill_bytes(void* p, size_t bytes);
 
 }  // namespace ttq::cuda::helpers

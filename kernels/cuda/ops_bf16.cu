@@ -384,8 +384,8 @@ void batchnorm_backward(const BatchNormShape& shape, const bf16* x, const bf16* 
   const char* op = "batchnorm_backward (CUDA, bf16)";
   check_bn(op, s);
   if (s.numel() == 0) {  // no values: the parameter gradients are 0, as on the CPU
-    helpers::zero_floats(dgamma, s.c);
-    helpers::zero_floats(dbeta, s.c);
+    helpers::zero_fill_bytes(dgamma, static_cast<size_t>(s.c) * sizeof(float));
+    helpers::zero_fill_bytes(dbeta, static_cast<size_t>(s.c) * sizeof(float));
     return;
   }
   const Plan p = chan::make_plan(op, s.n, s.c, s.s);

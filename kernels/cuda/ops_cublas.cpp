@@ -54,8 +54,7 @@ void linear_backward(int64_t n, int64_t in, int64_t out, const float* x, const f
   TTQ_CHECK(n >= 0 && in >= 0 && out >= 0, "linear_backward (CUDA): negative size n=" << n << " in=" << in
                                                                                        << " out=" << out);
   auto zero_fill = [](float* p, int64_t count) {
-    if (p && count > 0)
-      CUDA_CHECK(cudaMemsetAsync(p, 0, static_cast<size_t>(count) * sizeof(float), cudaStreamPerThread));
+    if (count > 0) helpers::zero_fill_bytes(p, static_cast<size_t>(count) * sizeof(float));
   };
   if (dbias) {
     if (n == 0)
@@ -89,9 +88,6 @@ void gemm_bf16(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, 
                             CUDA_R_16BF, ldb, &zero, c, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void zero_fill_bytes(void* p, size_t bytes) {
-  if (p && bytes > 0) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cudaStreamPerThread));
-}
 
 }  // namespace
 
@@ -102,7 +98,7 @@ void linear_forward(int64_t n, int64_t in, int64_t out, const bf16* x, const bf1
   // y^T (out x n) = W^T_cm * X_cm into an f32 temporary, then y = round(tmp + bias).
   DeviceBuffer acc(static_cast<size_t>(n * out) * sizeof(float));
   if (in == 0)  // empty sum: y = bias (or 0)
-    zero_fill_bytes(acc.get(), acc.bytes());
+    helpers::zero_fill_bytes(acc.get(), acc.bytes());
   else
     gemm_bf16(CUBLAS_OP_T, CUBLAS_OP_N, to_int(out, "out"), to_int(n, "n"), to_int(in, "in"), w,
               to_int(in, "in"), x, to_int(in, "in"), acc.get(), CUDA_R_32F, to_int(out, "out"));
@@ -115,14 +111,14 @@ void linear_backward(int64_t n, int64_t in, int64_t out, const bf16* x, const bf
                                                                                              << " out=" << out);
   if (dbias) {
     if (n == 0)
-      zero_fill_bytes(dbias, static_cast<size_t>(out) * sizeof(float));
+      helpers::zero_fill_bytes(dbias, static_cast<size_t>(out) * sizeof(float));
     else
       helpers::column_sums(n, out, dy, dbias);
   }
   if (in == 0) return;  // dx and dw are empty
   if (n == 0 || out == 0) {  // empty sums (bf16 zero is all-zero bits)
-    if (out == 0 && dx) zero_fill_bytes(dx, static_cast<size_t>(n * in) * sizeof(bf16));
-    zero_fill_bytes(dw, static_cast<size_t>(out * in) * sizeof(bf16));
+    if (out == 0 && dx) helpers::zero_fill_bytes(dx, static_cast<size_t>(n * in) * sizeof(bf16));
+    helpers::zero_fill_bytes(dw, static_cast<size_t>(out * in) * sizeof(bf16));
     return;
   }
   const int N = to_int(n, "n"), IN = to_int(in, "in"), OUT = to_int(out, "out");

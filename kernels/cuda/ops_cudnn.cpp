@@ -766,8 +766,8 @@ void batchnorm_forward_infer(const BatchNormShape& s, const float* x, const floa
 void batchnorm_backward(const BatchNormShape& s, const float* x, const float* dy, const float* gamma,
                         const float* mean, const float* inv_std, float eps, float* dx, float* dgamma, float* dbeta) {
   if (s.numel() == 0) {  // no values: the parameter gradients are 0, as on the CPU
-    helpers::zero_floats(dgamma, s.c);
-    helpers::zero_floats(dbeta, s.c);
+    helpers::zero_fill_bytes(dgamma, static_cast<size_t>(s.c) * sizeof(float));
+    helpers::zero_fill_bytes(dbeta, static_cast<size_t>(s.c) * sizeof(float));
     return;
   }
   cudnnHandle_t h = DeviceContext::current().cudnn();
