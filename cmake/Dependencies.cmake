@@ -20,7 +20,9 @@ else()
 endif()
 
 # ---- OpenMP (optional, used by CPU loops and oneDNN) ----------------------------------------
-find_package(OpenMP QUIET COMPONENTS CXX)
+if(NOT TTQ_SANITIZE_THREAD)
+  find_package(OpenMP QUIET COMPONENTS CXX)
+endif()
 if(OpenMP_CXX_FOUND)
   message(STATUS "OpenMP: found ${OpenMP_CXX_VERSION}")
 else()

@@ -1,6 +1,6 @@
 #include "tests/test_util.h"
 
-#include "engine/core/lsan_options.h"
+#include "engine/core/sanitizer_options.h"
 
 #include <unistd.h>
 

@@ -6,12 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "engine/cli/args.h"
 #include "engine/core/error.h"
-#include "engine/core/lsan_options.h"
+#include "engine/core/sanitizer_options.h"
 #include "engine/data/jpeg.h"
 #include "engine/dist/communicator.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/device.h"
+#include "models/model.h"
 
 #ifdef TTQ_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -51,7 +53,14 @@ std::string cuda_version(int v) {
 }
 #endif
 
-int run_info() {
+int run_info(const std::vector<std::string>& argv) {
+  ttq::cli::Args a("info", "Shows what this build has (CPU kernels, CUDA, cuDNN, NCCL, MPI, JPEG), the models it "
+                           "builds, how it was launched and the GPUs it sees.");
+  a.parse(argv);
+  if (a.help_requested()) {
+    std::fputs(a.help().c_str(), stdout);
+    return 0;
+  }
   std::printf("ttq build:\n");
   std::printf("  CPU kernels : %s\n", ttq::cpu::onednn_built() ? "oneDNN (reference kernels also built)" : "reference");
   // Versions: what the build compiled against, and what this machine loads (they may differ when
@@ -93,6 +102,9 @@ int run_info() {
   else
     std::printf("  Launch      : %s, rank %d of %d\n", li.launcher == "mpi" ? "MPI launcher" : "RANK/WORLD_SIZE",
                 li.rank, li.world);
+  std::string models;
+  for (const auto& m : ttq::model_names()) models += (models.empty() ? "" : ", ") + m;
+  std::printf("  Models      : %s\n", models.c_str());
   std::printf("  GPUs        : %s\n", ttq::cuda_device_summary().c_str());
   if (ttq::cuda_device_count() == 0) std::printf("No usable GPU: training runs on the CPU.\n");
   return 0;
@@ -118,7 +130,7 @@ int run_command(const std::string& cmd, const std::vector<std::string>& rest) {
   if (cmd == "train") return ttq::cli::run_train(rest);
   if (cmd == "eval") return ttq::cli::run_eval(rest);
   if (cmd == "export") return ttq::cli::run_export(rest);
-  if (cmd == "info") return run_info();
+  if (cmd == "info") return run_info(rest);
   std::fprintf(stderr, "ttq: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }
