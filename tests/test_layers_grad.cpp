@@ -237,6 +237,45 @@ TEST(ReluKernels, LargeTensorsFollowTheDefinition) {
   EXPECT_EQ(std::memcmp(grad_in_place.data(), dx.data(), sizeof(float) * n), 0);
 }
 
+// The option-A shortcut over a tensor large enough to be split over threads: each output the mean
+// of its (clipped) stride window, the padded channels zero, each input's gradient its window's
+// output gradient over the window's size.
+TEST(ShortcutAKernels, LargeTensorsFollowTheDefinition) {
+  const int64_t n = 6, c_in = 16, h = 33, w = 30, c_out = 32, pad = 8, stride = 2;
+  const int64_t oh = 17, ow = 15;
+  std::vector<float> x(n * c_in * h * w), dy(n * c_out * oh * ow), y(dy.size(), 7.0f), dx(x.size(), 7.0f);
+  ttq::testing::fill_random(x.data(), static_cast<int64_t>(x.size()), 81, -1.0f, 1.0f);
+  ttq::testing::fill_random(dy.data(), static_cast<int64_t>(dy.size()), 82, -1.0f, 1.0f);
+  ref::shortcut_a_forward(n, c_in, h, w, c_out, pad, stride, x.data(), y.data());
+  ref::shortcut_a_backward(n, c_in, h, w, c_out, pad, stride, dy.data(), dx.data());
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t co = 0; co < c_out; ++co)
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          const float got = y[((b * c_out + co) * oh + oy) * ow + ox];
+          const int64_t c = co - pad;
+          if (c < 0 || c >= c_in) {
+            ASSERT_EQ(got, 0.0f) << b << " " << co;
+            continue;
+          }
+          double sum = 0.0;
+          int cnt = 0;
+          for (int64_t iy = stride * oy; iy < std::min(h, stride * oy + stride); ++iy)
+            for (int64_t ix = stride * ox; ix < std::min(w, stride * ox + stride); ++ix, ++cnt)
+              sum += x[((b * c_in + c) * h + iy) * w + ix];
+          ASSERT_EQ(got, static_cast<float>(sum / cnt)) << b << " " << co << " " << oy << " " << ox;
+        }
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t c = 0; c < c_in; ++c)
+      for (int64_t iy = 0; iy < h; ++iy)
+        for (int64_t ix = 0; ix < w; ++ix) {
+          const int64_t oy = iy / stride, ox = ix / stride;
+          const int64_t cnt = (std::min(h, oy * stride + stride) - oy * stride) * (std::min(w, ox * stride + stride) - ox * stride);
+          const float want = dy[((b * c_out + c + pad) * oh + oy) * ow + ox] / static_cast<float>(cnt);
+          ASSERT_EQ(dx[((b * c_in + c) * h + iy) * w + ix], want) << b << " " << c << " " << iy << " " << ix;
+        }
+}
+
 TEST(LossGrad, SoftmaxCrossEntropyWithSmoothing) {
   for (float smoothing : {0.0f, 0.1f}) {
     CrossEntropyLoss loss(smoothing);

@@ -350,6 +350,7 @@ void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c
                         int64_t pad_before, int64_t stride, const float* x, float* y) {
   const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
   std::memset(y, 0, sizeof(float) * n * c_out * oh * ow);
+#pragma omp parallel for collapse(2) schedule(static) if (n * c_in * h * w >= kElementwiseParallelMin)
   for (int64_t b = 0; b < n; ++b) {
     for (int64_t c = 0; c < c_in; ++c) {
       const float* xp = x + (b * c_in + c) * h * w;
@@ -371,6 +372,7 @@ void shortcut_a_forward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c
 void shortcut_a_backward(int64_t n, int64_t c_in, int64_t h, int64_t w, int64_t c_out,
                          int64_t pad_before, int64_t stride, const float* dy, float* dx) {
   const int64_t oh = (h + stride - 1) / stride, ow = (w + stride - 1) / stride;
+#pragma omp parallel for collapse(2) schedule(static) if (n * c_in * h * w >= kElementwiseParallelMin)
   for (int64_t b = 0; b < n; ++b) {
     for (int64_t c = 0; c < c_in; ++c) {
       float* dxp = dx + (b * c_in + c) * h * w;
