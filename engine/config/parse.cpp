@@ -21,7 +21,10 @@ QuantizeOptions parse_quantize_options(JsonReader& r, const std::vector<std::str
   TTQ_CHECK(!(q.ternary.per_channel_scales && q.ternary.mode == math::ThresholdMode::Twn),
             "config: '" << r.path_of("per_channel_scales") << "' needs trained scales; mode 'twn' has one fixed "
                         << "scale per layer");
-  q.normalize_init = r.get<bool>("normalize_init", true);
+  // TTQ divides the full-precision weights by their max once when it starts (TTQ-SPEC.md); the
+  // TWN baseline ternarizes the weights as they are, as TWN does (its forward, unlike TTQ's, would
+  // scale with the division: w_t = +-mean|w|).
+  q.normalize_init = r.get<bool>("normalize_init", q.ternary.mode != math::ThresholdMode::Twn);
   q.full_precision_layers = r.get<std::vector<std::string>>("full_precision_layers", model_default);
   r.finish();
   return q;

@@ -12,7 +12,7 @@ namespace ttq {
 // {"mode": "max"|"sparsity"|"twn", "t": 0.05, "r": 0.3, "normalize_init": true,
 //  "full_precision_layers": [...], "init_scales_from_weights": false, "clamp_scales": false,
 //  "per_channel_scales": false}
-// Absent full_precision_layers takes model_default.
+// Absent full_precision_layers takes model_default; absent normalize_init is false for twn.
 QuantizeOptions parse_quantize_options(JsonReader& r, const std::vector<std::string>& model_default);
 
 // {"type": "sgd"|"adam", "lr", "weight_decay", "momentum", "nesterov", "beta1", "beta2", "eps",
