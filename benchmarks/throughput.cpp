@@ -141,8 +141,10 @@ int run(const cli::Args& a) {
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines reach a log file as they come, also before a timeout
-  cli::Args a("ttq_throughput", "training images/s on synthetic data, with a per-phase breakdown");
-  a.option("model", "resnet20", "model name (see `ttq info`)")
+  cli::Args a("ttq_throughput", "training images/s on synthetic data, with a per-phase breakdown", "");
+  std::string models;
+  for (const auto& m : model_names()) models += (models.empty() ? "" : ", ") + m;
+  a.option("model", "resnet20", "model name: " + models)
       .option("image-size", "32", "input height and width")
       .option("channels", "3", "input channels")
       .option("classes", "10", "number of classes")

@@ -4,4 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-build/ttq train configs/fashion_mnist_resnet20.json "$@"
+# Run again, it starts the experiment again (--overwrite) unless told to --resume it.
+case " $* " in
+  *" --resume "*|*" --overwrite "*) build/ttq train configs/fashion_mnist_resnet20.json "$@" ;;
+  *) build/ttq train configs/fashion_mnist_resnet20.json --overwrite "$@" ;;
+esac

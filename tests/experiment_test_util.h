@@ -39,6 +39,13 @@ inline TrainOptions quiet() {
   return o;
 }
 
+// A new run in a folder that holds one (--overwrite).
+inline TrainOptions overwriting() {
+  TrainOptions o = quiet();
+  o.overwrite = true;
+  return o;
+}
+
 inline std::map<std::string, std::string> checkpoint_bytes(const std::string& path) {
   auto f = SafeTensorsFile::read(path);
   std::map<std::string, std::string> out;

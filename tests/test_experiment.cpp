@@ -24,6 +24,7 @@ using ttq::testing::error_of;
 using ttq::testing::TempDir;
 using ttq::testing::checkpoint_bytes;
 using ttq::testing::quiet;
+using ttq::testing::overwriting;
 using ttq::testing::two_stage_config;
 namespace fs = std::filesystem;
 
@@ -321,7 +322,7 @@ TEST(Experiment, ResumedRunInAReusedFolderReportsItsOwnStages) {
   j["stages"][1]["epochs"] = 1;
   j["checkpoint"] = {{"every_steps", 20}};
   train_experiment(parse_experiment(j), quiet());  // an earlier, finished run in the folder
-  TrainOptions stop = quiet();
+  TrainOptions stop = overwriting();
   stop.stop_after_steps = 30;
   train_experiment(parse_experiment(j), stop);
   TrainOptions r = quiet();
@@ -375,12 +376,54 @@ TEST(Experiment, InitFromAFullPrecisionCheckpoint) {
   const RunSummary s = train_experiment(parse_experiment(t), quiet());
   EXPECT_LT(s.stages[0].test_top1_error, 0.12);
   t["init_from"] = fp.file("nope.safetensors");
-  EXPECT_NE(error_of([&] { train_experiment(parse_experiment(t), quiet()); }).find("nope.safetensors"), std::string::npos);
-  // A checkpoint of another model is refused with the tensor that does not fit.
+  const std::string missing = error_of([&] { train_experiment(parse_experiment(t), overwriting()); });
+  EXPECT_EQ(missing.rfind("init_from: ", 0), 0u) << missing;
+  EXPECT_NE(missing.find("nope.safetensors"), std::string::npos) << missing;
+  // A checkpoint of another model is refused with the tensor that does not fit, before anything
+  // is written to the run folder.
+  TempDir fresh;
+  t["output_dir"] = fresh.path();
   t["init_from"] = fp.file("fp.safetensors");
   t["model"]["width"] = 4;
   const std::string e = error_of([&] { train_experiment(parse_experiment(t), quiet()); });
+  EXPECT_EQ(e.rfind("init_from: ", 0), 0u) << e;
   EXPECT_NE(e.find("different model"), std::string::npos) << e;
+  EXPECT_FALSE(std::filesystem::exists(fresh.file("config.json")));
+  // A relative path is read from the working folder, and the error says so.
+  t["init_from"] = "no/such/fp.safetensors";
+  const std::string rel = error_of([&] { train_experiment(parse_experiment(t), quiet()); });
+  EXPECT_NE(rel.find("a relative init_from is read from the folder ttq runs in"), std::string::npos) << rel;
+}
+
+// A data folder that is not there is named with its config key, for each file-based data set.
+TEST(Experiment, AMissingDataRootNamesTheConfigKey) {
+  TempDir d;
+  for (const std::string ds : {"fashion_mnist", "cifar10", "cifar100"}) {
+    DataConfig c;
+    c.dataset = ds;
+    c.root = d.file("nowhere");
+    const std::string e = error_of([&] { load_data_sets(c, 1); });
+    EXPECT_NE(e.find("the " + ds + " folder '" + c.root + "' (config key 'data.root') does not exist"), std::string::npos) << e;
+  }
+}
+
+// A new run does not replace a run in its folder unless told to; --resume or --overwrite.
+TEST(Experiment, ANewRunRefusesAFolderHoldingARun) {
+  TempDir d;
+  json j = two_stage_config(d.path());
+  j["stages"].erase(1);
+  j["stages"][0]["epochs"] = 1;
+  j["data"]["synthetic"]["train"] = 256;
+  train_experiment(parse_experiment(j), quiet());
+  const auto before = ttq::testing::checkpoint_bytes(d.file("last.safetensors"));
+  const std::string e = error_of([&] { train_experiment(parse_experiment(j), quiet()); });
+  EXPECT_NE(e.find("already holds a run"), std::string::npos) << e;
+  EXPECT_NE(e.find("--resume"), std::string::npos) << e;
+  EXPECT_NE(e.find("--overwrite"), std::string::npos) << e;
+  EXPECT_EQ(ttq::testing::checkpoint_bytes(d.file("last.safetensors")), before);
+  j["seed"] = 4;
+  train_experiment(parse_experiment(j), overwriting());
+  EXPECT_NE(ttq::testing::checkpoint_bytes(d.file("last.safetensors")), before);
 }
 
 TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {
@@ -390,8 +433,17 @@ TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {
   const std::string e = error_of([&] { train_experiment(parse_experiment(j), quiet()); });
   EXPECT_NE(e.find("stage 'ttq'"), std::string::npos) << e;
   EXPECT_NE(e.find("not finite"), std::string::npos) << e;
+  EXPECT_NE(e.find("(the last checkpoint, " + d.file("last.safetensors") + ", is unchanged)"), std::string::npos) << e;
   const Checkpoint ck = read_checkpoint(d.file("last.safetensors"));
   EXPECT_EQ(ck.state.stage, 1);  // the end of the full-precision stage, intact
+  // Diverging before the run's first checkpoint: the error does not point to one.
+  TempDir early;
+  j["output_dir"] = early.path();
+  j["stages"][0]["optimizer"]["lr"] = 3e38;
+  const std::string e0 = error_of([&] { train_experiment(parse_experiment(j), quiet()); });
+  EXPECT_NE(e0.find("stage 'fp'"), std::string::npos) << e0;
+  EXPECT_NE(e0.find("(no checkpoint of this run was written yet)"), std::string::npos) << e0;
+  EXPECT_FALSE(std::filesystem::exists(early.file("last.safetensors")));
 }
 
 // A model holding a non-finite weight is not written over the last good checkpoint.

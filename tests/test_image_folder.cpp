@@ -383,7 +383,8 @@ TEST(ImageNetExperiment, ParsingRefusesUnknownAndBadKeys) {
   // A missing root is named when the data set is loaded.
   const std::string e = error_of([&] { load_data_sets(c.data, c.seed); });
   if (jpeg_supported())
-    EXPECT_NE(e.find("'" + d.file("inet") + "/train' does not exist"), std::string::npos) << e;
+    EXPECT_NE(e.find("the imagenet folder '" + d.file("inet") + "' (config key 'data.root') does not exist"),
+              std::string::npos) << e;
   else
     EXPECT_NE(e.find("lacks TurboJPEG"), std::string::npos) << e;
 }

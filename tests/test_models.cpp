@@ -94,6 +94,9 @@ TEST(ModelConfig, ErrorsNameThePathAndSuggest) {
   EXPECT_NE(depth.find("6n + 2"), std::string::npos) << depth;
   const std::string typo = error_of([&] { build_model(json{{"name", "resnet20"}, {"shortcutt", "A"}}, in, 1); });
   EXPECT_NE(typo.find("unknown key 'model.shortcutt' (did you mean 'model.shortcut'?)"), std::string::npos) << typo;
+  // Two neighbouring letters swapped count as one edit.
+  const std::string swapped = error_of([&] { build_model(json{{"name", "small_convnet"}, {"widht", 8}}, in, 1); });
+  EXPECT_NE(swapped.find("unknown key 'model.widht' (did you mean 'model.width'?)"), std::string::npos) << swapped;
   const std::string type = error_of([&] { build_model(json{{"name", "small_convnet"}, {"width", "8"}}, in, 1); });
   EXPECT_NE(type.find("'model.width' must be an integer"), std::string::npos) << type;
   const std::string missing = error_of([&] { build_model(json{{"depth", 20}}, in, 1); });
@@ -109,6 +112,14 @@ TEST(QuantizeConfig, ParsesAndRefuses) {
   EXPECT_TRUE(q.ternary.clamp_scales);
   EXPECT_TRUE(q.normalize_init);
   EXPECT_EQ(q.full_precision_layers, (std::vector<std::string>{"conv1", "fc"}));
+
+  // The TWN baseline ternarizes the weights as they are unless told otherwise.
+  json twn = {{"mode", "twn"}};
+  JsonReader rt(twn, "quantization");
+  EXPECT_FALSE(parse_quantize_options(rt, {}).normalize_init);
+  json twn_normalized = {{"mode", "twn"}, {"normalize_init", true}};
+  JsonReader rtn(twn_normalized, "quantization");
+  EXPECT_TRUE(parse_quantize_options(rtn, {}).normalize_init);
 
   json bad_mode = {{"mode", "ternary"}};
   JsonReader r2(bad_mode, "quantization");

@@ -2,6 +2,7 @@
 
 #include <sstream>
 
+#include "engine/config/json_reader.h"
 #include "engine/core/error.h"
 
 namespace ttq::cli {
@@ -25,7 +26,7 @@ void Args::parse(const std::vector<std::string>& argv) {
       help_ = true;
       continue;
     }
-    TTQ_CHECK(a.rfind("--", 0) == 0, command_ << ": unexpected argument '" << a << "' (see --help)");
+    TTQ_CHECK(a.rfind("--", 0) == 0, "unexpected argument '" << a << "' (see --help)");
     a = a.substr(2);
     std::string value;
     bool has_value = false;
@@ -35,11 +36,15 @@ void Args::parse(const std::vector<std::string>& argv) {
       has_value = true;
     }
     auto it = opts_.find(a);
-    TTQ_CHECK(it != opts_.end(), command_ << ": unknown option --" << a << " (see --help)");
+    if (it == opts_.end()) {
+      const std::string hint = closest_match(a, order_);
+      TTQ_FAIL("unknown option --" << a
+               << (hint.empty() ? std::string(" (see --help)") : " (did you mean --" + hint + "?)"));
+    }
     if (it->second.is_flag) {
-      TTQ_CHECK(!has_value, command_ << ": --" << a << " takes no value");
+      TTQ_CHECK(!has_value, "--" << a << " takes no value");
     } else if (!has_value) {
-      TTQ_CHECK(i + 1 < argv.size(), command_ << ": --" << a << " needs a value");
+      TTQ_CHECK(i + 1 < argv.size(), "--" << a << " needs a value");
       value = argv[++i];
     }
     it->second.value = value;
@@ -58,7 +63,7 @@ int Args::get_int(const std::string& name) const {
   } catch (...) {
     pos = 0;
   }
-  TTQ_CHECK(pos == v.size() && !v.empty(), command_ << ": --" << name << " expects an integer, got '" << v << "'");
+  TTQ_CHECK(pos == v.size() && !v.empty(), "--" << name << " expects an integer, got '" << v << "'");
   return out;
 }
 
@@ -71,7 +76,7 @@ double Args::get_double(const std::string& name) const {
   } catch (...) {
     pos = 0;
   }
-  TTQ_CHECK(pos == v.size() && !v.empty(), command_ << ": --" << name << " expects a number, got '" << v << "'");
+  TTQ_CHECK(pos == v.size() && !v.empty(), "--" << name << " expects a number, got '" << v << "'");
   return out;
 }
 
@@ -79,7 +84,7 @@ bool Args::is_set(const std::string& name) const { return opts_.at(name).set; }
 
 std::string Args::help() const {
   std::ostringstream os;
-  os << "usage: ttq " << command_ << " [options]\n\n" << summary_ << "\n\noptions:\n";
+  os << "usage: " << (program_.empty() ? "" : program_ + " ") << command_ << " [options]\n\n" << summary_ << "\n\noptions:\n";
   for (const auto& n : order_) {
     const Opt& o = opts_.at(n);
     os << "  --" << n << (o.is_flag ? "" : " VALUE");

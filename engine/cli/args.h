@@ -10,7 +10,10 @@ namespace ttq::cli {
 
 class Args {
  public:
-  Args(std::string command, std::string summary) : command_(std::move(command)), summary_(std::move(summary)) {}
+  // command: what --help's usage line shows after program ("train CONFIG.json"). Errors name
+  // neither: the caller's error line names the command.
+  Args(std::string command, std::string summary, std::string program = "ttq")
+      : command_(std::move(command)), summary_(std::move(summary)), program_(std::move(program)) {}
   Args& option(const std::string& name, const std::string& fallback, const std::string& help);
   Args& flag(const std::string& name, const std::string& help);
   // Throws ttq::Error on unknown options or missing values.
@@ -27,7 +30,7 @@ class Args {
     std::string value, help;
     bool is_flag = false, set = false;
   };
-  std::string command_, summary_;
+  std::string command_, summary_, program_;
   std::map<std::string, Opt> opts_;
   std::vector<std::string> order_;
   bool help_ = false;

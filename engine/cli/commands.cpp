@@ -69,6 +69,7 @@ int run_train(const std::vector<std::string>& argv) {
                               "RANK, WORLD_SIZE, LOCAL_RANK and TTQ_RENDEZVOUS=/shared/file; batch_size is per process.");
   a.option("set", "", "override a config value: --set key.path=value (repeatable; values are JSON or plain words)")
       .flag("resume", "continue from <output_dir>/last.safetensors")
+      .flag("overwrite", "start again in an output_dir that holds a run (its checkpoints and metrics are replaced)")
       .flag("quiet", "no per-step progress output");
   std::vector<std::string> pos;
   std::vector<std::string> rest = split_positional(argv, 1, "train", pos);
@@ -90,6 +91,8 @@ int run_train(const std::vector<std::string>& argv) {
   for (const auto& s : sets) j = apply_override(j, s);
   TrainOptions opt;
   opt.resume = a.is_set("resume");
+  opt.overwrite = a.is_set("overwrite");
+  TTQ_CHECK(!(opt.resume && opt.overwrite), "train: --resume and --overwrite exclude each other");
   opt.quiet = a.is_set("quiet");
   const auto runs = expand_sweep(j);
   std::vector<RunSummary> results;
@@ -201,11 +204,26 @@ int run_export(const std::vector<std::string>& argv) {
   load_model(*model.net, ck);
   std::string out = a.get("out");
   if (out.empty()) out = fs::path(ck_path).replace_filename("model.ttq.safetensors").string();
+  // An export written over a training checkpoint would lose the run's resumable state.
+  std::error_code ec;
+  if (fs::exists(out, ec)) {
+    TTQ_CHECK(!fs::equivalent(out, ck_path, ec), "export: --out '" << out << "' is the checkpoint being exported");
+    bool training_checkpoint = false;
+    try {
+      training_checkpoint = read_checkpoint(out).format == "ttq-checkpoint";
+    } catch (const Error&) {
+      // not a checkpoint: replaced like any output file
+    }
+    TTQ_CHECK(!training_checkpoint, "export: --out '" << out << "' is a training checkpoint; write the export "
+                                                            "elsewhere");
+  }
   const ExportReport r = export_ternary(out, *model.net, ck.config);
-  std::printf("wrote %s: %d ternary layers, %d full-precision layers\n", out.c_str(), r.ternary_layers,
-              r.full_precision_layers);
-  std::printf("size: %.1f KiB as fp32, %.1f KiB exported (%.1fx smaller)\n", r.fp32_bytes / 1024.0,
-              r.file_bytes / 1024.0, r.file_bytes ? static_cast<double>(r.fp32_bytes) / r.file_bytes : 0.0);
+  std::printf("wrote %s: %d ternary layers, %d full-precision layers%s\n", out.c_str(), r.ternary_layers,
+              r.full_precision_layers, r.ternary_layers == 0 ? " (the checkpoint has no ternary layer yet)" : "");
+  std::printf("size: %.1f KiB as fp32, %.1f KiB exported (%.1fx smaller; %.1f KiB of tensors, the rest the "
+              "header with the config)\n",
+              r.fp32_bytes / 1024.0, r.file_bytes / 1024.0,
+              r.file_bytes ? static_cast<double>(r.fp32_bytes) / r.file_bytes : 0.0, r.tensor_bytes / 1024.0);
   return 0;
 }
 

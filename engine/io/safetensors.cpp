@@ -45,7 +45,7 @@ bool parse_st_dtype(const std::string& s, DType& out) {
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  TTQ_CHECK(fd >= 0, "cannot create '" << tmp << "': " << std::strerror(errno));
+  TTQ_CHECK(fd >= 0, "cannot write '" << path << "' (creating '" << tmp << "' beside it): " << std::strerror(errno));
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);

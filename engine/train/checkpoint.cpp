@@ -242,7 +242,9 @@ void load_optimizer(Optimizer& opt, const Checkpoint& ck) {
 ExportReport export_ternary(const std::string& path, Module& net, const json& config) {
   SafeTensorsWriter w;
   ExportReport r;
-  r.fp32_bytes = model_size(net).fp32_bytes;
+  const ModelSize size = model_size(net);
+  r.fp32_bytes = size.fp32_bytes;
+  r.tensor_bytes = size.deployed_bytes;
   std::set<std::string> ternary_weights;
   for (auto* l : quantizable_layers(net)) {
     if (!l->is_ternary()) {

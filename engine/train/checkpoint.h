@@ -75,6 +75,7 @@ void load_optimizer(Optimizer& opt, const Checkpoint& ck);
 
 struct ExportReport {
   int64_t fp32_bytes = 0, file_bytes = 0;
+  int64_t tensor_bytes = 0;  // the deployed tensors (model_size's deployed_bytes); the rest is the header
   int ternary_layers = 0, full_precision_layers = 0;
 };
 ExportReport export_ternary(const std::string& path, Module& net, const json& config);

@@ -16,11 +16,20 @@ SubsetSource::SubsetSource(std::shared_ptr<const SampleSource> src, int64_t n, b
 
 namespace {
 
+// The data set's folder, named with its config key.
+void check_root(const DataConfig& cfg) {
+  std::error_code ec;
+  TTQ_CHECK(std::filesystem::is_directory(cfg.root, ec),
+            "data: the " << cfg.dataset << " folder '" << cfg.root << "' (config key 'data.root') "
+                         << (std::filesystem::exists(cfg.root, ec) ? "is not a folder" : "does not exist"));
+}
+
 // root/train/<class>/*.JPEG and root/val/<class>/*.JPEG (or root/val + a list file).
 DataSets load_imagenet(const DataConfig& cfg) {
   TTQ_CHECK(jpeg_supported(), "data: the imagenet data set needs JPEG decoding, but this build lacks TurboJPEG "
                               "(install libturbojpeg0-dev, or set TURBOJPEG_ROOT, and reconfigure with "
                               "-DTTQ_WITH_TURBOJPEG=ON)");
+  check_root(cfg);
   ImageFolderOptions opt;
   opt.image_size = cfg.image_size;
   opt.resize = cfg.resize;
@@ -65,6 +74,7 @@ DataSets load_data_sets(const DataConfig& cfg, uint64_t seed) {
     d = load_imagenet(cfg);
   } else {
     std::shared_ptr<ImageSet> train, test;
+    check_root(cfg);
     if (cfg.dataset == "fashion_mnist" || cfg.dataset == "mnist") {
       train = std::make_shared<ImageSet>(load_mnist_like(cfg.root, true, cfg.dataset));
       test = std::make_shared<ImageSet>(load_mnist_like(cfg.root, false, cfg.dataset));

@@ -318,19 +318,29 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   Module& net = *model.net;
   DataParallel dp(comm, cfg.distributed, device);
 
-  if (root) fs::create_directories(cfg.output_dir);
   const std::string last_path = cfg.output_dir + "/last.safetensors";
   // Rank 0 writes a checkpoint; the other ranks make the same refusal of a diverged model (their
   // replicas are rank 0's), so all ranks stop together instead of waiting for a rank 0 that stopped.
+  bool have_last = opt.resume;  // whether last_path holds this run's checkpoint
   auto write_checkpoint = [&](const std::string& path, const Optimizer& optimizer, const TrainingState& s) {
     if (root)
       save_checkpoint(path, net, &optimizer, s, cfg.resolved);
     else
       check_parameters_finite(net, path);
+    if (path == last_path) have_last = true;
+  };
+  // The end of an error stopping the run: where it can be continued from.
+  auto checkpoint_note = [&]() -> std::string {
+    return have_last ? " (the last checkpoint, " + last_path + ", is unchanged)"
+                     : " (no checkpoint of this run was written yet)";
   };
   const std::string config_path = cfg.output_dir + "/config.json";
   TrainingState state;
   std::unique_ptr<Checkpoint> resume_ck;
+  // A new run would replace an earlier run's checkpoints and metrics in the same folder.
+  TTQ_CHECK(opt.resume || opt.overwrite || !fs::exists(last_path),
+            "'" << cfg.output_dir << "' already holds a run (" << last_path
+                << "): continue it with --resume, start it again with --overwrite, or choose another output_dir");
   if (opt.resume) {
     TTQ_CHECK(fs::exists(last_path), "--resume: no checkpoint '" << last_path << "' to resume from");
     resume_ck = std::make_unique<Checkpoint>(read_checkpoint(last_path));
@@ -363,16 +373,34 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
       state.epoch_loss_sum = 0.0;
       state.epoch_correct = state.epoch_seen = 0;
     }
-    progress.line("Resuming " + cfg.name + " at stage " + std::to_string(state.stage) + ", epoch " +
-                  std::to_string(state.epoch) + ", batch " + std::to_string(state.batch));
-  }
-  if (root) write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
-  if (!opt.resume) {
-    if (!cfg.init_from.empty()) {
-      const Checkpoint init = read_checkpoint(cfg.init_from);
-      load_model(net, init);
-      progress.line("Initialised from " + cfg.init_from);
+    const int64_t n_stages = static_cast<int64_t>(cfg.stages.size());
+    if (state.stage >= n_stages) {
+      progress.line("Resuming " + cfg.name + ": already finished (" + std::to_string(n_stages) + " stage" +
+                    (n_stages == 1 ? "" : "s") + ")");
+    } else {
+      const StageConfig& st = cfg.stages[static_cast<size_t>(state.stage)];
+      progress.line("Resuming " + cfg.name + " in stage " + std::to_string(state.stage + 1) + "/" +
+                    std::to_string(n_stages) + " (" + st.name + "), epoch " + std::to_string(state.epoch + 1) + "/" +
+                    std::to_string(st.epochs) + ", after " + std::to_string(state.batch) + " of its steps");
     }
+  }
+  if (!opt.resume && !cfg.init_from.empty()) {
+    // Read before anything is written to the run folder: a wrong init_from leaves it as it was.
+    std::unique_ptr<Checkpoint> init;
+    try {
+      init = std::make_unique<Checkpoint>(read_checkpoint(cfg.init_from));
+      load_model(net, *init);
+    } catch (const Error& e) {
+      TTQ_FAIL("init_from: " << e.what()
+                             << (fs::path(cfg.init_from).is_relative() ? " (a relative init_from is read from the "
+                                                                          "folder ttq runs in)"
+                                                                        : ""));
+    }
+    progress.line("Initialised from " + cfg.init_from);
+  }
+  if (root) {
+    fs::create_directories(cfg.output_dir);
+    write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
   }
   net.to(device);
   state.world = dp.world();
@@ -484,7 +512,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
             TTQ_FAIL("stage '" << st.name << "', epoch " << epoch + 1 << ", step " << p.b + 1 << ": loss: not finite ("
                                << (std::isfinite(r.loss) ? shown_loss : r.loss)
                                << (std::isfinite(r.loss) ? " on another rank" : "")
-                               << "); logits contain NaN or Inf, or a label is outside the classes (the last checkpoint, " << last_path << ", is unchanged)");
+                               << "); logits contain NaN or Inf, or a label is outside the classes" << checkpoint_note());
           state.epoch_loss_sum += r.loss * r.batch;
           state.epoch_correct += r.correct;
           state.epoch_seen += r.batch;
@@ -504,7 +532,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
           train_step(net, loss, *optimizer, batch, lr, ternary_pass.empty() ? nullptr : &ternary_pass, step_log);
         } catch (const Error& e) {
           TTQ_FAIL("stage '" << st.name << "', epoch " << epoch + 1 << ", step " << b + 1 << ": " << e.what()
-                             << " (the last checkpoint, " << last_path << ", is unchanged)");
+                             << checkpoint_note());
         }
         ++state.global_step;
         ++steps_this_process;

@@ -41,7 +41,8 @@ struct RunSummary {
 };
 
 struct TrainOptions {
-  bool resume = false;   // continue from output_dir/last.safetensors
+  bool resume = false;     // continue from output_dir/last.safetensors
+  bool overwrite = false;  // start afresh in an output_dir that holds a run (else an error)
   bool quiet = false;    // no per-step console output
   // Stop (as if killed) after this many optimizer steps in this process; 0: run to the end.
   // Used to test that a resumed run ends exactly where an uninterrupted one does.
