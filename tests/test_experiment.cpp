@@ -11,6 +11,7 @@
 
 #include "engine/io/safetensors.h"
 #include "engine/nn/quantizable.h"
+#include "engine/quant/quantize_model.h"
 #include "engine/train/checkpoint.h"
 #include "engine/train/data_sets.h"
 #include "engine/train/trainer.h"
@@ -393,6 +394,54 @@ TEST(Experiment, InitFromAFullPrecisionCheckpoint) {
   t["init_from"] = "no/such/fp.safetensors";
   const std::string rel = error_of([&] { train_experiment(parse_experiment(t), quiet()); });
   EXPECT_NE(rel.find("a relative init_from is read from the folder ttq runs in"), std::string::npos) << rel;
+}
+
+// A checkpoint holds its model's input, so export builds the model without the data set (here a
+// Fashion-MNIST folder that does not exist); a checkpoint without it still reads the data set.
+TEST(Experiment, ExportNeedsNoDataSet) {
+  TempDir d;
+  json j = two_stage_config(d.path());
+  j["data"] = {{"dataset", "fashion_mnist"}, {"root", d.file("no_data_here")}};
+  const ExperimentConfig cfg = parse_experiment(j);
+  const InputSpec spec{1, 12, 10, 7};
+  Model m = build_model(cfg.model, spec, cfg.seed);
+  QuantizeOptions q;
+  q.full_precision_layers = m.full_precision_layers;
+  const auto ternary = quantize_model(*m.net, q);
+  ASSERT_FALSE(ternary.empty());
+  save_checkpoint(d.file("with_input.safetensors"), *m.net, nullptr, TrainingState{}, cfg.resolved, &spec);
+  save_checkpoint(d.file("without_input.safetensors"), *m.net, nullptr, TrainingState{}, cfg.resolved);
+  const Checkpoint ck = read_checkpoint(d.file("with_input.safetensors"));
+  ASSERT_TRUE(ck.input.has_value());
+  EXPECT_EQ(std::tie(ck.input->channels, ck.input->height, ck.input->width, ck.input->classes),
+            std::tie(spec.channels, spec.height, spec.width, spec.classes));
+  EXPECT_FALSE(read_checkpoint(d.file("without_input.safetensors")).input.has_value());
+
+  const ExportReport r = export_checkpoint(d.file("with_input.safetensors"), d.file("model.ttq.safetensors"));
+  EXPECT_EQ(r.ternary_layers, static_cast<int>(ternary.size()));
+  EXPECT_EQ(r.tensor_bytes, model_size(*m.net).deployed_bytes);
+  EXPECT_GT(r.file_bytes, r.tensor_bytes);
+  const Checkpoint exported = read_checkpoint(d.file("model.ttq.safetensors"));
+  EXPECT_EQ(exported.format, "ttq-export");
+  ASSERT_TRUE(exported.input.has_value());
+  EXPECT_EQ(exported.input->classes, 7);
+  // The exported model computes what the checkpoint's model computes.
+  Model back = build_model(cfg.model, spec, cfg.seed + 1);
+  load_model(*back.net, exported);
+  m.net->eval();
+  back.net->eval();
+  const Tensor x = ttq::testing::random_tensor({2, 1, 12, 10}, 5);
+  EXPECT_TRUE(ttq::testing::all_close(m.net->forward(x), back.net->forward(x), 1e-6, 1e-6));
+
+  const std::string e = error_of([&] { export_checkpoint(d.file("without_input.safetensors"), d.file("b.safetensors")); });
+  EXPECT_NE(e.find("config key 'data.root'"), std::string::npos) << e;
+  // Never over a training checkpoint, the one exported or another.
+  const std::string self = error_of([&] { export_checkpoint(d.file("with_input.safetensors"), d.file("with_input.safetensors")); });
+  EXPECT_NE(self.find("is the checkpoint being exported"), std::string::npos) << self;
+  const auto kept = checkpoint_bytes(d.file("without_input.safetensors"));
+  const std::string other = error_of([&] { export_checkpoint(d.file("with_input.safetensors"), d.file("without_input.safetensors")); });
+  EXPECT_NE(other.find("is a training checkpoint"), std::string::npos) << other;
+  EXPECT_EQ(checkpoint_bytes(d.file("without_input.safetensors")), kept);
 }
 
 // A data folder that is not there is named with its config key, for each file-based data set.

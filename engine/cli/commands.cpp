@@ -193,37 +193,16 @@ int run_export(const std::vector<std::string>& argv) {
   if (show_help(a)) return 0;
   TTQ_CHECK(pos.size() == 1, "export: expects one RUN_DIR or checkpoint (see ttq export --help)");
   const std::string ck_path = resolve_checkpoint(pos[0]);
-  const Checkpoint ck = read_checkpoint(ck_path);
-  TTQ_CHECK(ck.format != "state-dict", "export: '" << ck_path
-                                                   << "' is a plain state dict without an experiment config; start an "
-                                                      "experiment from it with \"init_from\"");
-  TTQ_CHECK(ck.format == "ttq-checkpoint", "export: '" << ck_path << "' is already an export");
-  const ExperimentConfig cfg = parse_stored_experiment(ck.config, ck.file.path(), "export");
-  DataSets data = load_data_sets(cfg.data, cfg.seed);
-  Model model = build_model(cfg.model, data.spec, cfg.seed);
-  load_model(*model.net, ck);
   std::string out = a.get("out");
   if (out.empty()) out = fs::path(ck_path).replace_filename("model.ttq.safetensors").string();
-  // An export written over a training checkpoint would lose the run's resumable state.
-  std::error_code ec;
-  if (fs::exists(out, ec)) {
-    TTQ_CHECK(!fs::equivalent(out, ck_path, ec), "export: --out '" << out << "' is the checkpoint being exported");
-    bool training_checkpoint = false;
-    try {
-      training_checkpoint = read_checkpoint(out).format == "ttq-checkpoint";
-    } catch (const Error&) {
-      // not a checkpoint: replaced like any output file
-    }
-    TTQ_CHECK(!training_checkpoint, "export: --out '" << out << "' is a training checkpoint; write the export "
-                                                            "elsewhere");
-  }
-  const ExportReport r = export_ternary(out, *model.net, ck.config);
+  const ExportReport r = export_checkpoint(ck_path, out);
   std::printf("wrote %s: %d ternary layers, %d full-precision layers%s\n", out.c_str(), r.ternary_layers,
               r.full_precision_layers, r.ternary_layers == 0 ? " (the checkpoint has no ternary layer yet)" : "");
-  std::printf("size: %.1f KiB as fp32, %.1f KiB exported (%.1fx smaller; %.1f KiB of tensors, the rest the "
-              "header with the config)\n",
-              r.fp32_bytes / 1024.0, r.file_bytes / 1024.0,
-              r.file_bytes ? static_cast<double>(r.fp32_bytes) / r.file_bytes : 0.0, r.tensor_bytes / 1024.0);
+  const double ratio = r.file_bytes && r.fp32_bytes ? static_cast<double>(r.fp32_bytes) / r.file_bytes : 1.0;
+  std::printf("size: %.1f KiB as fp32, %.1f KiB exported (%.1fx %s; %.1f KiB of tensors, the rest the header with "
+              "the config)\n",
+              r.fp32_bytes / 1024.0, r.file_bytes / 1024.0, ratio >= 1.0 ? ratio : 1.0 / ratio,
+              ratio >= 1.0 ? "smaller" : "larger", r.tensor_bytes / 1024.0);
   return 0;
 }
 

@@ -16,6 +16,7 @@
 // error naming it.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/nn/module.h"
 #include "engine/optim/optimizer.h"
+#include "models/model.h"
 
 namespace ttq {
 
@@ -48,8 +50,9 @@ struct TrainingState {
 // Writes the model, the optimizer state, the training state and the config to path (atomically:
 // the previous file stays until the new one is complete). Refuses, naming the parameter, a model
 // holding NaN or Inf (see check_parameters_finite).
+// input (when given) is stored too, so export can build the model without its data set.
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
-                     const json& config);
+                     const json& config, const InputSpec* input = nullptr);
 // The error save_checkpoint(path, net, ...) would give for a diverged model, without writing.
 // Data parallel: the ranks other than 0 call it where rank 0 saves, so all ranks stop together
 // (their replicas are the same) rather than the others waiting for a rank 0 that stopped alone.
@@ -61,6 +64,7 @@ struct Checkpoint {
   json config;         // the resolved experiment config it was trained with (null for a state dict)
   TrainingState state;
   json ternary;        // {"layer path": {"mode": ..., "t": ..., ...}}
+  std::optional<InputSpec> input;  // the model's input (files written before it was stored lack it)
 };
 
 // Reads and checks a checkpoint, an export or a plain state dict.
@@ -78,6 +82,7 @@ struct ExportReport {
   int64_t tensor_bytes = 0;  // the deployed tensors (model_size's deployed_bytes); the rest is the header
   int ternary_layers = 0, full_precision_layers = 0;
 };
-ExportReport export_ternary(const std::string& path, Module& net, const json& config);
+ExportReport export_ternary(const std::string& path, Module& net, const json& config,
+                            const InputSpec* input = nullptr);
 
 }  // namespace ttq

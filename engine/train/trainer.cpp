@@ -324,7 +324,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   bool have_last = opt.resume;  // whether last_path holds this run's checkpoint
   auto write_checkpoint = [&](const std::string& path, const Optimizer& optimizer, const TrainingState& s) {
     if (root)
-      save_checkpoint(path, net, &optimizer, s, cfg.resolved);
+      save_checkpoint(path, net, &optimizer, s, cfg.resolved, &data.spec);
     else
       check_parameters_finite(net, path);
     if (path == last_path) have_last = true;
@@ -669,6 +669,33 @@ std::string format_summary_table(const RunSummary& s) {
   std::snprintf(line, sizeof line, "wall time: %s\n", format_duration(s.wall_seconds).c_str());
   os << line;
   return os.str();
+}
+
+ExportReport export_checkpoint(const std::string& ck_path, const std::string& out) {
+  const Checkpoint ck = read_checkpoint(ck_path);
+  TTQ_CHECK(ck.format != "state-dict", "export: '" << ck_path
+                                                   << "' is a plain state dict without an experiment config; start an "
+                                                      "experiment from it with \"init_from\"");
+  TTQ_CHECK(ck.format == "ttq-checkpoint", "export: '" << ck_path << "' is already an export");
+  // An export written over a training checkpoint would lose the run's resumable state.
+  std::error_code ec;
+  if (fs::exists(out, ec)) {
+    TTQ_CHECK(!fs::equivalent(out, ck_path, ec), "export: --out '" << out << "' is the checkpoint being exported");
+    bool training_checkpoint = false;
+    try {
+      training_checkpoint = read_checkpoint(out).format == "ttq-checkpoint";
+    } catch (const Error&) {
+      // not a checkpoint: replaced like any output file
+    }
+    TTQ_CHECK(!training_checkpoint, "export: --out '" << out << "' is a training checkpoint; write the export "
+                                                            "elsewhere");
+  }
+  const ExperimentConfig cfg = parse_stored_experiment(ck.config, ck.file.path(), "export");
+  // The model's input as stored with the checkpoint; older checkpoints take it from the data set.
+  const InputSpec input = ck.input ? *ck.input : load_data_sets(cfg.data, cfg.seed).spec;
+  Model model = build_model(cfg.model, input, cfg.seed);
+  load_model(*model.net, ck);
+  return export_ternary(out, *model.net, ck.config, &input);
 }
 
 }  // namespace ttq

@@ -17,6 +17,7 @@
 #include "engine/data/loader.h"
 #include "engine/dist/communicator.h"
 #include "engine/nn/module.h"
+#include "engine/train/checkpoint.h"
 #include "engine/train/experiment.h"
 
 namespace ttq {
@@ -74,6 +75,11 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
 // Trains; throws ttq::Error on bad input, a non-finite loss (naming stage, epoch and step) or
 // I/O failure. The last complete checkpoint is never overwritten by a partial one.
 RunSummary train_experiment(const ExperimentConfig& cfg, const TrainOptions& opt);
+
+// ttq export: the deployable model of the training checkpoint ck_path, written to out (never over
+// a training checkpoint). The model is built from the input stored with the checkpoint, so the
+// data set is not needed (checkpoints from before that was stored read it).
+ExportReport export_checkpoint(const std::string& ck_path, const std::string& out);
 
 // Formats a run's final table (stages, per-layer ternary state, model size).
 std::string format_summary_table(const RunSummary& s);
