@@ -108,6 +108,12 @@ TEST(ExperimentConfigTest, OverridesAndSweeps) {
   EXPECT_EQ(runs[5].second["output_dir"], "runs/x/seed=2,t=0.2");
   EXPECT_DOUBLE_EQ(runs[5].second["stages"][1]["quantization"]["t"].get<double>(), 0.2);
   EXPECT_FALSE(runs[0].second.contains("sweep"));
+  // Keys whose last parts agree are named with as many parts as tell them apart.
+  j["sweep"] = {{"stages.0.optimizer.lr", {0.1}}, {"stages.1.optimizer.lr", {0.01, 0.02}}, {"seed", {3}}};
+  const auto same_last = expand_sweep(j);
+  ASSERT_EQ(same_last.size(), 2u);
+  EXPECT_EQ(same_last[1].first, "seed=3,0.optimizer.lr=0.1,1.optimizer.lr=0.02");
+  EXPECT_DOUBLE_EQ(same_last[1].second["stages"][1]["optimizer"]["lr"].get<double>(), 0.02);
 }
 
 TEST(Experiment, TrainEvalExportEvalExported) {

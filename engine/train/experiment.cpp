@@ -235,10 +235,6 @@ json apply_override(json j, const std::string& assignment) {
   return j;
 }
 
-namespace {
-std::string value_label(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
-}  // namespace
-
 ExperimentConfig parse_stored_experiment(const json& j, const std::string& checkpoint_path, const std::string& who) {
   try {
     return parse_experiment(j);
@@ -246,6 +242,23 @@ ExperimentConfig parse_stored_experiment(const json& j, const std::string& check
     TTQ_FAIL(who << ": the configuration stored in '" << checkpoint_path << "' no longer reads: " << e.what());
   }
 }
+
+namespace {
+
+// "stages.1.optimizer.lr" with parts = 2: "optimizer.lr" (the whole key when it has fewer parts).
+std::string last_parts(const std::string& key, int parts) {
+  size_t cut = key.size();
+  for (int i = 0; i < parts; ++i) {
+    if (cut == 0) return key;
+    cut = key.find_last_of('.', cut - 1);
+    if (cut == std::string::npos) return key;
+  }
+  return key.substr(cut + 1);
+}
+
+std::string value_label(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+}  // namespace
 
 std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
   if (!j.is_object() || !j.contains("sweep")) return {{"", j}};
@@ -255,7 +268,19 @@ std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
   runs[0].second.erase("sweep");
   for (auto it = sweep.begin(); it != sweep.end(); ++it) {
     TTQ_CHECK(it->is_array() && !it->empty(), "config: 'sweep." << it.key() << "' must be a non-empty list");
-    const std::string short_key = it.key().substr(it.key().find_last_of('.') + 1);
+    // The key's last part names the value ("r=0.3"), or as many parts as tell it from the sweep's
+    // other keys ("0.optimizer.lr=0.1,1.optimizer.lr=0.01").
+    std::string short_key;
+    for (int parts = 1; short_key.empty(); ++parts) {
+      const std::string mine = last_parts(it.key(), parts);
+      bool unique = mine == it.key();
+      if (!unique) {
+        unique = true;
+        for (auto other = sweep.begin(); other != sweep.end(); ++other)
+          if (other != it && last_parts(other.key(), parts) == mine) unique = false;
+      }
+      if (unique) short_key = mine;
+    }
     std::vector<std::pair<std::string, json>> next;
     for (const auto& [name, cfg] : runs)
       for (const auto& v : *it) {
