@@ -88,18 +88,33 @@ int run_train(const std::vector<std::string>& argv) {
   if (show_help(a)) return 0;
   TTQ_CHECK(pos.size() == 1, "train: expects one CONFIG.json (see ttq train --help)");
   json j = read_json_file(pos[0]);
-  for (const auto& s : sets) j = apply_override(j, s);
   TrainOptions opt;
   opt.resume = a.is_set("resume");
   opt.overwrite = a.is_set("overwrite");
   TTQ_CHECK(!(opt.resume && opt.overwrite), "train: --resume and --overwrite exclude each other");
   opt.quiet = a.is_set("quiet");
-  const auto runs = expand_sweep(j);
+  // Every run of a sweep is read before the first starts; errors name the config file.
+  std::vector<std::pair<std::string, json>> runs;
+  std::vector<ExperimentConfig> configs;
+  try {
+    for (const auto& s : sets) j = apply_override(j, s);
+    runs = expand_sweep(j);
+    for (const auto& run : runs) configs.push_back(parse_experiment(run.second));
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    const std::string tag = "config: ";
+    // The message keeps the place it was raised at.
+    throw Error("config '" + pos[0] + "'" +
+                (runs.size() > 1 && configs.size() < runs.size() ? " (sweep run " + runs[configs.size()].first + ")"
+                                                                  : std::string()) +
+                ": " + (what.rfind(tag, 0) == 0 ? what.substr(tag.size()) : what));
+  }
   std::vector<RunSummary> results;
   std::vector<std::string> names;
   bool root = true;
-  for (const auto& [name, cfg_json] : runs) {
-    ExperimentConfig cfg = parse_experiment(cfg_json);
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const std::string& name = runs[i].first;
+    const ExperimentConfig& cfg = configs[i];
     // One communicator for all runs of a sweep (data parallel: mpirun / env launch; else one process).
     if (!opt.comm)
       opt.comm = make_communicator(cfg.distributed, trains_on_gpu(cfg.device));
