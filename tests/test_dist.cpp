@@ -554,6 +554,33 @@ TEST(DataParallel, ADivergedModelStopsEveryRankBeforeTheCheckpoint) {
   EXPECT_FALSE(std::filesystem::exists(dir.file("run/last.safetensors")));
 }
 
+// Only rank 0 writes run folders, and another rank's may be another folder (a node's own disk):
+// every rank takes rank 0's answer to "does the folder hold a run", so all refuse a new run there
+// together (rank 1's folder holds none) and all start one in a folder only rank 1 sees a run in.
+TEST(DataParallel, RanksTakeRankZerosViewOfTheRunFolder) {
+  TempDir dir;
+  std::filesystem::create_directories(dir.file("r0/a"));
+  std::filesystem::create_directories(dir.file("r1/b"));
+  tt::write_bytes(dir.file("r0/a/last.safetensors"), "x");
+  tt::write_bytes(dir.file("r1/b/last.safetensors"), "x");
+  std::vector<int64_t> first(2, -2);
+  std::vector<std::string> err(2);
+  run_ranks(2, dir.file("rdv"), 30, [&](int r, std::shared_ptr<Communicator> c) {
+    const std::string mine = dir.file(r == 0 ? "r0" : "r1");
+    first[r] = first_folder_holding_a_run({mine + "/b", mine + "/a"}, *c);
+    json j = read_json_file(std::string(TTQ_SOURCE_DIR) + "/configs/synthetic_smoke.json");
+    j["output_dir"] = mine + "/a";
+    TrainOptions o;
+    o.quiet = true;
+    o.comm = c;
+    err[r] = tt::error_of([&] { train_experiment(parse_experiment(j), o); });
+  });
+  EXPECT_EQ(first[0], 1);
+  EXPECT_EQ(first[1], 1);
+  for (int r = 0; r < 2; ++r)
+    EXPECT_NE(err[r].find("/a' already holds a run"), std::string::npos) << "rank " << r << ": " << err[r];
+}
+
 TEST(DataParallel, TwoRanksMatchOneRankWithTheGlobalBatch) {
   // Synchronised batch norm makes 2 x 16 the same computation as 1 x 32 (up to rounding), full
   // precision and TTQ with the deferred ternary backward; several gradient buckets.

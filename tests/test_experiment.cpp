@@ -27,6 +27,9 @@ using ttq::testing::checkpoint_bytes;
 using ttq::testing::quiet;
 using ttq::testing::overwriting;
 using ttq::testing::two_stage_config;
+using ttq::testing::idx_images;
+using ttq::testing::idx_labels;
+using ttq::testing::write_bytes;
 namespace fs = std::filesystem;
 
 TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
@@ -114,6 +117,8 @@ TEST(ExperimentConfigTest, OverridesAndSweeps) {
   ASSERT_EQ(same_last.size(), 2u);
   EXPECT_EQ(same_last[1].first, "seed=3,0.optimizer.lr=0.1,1.optimizer.lr=0.02");
   EXPECT_DOUBLE_EQ(same_last[1].second["stages"][1]["optimizer"]["lr"].get<double>(), 0.02);
+  j["sweep"] = {{"", {1, 2}}};
+  EXPECT_NE(error_of([&] { expand_sweep(j); }).find("'sweep' has an empty key path"), std::string::npos);
 }
 
 TEST(Experiment, TrainEvalExportEvalExported) {
@@ -410,18 +415,21 @@ TEST(Experiment, ExportNeedsNoDataSet) {
   j["data"] = {{"dataset", "fashion_mnist"}, {"root", d.file("no_data_here")}};
   const ExperimentConfig cfg = parse_experiment(j);
   const InputSpec spec{1, 12, 10, 7};
+  TrainingSetInfo info;
+  info.input = spec;
+  info.norm = Normalization::none(1);
   Model m = build_model(cfg.model, spec, cfg.seed);
   QuantizeOptions q;
   q.full_precision_layers = m.full_precision_layers;
   const auto ternary = quantize_model(*m.net, q);
   ASSERT_FALSE(ternary.empty());
-  save_checkpoint(d.file("with_input.safetensors"), *m.net, nullptr, TrainingState{}, cfg.resolved, &spec);
+  save_checkpoint(d.file("with_input.safetensors"), *m.net, nullptr, TrainingState{}, cfg.resolved, &info);
   save_checkpoint(d.file("without_input.safetensors"), *m.net, nullptr, TrainingState{}, cfg.resolved);
   const Checkpoint ck = read_checkpoint(d.file("with_input.safetensors"));
-  ASSERT_TRUE(ck.input.has_value());
-  EXPECT_EQ(std::tie(ck.input->channels, ck.input->height, ck.input->width, ck.input->classes),
+  ASSERT_TRUE(ck.data.has_value());
+  EXPECT_EQ(std::tie(ck.data->input.channels, ck.data->input.height, ck.data->input.width, ck.data->input.classes),
             std::tie(spec.channels, spec.height, spec.width, spec.classes));
-  EXPECT_FALSE(read_checkpoint(d.file("without_input.safetensors")).input.has_value());
+  EXPECT_FALSE(read_checkpoint(d.file("without_input.safetensors")).data.has_value());
 
   const ExportReport r = export_checkpoint(d.file("with_input.safetensors"), d.file("model.ttq.safetensors"));
   EXPECT_EQ(r.ternary_layers, static_cast<int>(ternary.size()));
@@ -429,8 +437,8 @@ TEST(Experiment, ExportNeedsNoDataSet) {
   EXPECT_GT(r.file_bytes, r.tensor_bytes);
   const Checkpoint exported = read_checkpoint(d.file("model.ttq.safetensors"));
   EXPECT_EQ(exported.format, "ttq-export");
-  ASSERT_TRUE(exported.input.has_value());
-  EXPECT_EQ(exported.input->classes, 7);
+  ASSERT_TRUE(exported.data.has_value());
+  EXPECT_EQ(exported.data->input.classes, 7);
   // The exported model computes what the checkpoint's model computes.
   Model back = build_model(cfg.model, spec, cfg.seed + 1);
   load_model(*back.net, exported);
@@ -448,6 +456,51 @@ TEST(Experiment, ExportNeedsNoDataSet) {
   const std::string other = error_of([&] { export_checkpoint(d.file("with_input.safetensors"), d.file("without_input.safetensors")); });
   EXPECT_NE(other.find("is a training checkpoint"), std::string::npos) << other;
   EXPECT_EQ(checkpoint_bytes(d.file("without_input.safetensors")), kept);
+}
+
+// Checkpoints hold what the training set gave (input, normalisation statistics), so the test set
+// is evaluated without the training files, with the result the training run reported; for each
+// normalisation computed from the training images.
+TEST(Experiment, EvaluationNeedsNoTrainingFiles) {
+  for (const std::string normalize : {"channel", "pixel_mean"}) {
+    SCOPED_TRACE(normalize);
+    TempDir data, run;
+    write_bytes(data.file("train-images-idx3-ubyte"), idx_images(96, 9, 8));
+    write_bytes(data.file("train-labels-idx1-ubyte"), idx_labels(96));
+    write_bytes(data.file("t10k-images-idx3-ubyte"), idx_images(40, 9, 8));
+    write_bytes(data.file("t10k-labels-idx1-ubyte"), idx_labels(40));
+    json j = two_stage_config(run.path());
+    j["stages"].erase(1);
+    j["stages"][0]["epochs"] = 1;
+    j["data"] = {{"dataset", "fashion_mnist"}, {"root", data.path()}, {"normalize", normalize}, {"workers", 1}};
+    const ExperimentConfig cfg = parse_experiment(j);
+    const RunSummary s = train_experiment(cfg, quiet());
+    const Checkpoint ck = read_checkpoint(run.file("last.safetensors"));
+    ASSERT_TRUE(ck.data.has_value());
+    const DataSets full = load_data_sets(cfg.data, cfg.seed);
+    EXPECT_EQ(ck.data->norm.kind, normalize);
+    EXPECT_EQ(ck.data->norm.mean, full.info.norm.mean);  // bit for bit through the JSON metadata
+    EXPECT_EQ(ck.data->norm.std, full.info.norm.std);
+    std::filesystem::remove(data.file("train-images-idx3-ubyte"));
+    std::filesystem::remove(data.file("train-labels-idx1-ubyte"));
+    const DataSets test = load_test_set(cfg.data, cfg.seed, *ck.data);
+    EXPECT_EQ(test.train, nullptr);
+    EXPECT_EQ(test.description, "fashion_mnist: 40 test, 1x9x8, 10 classes");
+    Model m = build_model(cfg.model, test.spec, cfg.seed);
+    load_model(*m.net, ck);
+    const EvalResult ev = evaluate(*m.net, test.test, cfg.eval_batch_size, cfg.data.workers);
+    EXPECT_EQ(ev.samples, 40);
+    EXPECT_EQ(ev.top1_error, s.stages[0].test_top1_error);
+    EXPECT_EQ(ev.loss, s.stages[0].test_loss);
+    // A test set that does not fit the stored input, or another normalisation, is refused.
+    DataConfig other = cfg.data;
+    other.normalize = normalize == "channel" ? "pixel_mean" : "channel";
+    EXPECT_NE(error_of([&] { load_test_set(other, cfg.seed, *ck.data); }).find("the stored normalisation"),
+              std::string::npos);
+    write_bytes(data.file("t10k-images-idx3-ubyte"), idx_images(40, 8, 8));
+    EXPECT_NE(error_of([&] { load_test_set(cfg.data, cfg.seed, *ck.data); }).find("the model was trained on 1x9x8"),
+              std::string::npos);
+  }
 }
 
 // A data folder that is not there is named with its config key, for each file-based data set.
@@ -476,9 +529,18 @@ TEST(Experiment, ANewRunRefusesAFolderHoldingARun) {
   EXPECT_NE(e.find("--resume"), std::string::npos) << e;
   EXPECT_NE(e.find("--overwrite"), std::string::npos) << e;
   EXPECT_EQ(ttq::testing::checkpoint_bytes(d.file("last.safetensors")), before);
+  // Starting again removes the earlier run's files (its stage checkpoints by its config, its
+  // export), so none passes for the new run's; other files stay.
+  export_checkpoint(d.file("last.safetensors"), d.file("model.ttq.safetensors"));
+  write_bytes(d.file("notes.txt"), "mine");
   j["seed"] = 4;
+  j["stages"][0]["name"] = "fp_again";
   train_experiment(parse_experiment(j), overwriting());
   EXPECT_NE(ttq::testing::checkpoint_bytes(d.file("last.safetensors")), before);
+  EXPECT_TRUE(std::filesystem::exists(d.file("fp_again.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(d.file("fp.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(d.file("model.ttq.safetensors")));
+  EXPECT_TRUE(std::filesystem::exists(d.file("notes.txt")));
 }
 
 TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {

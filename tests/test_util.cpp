@@ -33,6 +33,22 @@ void write_bytes(const std::string& path, const std::string& bytes) {
   out << bytes;
 }
 
+std::string be32(uint32_t v) {
+  return std::string{char(v >> 24), char((v >> 16) & 0xff), char((v >> 8) & 0xff), char(v & 0xff)};
+}
+
+std::string idx_images(uint32_t n, uint32_t h, uint32_t w, uint32_t magic) {
+  std::string s = be32(magic) + be32(n) + be32(h) + be32(w);
+  for (uint32_t i = 0; i < n * h * w; ++i) s.push_back(static_cast<char>((i * 7) & 0xff));
+  return s;
+}
+
+std::string idx_labels(uint32_t n, uint8_t max_label) {
+  std::string s = be32(0x801) + be32(n);
+  for (uint32_t i = 0; i < n; ++i) s.push_back(static_cast<char>(i % (max_label + 1)));
+  return s;
+}
+
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -27,6 +27,10 @@ class TempDir {
 // Writes bytes to a file (test fixtures).
 void write_bytes(const std::string& path, const std::string& bytes);
 std::string read_bytes(const std::string& path);
+// IDX files (the MNIST format): n h x w images of a fixed pattern, n labels cycling 0..max_label.
+std::string be32(uint32_t v);
+std::string idx_images(uint32_t n, uint32_t h, uint32_t w, uint32_t magic = 0x803);
+std::string idx_labels(uint32_t n, uint8_t max_label = 9);
 // The message of the ttq::Error that f throws, or "<no error>".
 std::string error_of(const std::function<void()>& f);
 

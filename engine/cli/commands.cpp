@@ -69,7 +69,8 @@ int run_train(const std::vector<std::string>& argv) {
                               "RANK, WORLD_SIZE, LOCAL_RANK and TTQ_RENDEZVOUS=/shared/file; batch_size is per process.");
   a.option("set", "", "override a config value: --set key.path=value (repeatable; values are JSON or plain words)")
       .flag("resume", "continue from <output_dir>/last.safetensors")
-      .flag("overwrite", "start again in an output_dir that holds a run (its checkpoints and metrics are replaced)")
+      .flag("overwrite", "start again in an output_dir that holds a run (the files the earlier run wrote there are "
+                         "removed first)")
       .flag("quiet", "no per-step progress output");
   std::vector<std::string> pos;
   std::vector<std::string> rest = split_positional(argv, 1, "train", pos);
@@ -91,7 +92,7 @@ int run_train(const std::vector<std::string>& argv) {
   TrainOptions opt;
   opt.resume = a.is_set("resume");
   opt.overwrite = a.is_set("overwrite");
-  TTQ_CHECK(!(opt.resume && opt.overwrite), "train: --resume and --overwrite exclude each other");
+  TTQ_CHECK(!(opt.resume && opt.overwrite), "--resume and --overwrite exclude each other");
   opt.quiet = a.is_set("quiet");
   // Every run of a sweep is read before the first starts; errors name the config file.
   std::vector<std::pair<std::string, json>> runs;
@@ -109,18 +110,22 @@ int run_train(const std::vector<std::string>& argv) {
                                                                   : std::string()) +
                 ": " + (what.rfind(tag, 0) == 0 ? what.substr(tag.size()) : what));
   }
+  // One communicator for all runs of a sweep (data parallel: mpirun / env launch; else one process).
+  opt.comm = make_communicator(configs[0].distributed, trains_on_gpu(configs[0].device));
+  const bool root = opt.comm->is_root();
+  if (!opt.resume && !opt.overwrite) {  // no run of a sweep starts when one of them would be refused
+    std::vector<std::string> dirs;
+    for (const auto& c : configs) dirs.push_back(c.output_dir);
+    if (const int64_t i = first_folder_holding_a_run(dirs, *opt.comm); i >= 0)
+      refuse_folder_holding_a_run(configs[static_cast<size_t>(i)].output_dir);
+  }
   std::vector<RunSummary> results;
   std::vector<std::string> names;
-  bool root = true;
   for (size_t i = 0; i < runs.size(); ++i) {
     const std::string& name = runs[i].first;
     const ExperimentConfig& cfg = configs[i];
-    // One communicator for all runs of a sweep (data parallel: mpirun / env launch; else one process).
-    if (!opt.comm)
-      opt.comm = make_communicator(cfg.distributed, trains_on_gpu(cfg.device));
-    root = opt.comm->is_root();
     TrainOptions run_opt = opt;
-    if (opt.resume && runs.size() > 1 && !fs::exists(cfg.output_dir + "/last.safetensors")) {
+    if (opt.resume && runs.size() > 1 && first_folder_holding_a_run({cfg.output_dir}, *opt.comm) < 0) {
       // A sweep resumed after an interruption: the runs it had not reached yet start afresh.
       run_opt.resume = false;
       if (root) std::printf("%s: no checkpoint yet, starting it\n", name.c_str());
@@ -175,7 +180,8 @@ int run_eval(const std::vector<std::string>& argv) {
   json cfg_json = ck.config;
   if (!a.get("data-root").empty()) cfg_json["data"]["root"] = a.get("data-root");
   const ExperimentConfig cfg = parse_stored_experiment(cfg_json, ck.file.path(), "eval");
-  DataSets data = load_data_sets(cfg.data, cfg.seed);
+  // The test set alone when the checkpoint holds what the training set gave (older ones: both).
+  DataSets data = ck.data ? load_test_set(cfg.data, cfg.seed, *ck.data) : load_data_sets(cfg.data, cfg.seed);
   Model model = build_model(cfg.model, data.spec, cfg.seed);
   load_model(*model.net, ck);
   // The run's own device by default, so the result is the one its training reported.

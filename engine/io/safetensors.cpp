@@ -109,6 +109,26 @@ void SafeTensorsWriter::write(const std::string& path) const {
   write_file_atomic(path, out);
 }
 
+std::string safetensors_format(const std::string& path) noexcept {
+  try {
+    std::ifstream in(path, std::ios::binary);
+    unsigned char head[8];
+    if (!in || !in.read(reinterpret_cast<char*>(head), 8)) return "";
+    uint64_t len = 0;
+    for (int i = 0; i < 8; ++i) len |= static_cast<uint64_t>(head[i]) << (8 * i);
+    if (len > (uint64_t{1} << 27)) return "";
+    std::string header(len, '\0');
+    if (!in.read(header.data(), static_cast<std::streamsize>(len))) return "";
+    const nlohmann::json j = nlohmann::json::parse(header, json_depth_limit("'" + path + "': header"));
+    const auto meta = j.find("__metadata__");
+    if (meta == j.end() || !meta->is_object()) return "";
+    const auto format = meta->find("format");
+    return format != meta->end() && format->is_string() ? format->get<std::string>() : "";
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
 SafeTensorsFile SafeTensorsFile::read(const std::string& path) {
   SafeTensorsFile f;
   f.path_ = path;

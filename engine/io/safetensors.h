@@ -61,6 +61,10 @@ class SafeTensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+// The "format" metadata of a safetensors file, from its header alone (the tensors are not read);
+// "" when the file has none or is not a readable safetensors file.
+std::string safetensors_format(const std::string& path) noexcept;
+
 // Writes bytes to path atomically (temporary file in the same folder, fsync, rename).
 void write_file_atomic(const std::string& path, const std::string& bytes);
 

@@ -51,25 +51,6 @@ json parse_meta_json(const SafeTensorsFile& f, const std::string& key) {
   }
 }
 
-json input_json(const InputSpec& in) {
-  return {{"channels", in.channels}, {"height", in.height}, {"width", in.width}, {"classes", in.classes}};
-}
-
-InputSpec input_from_json(const json& j, const std::string& path) {
-  InputSpec in;
-  auto get = [&](const char* key) {
-    TTQ_CHECK(j.is_object() && j.contains(key) && j.at(key).is_number_integer() && j.at(key).get<int64_t>() > 0 &&
-                  j.at(key).get<int64_t>() <= (int64_t{1} << 30),
-              "'" << path << "': metadata 'input' needs a positive integer '" << key << "'");
-    return j.at(key).get<int64_t>();
-  };
-  in.channels = get("channels");
-  in.height = get("height");
-  in.width = get("width");
-  in.classes = get("classes");
-  return in;
-}
-
 }  // namespace
 
 json TrainingState::to_json() const {
@@ -120,7 +101,7 @@ void check_parameters_finite(Module& net, const std::string& path) {
 }
 
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
-                     const json& config, const InputSpec* input) {
+                     const json& config, const TrainingSetInfo* data) {
   SafeTensorsWriter w;
   for (auto& np : net.named_parameters()) {
     const Tensor v = np.param->value.to(Device::CPU);
@@ -134,7 +115,7 @@ void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt,
   w.add_metadata("config", config.dump());
   w.add_metadata("state", state.to_json().dump());
   w.add_metadata("ternary", ternary_layers_json(net).dump());
-  if (input) w.add_metadata("input", input_json(*input).dump());
+  if (data) w.add_metadata("data", data->to_json().dump());
   w.write(path);
 }
 
@@ -148,7 +129,8 @@ Checkpoint read_checkpoint(const std::string& path) {
     return c;
   }
   c.format = meta.at("format");
-  if (meta.count("input")) c.input = input_from_json(parse_meta_json(c.file, "input"), path);
+  if (meta.count("data"))
+    c.data = TrainingSetInfo::from_json(parse_meta_json(c.file, "data"), "'" + path + "': metadata 'data'");
   TTQ_CHECK(c.format == "ttq-checkpoint" || c.format == "ttq-export",
             "'" << path << "' has format '" << c.format
                 << "', expected ttq-checkpoint, ttq-export or a plain state dict (no format or \"pt\")");
@@ -260,7 +242,7 @@ void load_optimizer(Optimizer& opt, const Checkpoint& ck) {
   opt.set_steps(ck.state.optimizer_steps);
 }
 
-ExportReport export_ternary(const std::string& path, Module& net, const json& config, const InputSpec* input) {
+ExportReport export_ternary(const std::string& path, Module& net, const json& config, const TrainingSetInfo* data) {
   SafeTensorsWriter w;
   ExportReport r;
   const ModelSize size = model_size(net);
@@ -292,7 +274,7 @@ ExportReport export_ternary(const std::string& path, Module& net, const json& co
   w.add_metadata("format", "ttq-export");
   w.add_metadata("config", config.dump());
   w.add_metadata("ternary", ternary_layers_json(net).dump());
-  if (input) w.add_metadata("input", input_json(*input).dump());
+  if (data) w.add_metadata("data", data->to_json().dump());
   w.write(path);
   struct stat st{};
   if (::stat(path.c_str(), &st) == 0) r.file_bytes = st.st_size;

@@ -24,7 +24,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/nn/module.h"
 #include "engine/optim/optimizer.h"
-#include "models/model.h"
+#include "engine/train/data_sets.h"
 
 namespace ttq {
 
@@ -50,9 +50,10 @@ struct TrainingState {
 // Writes the model, the optimizer state, the training state and the config to path (atomically:
 // the previous file stays until the new one is complete). Refuses, naming the parameter, a model
 // holding NaN or Inf (see check_parameters_finite).
-// input (when given) is stored too, so export can build the model without its data set.
+// data (when given: the training set's input, normalisation and classes) is stored too, so export
+// builds the model, and eval reads the test set, without the training set.
 void save_checkpoint(const std::string& path, Module& net, const Optimizer* opt, const TrainingState& state,
-                     const json& config, const InputSpec* input = nullptr);
+                     const json& config, const TrainingSetInfo* data = nullptr);
 // The error save_checkpoint(path, net, ...) would give for a diverged model, without writing.
 // Data parallel: the ranks other than 0 call it where rank 0 saves, so all ranks stop together
 // (their replicas are the same) rather than the others waiting for a rank 0 that stopped alone.
@@ -64,7 +65,7 @@ struct Checkpoint {
   json config;         // the resolved experiment config it was trained with (null for a state dict)
   TrainingState state;
   json ternary;        // {"layer path": {"mode": ..., "t": ..., ...}}
-  std::optional<InputSpec> input;  // the model's input (files written before it was stored lack it)
+  std::optional<TrainingSetInfo> data;  // files written before it was stored lack it
 };
 
 // Reads and checks a checkpoint, an export or a plain state dict.
@@ -83,6 +84,6 @@ struct ExportReport {
   int ternary_layers = 0, full_precision_layers = 0;
 };
 ExportReport export_ternary(const std::string& path, Module& net, const json& config,
-                            const InputSpec* input = nullptr);
+                            const TrainingSetInfo* data = nullptr);
 
 }  // namespace ttq

@@ -24,8 +24,9 @@ void check_root(const DataConfig& cfg) {
                          << (std::filesystem::exists(cfg.root, ec) ? "is not a folder" : "does not exist"));
 }
 
-// root/train/<class>/*.JPEG and root/val/<class>/*.JPEG (or root/val + a list file).
-DataSets load_imagenet(const DataConfig& cfg) {
+// root/train/<class>/*.JPEG and root/val/<class>/*.JPEG (or root/val + a list file). With given
+// (the training set's classes), root/train is not read.
+DataSets load_imagenet(const DataConfig& cfg, const TrainingSetInfo* given) {
   TTQ_CHECK(jpeg_supported(), "data: the imagenet data set needs JPEG decoding, but this build lacks TurboJPEG "
                               "(install libturbojpeg0-dev, or set TURBOJPEG_ROOT, and reconfigure with "
                               "-DTTQ_WITH_TURBOJPEG=ON)");
@@ -37,8 +38,16 @@ DataSets load_imagenet(const DataConfig& cfg) {
   opt.on_corrupt = cfg.on_corrupt;
   opt.scaled_decode = cfg.scaled_decode;
   opt.norm = cfg.normalize == "none" ? Normalization::none(3) : imagenet_normalization();
-  ImageFolderIndex train = scan_image_folder(cfg.root + "/train");
-  const std::vector<std::string> classes = train.classes;
+  DataSets d;
+  std::vector<std::string> classes;
+  if (given) {
+    TTQ_CHECK(!given->classes.empty(), "data: the stored imagenet training set has no class names");
+    classes = given->classes;
+  } else {
+    ImageFolderIndex train = scan_image_folder(cfg.root + "/train");
+    classes = train.classes;
+    d.train = std::make_shared<ImageFolderSource>(std::move(train), opt);
+  }
   const std::string val_dir = cfg.root + "/val";
   if (cfg.val_list.empty() && std::filesystem::is_directory(val_dir)) {
     bool has_class_folder = false;
@@ -54,58 +63,128 @@ DataSets load_imagenet(const DataConfig& cfg) {
   }
   ImageFolderIndex val = cfg.val_list.empty() ? scan_image_folder(val_dir, classes)
                                               : read_image_list(val_dir, cfg.val_list, classes);
-  DataSets d;
-  d.train = std::make_shared<ImageFolderSource>(std::move(train), opt);
   d.test = std::make_shared<ImageFolderSource>(std::move(val), opt);
-  d.spec = d.train->spec();
+  d.spec = (d.train ? d.train : d.test)->spec();
+  d.info.norm = opt.norm;
+  d.info.classes = classes;
+  return d;
+}
+
+// The test set of a stored training set must have its input.
+void check_same_input(const TrainingSetInfo& given, const InputSpec& spec, const DataConfig& cfg) {
+  const InputSpec& in = given.input;
+  TTQ_CHECK(in.channels == spec.channels && in.height == spec.height && in.width == spec.width &&
+                in.classes == spec.classes,
+            "data: the model was trained on " << in.channels << "x" << in.height << "x" << in.width << " inputs of "
+                                              << in.classes << " classes, but " << cfg.dataset << " in '" << cfg.root
+                                              << "' has " << spec.channels << "x" << spec.height << "x" << spec.width
+                                              << " and " << spec.classes);
+}
+
+// Loads the data set; given (the stored training-set information) skips the training files.
+DataSets load(const DataConfig& cfg, uint64_t seed, const TrainingSetInfo* given) {
+  DataSets d;
+  if (cfg.dataset == "synthetic") {
+    d.spec = {1, cfg.synthetic_size, cfg.synthetic_size, cfg.synthetic_classes};
+    const float noise = static_cast<float>(cfg.synthetic_noise);
+    if (!given) d.train = std::make_shared<SyntheticDataset>(d.spec, cfg.synthetic_train, noise, seed, 0);
+    d.test = std::make_shared<SyntheticDataset>(d.spec, cfg.synthetic_test, noise, seed, int64_t(1) << 40);
+    d.info.norm.kind = "";
+  } else if (cfg.dataset == "imagenet") {
+    d = load_imagenet(cfg, given);
+  } else {
+    std::shared_ptr<ImageSet> train, test;
+    check_root(cfg);
+    if (cfg.dataset == "fashion_mnist" || cfg.dataset == "mnist") {
+      if (!given) train = std::make_shared<ImageSet>(load_mnist_like(cfg.root, true, cfg.dataset));
+      test = std::make_shared<ImageSet>(load_mnist_like(cfg.root, false, cfg.dataset));
+    } else if (cfg.dataset == "cifar10") {
+      if (!given) train = std::make_shared<ImageSet>(load_cifar10(cfg.root, true));
+      test = std::make_shared<ImageSet>(load_cifar10(cfg.root, false));
+    } else {
+      if (!given) train = std::make_shared<ImageSet>(load_cifar100(cfg.root, true));
+      test = std::make_shared<ImageSet>(load_cifar100(cfg.root, false));
+    }
+    d.spec = train ? train->spec : test->spec;
+    if (given) check_same_input(*given, d.spec, cfg);
+    TTQ_CHECK(test->spec.channels == d.spec.channels && test->spec.height == d.spec.height && test->spec.width == d.spec.width,
+              "data: train and test images of " << cfg.dataset << " differ in size");
+    // Normalisation statistics come from the training images only.
+    if (given) {
+      d.info.norm = given->norm;
+      TTQ_CHECK(d.info.norm.kind == cfg.normalize,
+                "data: the stored normalisation is '" << d.info.norm.kind << "', the config's data.normalize '"
+                                                      << cfg.normalize << "'");
+    } else {
+      d.info.norm = cfg.normalize == "channel"      ? Normalization::channel_stats(*train)
+                    : cfg.normalize == "pixel_mean" ? Normalization::pixel_mean(*train)
+                                                    : Normalization::none(d.spec.channels);
+      d.train = std::make_shared<ImageSetSource>(train, d.info.norm, cfg.augment);
+    }
+    const size_t expected = d.info.norm.kind == "pixel_mean" ? static_cast<size_t>(d.spec.channels * d.spec.height * d.spec.width)
+                                                             : static_cast<size_t>(d.spec.channels);
+    TTQ_CHECK(d.info.norm.mean.size() == expected && d.info.norm.std.size() == (d.info.norm.kind == "pixel_mean" ? 0 : expected),
+              "data: normalisation statistics of " << d.info.norm.mean.size() << " values do not fit " << cfg.dataset
+                                                   << " images of " << d.spec.channels << "x" << d.spec.height << "x"
+                                                   << d.spec.width);
+    d.test = std::make_shared<ImageSetSource>(test, d.info.norm, cfg.augment);
+  }
+  if (given) check_same_input(*given, d.spec, cfg);
+  d.info.input = d.spec;
+  // ImageNet folders are stored class by class: its subsets are spread over the whole set.
+  const bool spread = cfg.dataset == "imagenet";
+  if (d.train && cfg.train_subset > 0 && cfg.train_subset < d.train->size())
+    d.train = std::make_shared<SubsetSource>(d.train, cfg.train_subset, spread);
+  if (cfg.test_subset > 0 && cfg.test_subset < d.test->size())
+    d.test = std::make_shared<SubsetSource>(d.test, cfg.test_subset, spread);
+  std::ostringstream os;
+  os << cfg.dataset << ": ";
+  if (d.train) os << d.train->size() << " train, ";
+  os << d.test->size() << " test, " << d.spec.channels << "x" << d.spec.height << "x" << d.spec.width << ", "
+     << d.spec.classes << " classes";
+  d.description = os.str();
   return d;
 }
 
 }  // namespace
 
-DataSets load_data_sets(const DataConfig& cfg, uint64_t seed) {
-  DataSets d;
-  if (cfg.dataset == "synthetic") {
-    d.spec = {1, cfg.synthetic_size, cfg.synthetic_size, cfg.synthetic_classes};
-    const float noise = static_cast<float>(cfg.synthetic_noise);
-    d.train = std::make_shared<SyntheticDataset>(d.spec, cfg.synthetic_train, noise, seed, 0);
-    d.test = std::make_shared<SyntheticDataset>(d.spec, cfg.synthetic_test, noise, seed, int64_t(1) << 40);
-  } else if (cfg.dataset == "imagenet") {
-    d = load_imagenet(cfg);
-  } else {
-    std::shared_ptr<ImageSet> train, test;
-    check_root(cfg);
-    if (cfg.dataset == "fashion_mnist" || cfg.dataset == "mnist") {
-      train = std::make_shared<ImageSet>(load_mnist_like(cfg.root, true, cfg.dataset));
-      test = std::make_shared<ImageSet>(load_mnist_like(cfg.root, false, cfg.dataset));
-    } else if (cfg.dataset == "cifar10") {
-      train = std::make_shared<ImageSet>(load_cifar10(cfg.root, true));
-      test = std::make_shared<ImageSet>(load_cifar10(cfg.root, false));
-    } else {
-      train = std::make_shared<ImageSet>(load_cifar100(cfg.root, true));
-      test = std::make_shared<ImageSet>(load_cifar100(cfg.root, false));
-    }
-    d.spec = train->spec;
-    TTQ_CHECK(test->spec.channels == d.spec.channels && test->spec.height == d.spec.height && test->spec.width == d.spec.width,
-              "data: train and test images of " << cfg.dataset << " differ in size");
-    // Normalisation statistics come from the training images only.
-    Normalization norm = cfg.normalize == "channel"      ? Normalization::channel_stats(*train)
-                         : cfg.normalize == "pixel_mean" ? Normalization::pixel_mean(*train)
-                                                         : Normalization::none(d.spec.channels);
-    d.train = std::make_shared<ImageSetSource>(train, norm, cfg.augment);
-    d.test = std::make_shared<ImageSetSource>(test, norm, cfg.augment);
+DataSets load_data_sets(const DataConfig& cfg, uint64_t seed) { return load(cfg, seed, nullptr); }
+
+DataSets load_test_set(const DataConfig& cfg, uint64_t seed, const TrainingSetInfo& info) {
+  return load(cfg, seed, &info);
+}
+
+json TrainingSetInfo::to_json() const {
+  json j = {{"input", {{"channels", input.channels}, {"height", input.height}, {"width", input.width},
+                       {"classes", input.classes}}},
+            {"normalize", {{"kind", norm.kind}, {"mean", norm.mean}, {"std", norm.std}}}};
+  if (!classes.empty()) j["classes"] = classes;
+  return j;
+}
+
+TrainingSetInfo TrainingSetInfo::from_json(const json& j, const std::string& where) {
+  TrainingSetInfo t;
+  try {
+    const json& in = j.at("input");
+    auto dim = [&](const char* key) {
+      const int64_t v = in.at(key).get<int64_t>();
+      TTQ_CHECK(v > 0 && v <= (int64_t{1} << 30), where << ": input " << key << " " << v << " is out of range");
+      return v;
+    };
+    t.input = {dim("channels"), dim("height"), dim("width"), dim("classes")};
+    const json& n = j.at("normalize");
+    t.norm.kind = n.at("kind").get<std::string>();
+    t.norm.mean = n.at("mean").get<std::vector<float>>();
+    t.norm.std = n.at("std").get<std::vector<float>>();
+    if (j.contains("classes")) t.classes = j.at("classes").get<std::vector<std::string>>();
+  } catch (const json::exception& e) {
+    TTQ_FAIL(where << ": " << e.what());
   }
-  // ImageNet folders are stored class by class: its subsets are spread over the whole set.
-  const bool spread = cfg.dataset == "imagenet";
-  if (cfg.train_subset > 0 && cfg.train_subset < d.train->size())
-    d.train = std::make_shared<SubsetSource>(d.train, cfg.train_subset, spread);
-  if (cfg.test_subset > 0 && cfg.test_subset < d.test->size())
-    d.test = std::make_shared<SubsetSource>(d.test, cfg.test_subset, spread);
-  std::ostringstream os;
-  os << cfg.dataset << ": " << d.train->size() << " train, " << d.test->size() << " test, " << d.spec.channels << "x"
-     << d.spec.height << "x" << d.spec.width << ", " << d.spec.classes << " classes";
-  d.description = os.str();
-  return d;
+  TTQ_CHECK(t.norm.kind.empty() || t.norm.kind == "channel" || t.norm.kind == "pixel_mean" || t.norm.kind == "none",
+            where << ": unknown normalisation '" << t.norm.kind << "'");
+  TTQ_CHECK(t.classes.empty() || static_cast<int64_t>(t.classes.size()) == t.input.classes,
+            where << ": " << t.classes.size() << " class names for " << t.input.classes << " classes");
+  return t;
 }
 
 }  // namespace ttq

@@ -270,16 +270,18 @@ std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
     TTQ_CHECK(it->is_array() && !it->empty(), "config: 'sweep." << it.key() << "' must be a non-empty list");
     // The key's last part names the value ("r=0.3"), or as many parts as tell it from the sweep's
     // other keys ("0.optimizer.lr=0.1,1.optimizer.lr=0.01").
-    std::string short_key;
-    for (int parts = 1; short_key.empty(); ++parts) {
+    TTQ_CHECK(!it.key().empty(), "config: 'sweep' has an empty key path");
+    std::string short_key = it.key();
+    for (int parts = 1;; ++parts) {
       const std::string mine = last_parts(it.key(), parts);
-      bool unique = mine == it.key();
-      if (!unique) {
-        unique = true;
-        for (auto other = sweep.begin(); other != sweep.end(); ++other)
-          if (other != it && last_parts(other.key(), parts) == mine) unique = false;
+      if (mine == it.key()) break;  // the whole key
+      bool unique = true;
+      for (auto other = sweep.begin(); other != sweep.end(); ++other)
+        if (other != it && last_parts(other.key(), parts) == mine) unique = false;
+      if (unique) {
+        short_key = mine;
+        break;
       }
-      if (unique) short_key = mine;
     }
     std::vector<std::pair<std::string, json>> next;
     for (const auto& [name, cfg] : runs)

@@ -289,7 +289,44 @@ void check_resumable(const TrainingState& s, const ExperimentConfig& cfg, const 
                           << "); the checkpoint is damaged");
 }
 
+// The files a run writes in its folder (the stage checkpoints by the stage names in its
+// config.json); other files stay.
+void remove_run_files(const std::string& dir) {
+  std::vector<std::string> names{"last.safetensors", "stages.json", "summary.json", "metrics.jsonl",
+                                 "model.ttq.safetensors", "config.json"};
+  try {
+    std::ifstream in(dir + "/config.json");
+    const json old = json::parse(in, json_depth_limit("'" + dir + "/config.json'"));
+    for (const auto& st : old.at("stages")) names.push_back(st.at("name").get<std::string>() + ".safetensors");
+  } catch (const std::exception&) {
+    // no readable config.json: its stage checkpoints are not known
+  }
+  for (const auto& n : names) {
+    if (n.find('/') != std::string::npos) continue;
+    std::error_code ec;
+    fs::remove(dir + "/" + n, ec);
+    TTQ_CHECK(!ec, "--overwrite: cannot remove '" << dir << "/" << n << "': " << ec.message());
+  }
+}
+
 }  // namespace
+
+int64_t first_folder_holding_a_run(const std::vector<std::string>& output_dirs, Communicator& comm) {
+  int64_t first = 0;  // index + 1
+  if (comm.is_root())
+    for (size_t i = 0; i < output_dirs.size() && first == 0; ++i) {
+      std::error_code ec;
+      if (fs::exists(output_dirs[i] + "/last.safetensors", ec)) first = static_cast<int64_t>(i) + 1;
+    }
+  comm.all_reduce_sum(&first, 1, "whether the output folder holds a run");  // rank 0's answer
+  return first - 1;
+}
+
+void refuse_folder_holding_a_run(const std::string& output_dir) {
+  TTQ_FAIL("'" << output_dir << "' already holds a run (" << output_dir
+               << "/last.safetensors): continue it with --resume, start it again with --overwrite, or choose "
+                  "another output_dir");
+}
 
 RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& opt) {
   using clock = std::chrono::steady_clock;
@@ -304,6 +341,9 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   std::string device_line;
   const Device device = select_device(cfg.device, &device_line);
   if (!device_line.empty()) progress.line(device_line);
+  // A new run would replace an earlier run's checkpoints and metrics in the same folder.
+  if (!opt.resume && !opt.overwrite && first_folder_holding_a_run({cfg.output_dir}, *comm) >= 0)
+    refuse_folder_holding_a_run(cfg.output_dir);
 
   DataSets data = load_data_sets(cfg.data, cfg.seed);
   json resolved_model;
@@ -324,7 +364,7 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   bool have_last = opt.resume;  // whether last_path holds this run's checkpoint
   auto write_checkpoint = [&](const std::string& path, const Optimizer& optimizer, const TrainingState& s) {
     if (root)
-      save_checkpoint(path, net, &optimizer, s, cfg.resolved, &data.spec);
+      save_checkpoint(path, net, &optimizer, s, cfg.resolved, &data.info);
     else
       check_parameters_finite(net, path);
     if (path == last_path) have_last = true;
@@ -337,10 +377,6 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   const std::string config_path = cfg.output_dir + "/config.json";
   TrainingState state;
   std::unique_ptr<Checkpoint> resume_ck;
-  // A new run would replace an earlier run's checkpoints and metrics in the same folder.
-  TTQ_CHECK(opt.resume || opt.overwrite || !fs::exists(last_path),
-            "'" << cfg.output_dir << "' already holds a run (" << last_path
-                << "): continue it with --resume, start it again with --overwrite, or choose another output_dir");
   if (opt.resume) {
     TTQ_CHECK(fs::exists(last_path), "--resume: no checkpoint '" << last_path << "' to resume from");
     resume_ck = std::make_unique<Checkpoint>(read_checkpoint(last_path));
@@ -400,6 +436,8 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   }
   if (root) {
     fs::create_directories(cfg.output_dir);
+    // Starting again: the earlier run's files go, so none is taken for this run's.
+    if (opt.overwrite) remove_run_files(cfg.output_dir);
     write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
   }
   net.to(device);
@@ -681,21 +719,15 @@ ExportReport export_checkpoint(const std::string& ck_path, const std::string& ou
   std::error_code ec;
   if (fs::exists(out, ec)) {
     TTQ_CHECK(!fs::equivalent(out, ck_path, ec), "export: --out '" << out << "' is the checkpoint being exported");
-    bool training_checkpoint = false;
-    try {
-      training_checkpoint = read_checkpoint(out).format == "ttq-checkpoint";
-    } catch (const Error&) {
-      // not a checkpoint: replaced like any output file
-    }
-    TTQ_CHECK(!training_checkpoint, "export: --out '" << out << "' is a training checkpoint; write the export "
-                                                            "elsewhere");
+    TTQ_CHECK(safetensors_format(out) != "ttq-checkpoint",
+              "export: --out '" << out << "' is a training checkpoint; write the export elsewhere");
   }
   const ExperimentConfig cfg = parse_stored_experiment(ck.config, ck.file.path(), "export");
   // The model's input as stored with the checkpoint; older checkpoints take it from the data set.
-  const InputSpec input = ck.input ? *ck.input : load_data_sets(cfg.data, cfg.seed).spec;
-  Model model = build_model(cfg.model, input, cfg.seed);
+  const TrainingSetInfo info = ck.data ? *ck.data : load_data_sets(cfg.data, cfg.seed).info;
+  Model model = build_model(cfg.model, info.input, cfg.seed);
   load_model(*model.net, ck);
-  return export_ternary(out, *model.net, ck.config, &input);
+  return export_ternary(out, *model.net, ck.config, &info);
 }
 
 }  // namespace ttq

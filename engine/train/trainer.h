@@ -76,6 +76,13 @@ EvalResult evaluate(Module& net, const std::shared_ptr<const SampleSource>& test
 // I/O failure. The last complete checkpoint is never overwritten by a partial one.
 RunSummary train_experiment(const ExperimentConfig& cfg, const TrainOptions& opt);
 
+// The first of output_dirs that holds a run (its last.safetensors), as rank 0 sees it: every rank
+// of comm gets rank 0's answer (only rank 0 writes run folders, which need not be shared). -1 when
+// none. A collective: every rank calls it at the same point.
+int64_t first_folder_holding_a_run(const std::vector<std::string>& output_dirs, Communicator& comm);
+// The refusal of a new run (neither resume nor overwrite) in a folder that holds one.
+[[noreturn]] void refuse_folder_holding_a_run(const std::string& output_dir);
+
 // ttq export: the deployable model of the training checkpoint ck_path, written to out (never over
 // a training checkpoint). The model is built from the input stored with the checkpoint, so the
 // data set is not needed (checkpoints from before that was stored read it).
