@@ -504,6 +504,34 @@ TEST(Experiment, EvaluationNeedsNoTrainingFiles) {
 }
 
 // A data folder that is not there is named with its config key, for each file-based data set.
+// Stored training-set information is checked as it is read, naming where it came from.
+TEST(Experiment, TrainingSetInfoRoundTripsAndRefusesBadValues) {
+  TrainingSetInfo t;
+  t.input = {3, 4, 5, 2};
+  t.norm.kind = "channel";
+  t.norm.mean = {0.1f, 0.2f, 1.0f / 3.0f};
+  t.norm.std = {0.25f, 0.5f, 0.7f};
+  t.classes = {"cat", "dog"};
+  const TrainingSetInfo back = TrainingSetInfo::from_json(json::parse(t.to_json().dump()), "here");
+  EXPECT_EQ(back.norm.mean, t.norm.mean);
+  EXPECT_EQ(back.norm.std, t.norm.std);
+  EXPECT_EQ(back.classes, t.classes);
+  EXPECT_EQ(back.input.width, 5);
+  auto err = [&](const std::function<void(json&)>& spoil) {
+    json j = t.to_json();
+    spoil(j);
+    return error_of([&] { TrainingSetInfo::from_json(j, "'x.safetensors': metadata 'data'"); });
+  };
+  EXPECT_NE(err([](json& j) { j["input"]["height"] = 0; }).find("'x.safetensors': metadata 'data': input height 0"),
+            std::string::npos);
+  EXPECT_NE(err([](json& j) { j["input"].erase("classes"); }).find("'x.safetensors': metadata 'data'"), std::string::npos);
+  EXPECT_NE(err([](json& j) { j["normalize"]["kind"] = "zscore"; }).find("unknown normalisation 'zscore'"),
+            std::string::npos);
+  EXPECT_NE(err([](json& j) { j["classes"] = {"cat"}; }).find("1 class names for 2 classes"), std::string::npos);
+  EXPECT_NE(err([](json& j) { j["normalize"]["mean"] = "0.5"; }).find("'x.safetensors': metadata 'data'"),
+            std::string::npos);
+}
+
 TEST(Experiment, AMissingDataRootNamesTheConfigKey) {
   TempDir d;
   for (const std::string ds : {"fashion_mnist", "cifar10", "cifar100"}) {
