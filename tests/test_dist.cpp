@@ -564,21 +564,31 @@ TEST(DataParallel, RanksTakeRankZerosViewOfTheRunFolder) {
   tt::write_bytes(dir.file("r0/a/last.safetensors"), "x");
   tt::write_bytes(dir.file("r1/b/last.safetensors"), "x");
   std::vector<int64_t> first(2, -2);
-  std::vector<std::string> err(2);
+  std::vector<std::string> err(2), started(2);
   run_ranks(2, dir.file("rdv"), 30, [&](int r, std::shared_ptr<Communicator> c) {
     const std::string mine = dir.file(r == 0 ? "r0" : "r1");
     first[r] = first_folder_holding_a_run({mine + "/b", mine + "/a"}, *c);
     json j = read_json_file(std::string(TTQ_SOURCE_DIR) + "/configs/synthetic_smoke.json");
     j["output_dir"] = mine + "/a";
+    j["data"]["workers"] = 0;
     TrainOptions o;
     o.quiet = true;
     o.comm = c;
     err[r] = tt::error_of([&] { train_experiment(parse_experiment(j), o); });
+    j["output_dir"] = mine + "/b";
+    j["stages"].erase(1);
+    j["stages"][0]["epochs"] = 1;
+    j["data"]["synthetic"]["train"] = 128;
+    started[r] = tt::error_of([&] { train_experiment(parse_experiment(j), o); });
   });
   EXPECT_EQ(first[0], 1);
   EXPECT_EQ(first[1], 1);
-  for (int r = 0; r < 2; ++r)
+  for (int r = 0; r < 2; ++r) {
     EXPECT_NE(err[r].find("/a' already holds a run"), std::string::npos) << "rank " << r << ": " << err[r];
+    EXPECT_EQ(started[r], "<no error>") << "rank " << r;
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir.file("r0/b/stages.json")));
+  EXPECT_EQ(tt::read_bytes(dir.file("r1/b/last.safetensors")), "x");  // rank 1 writes nothing
 }
 
 TEST(DataParallel, TwoRanksMatchOneRankWithTheGlobalBatch) {

@@ -56,6 +56,19 @@ TEST(ExperimentConfigTest, ErrorsNameTheJsonPath) {
   json bad_opt = j;
   bad_opt["stages"][0]["optimizer"]["type"] = "adamw";
   EXPECT_NE(err(bad_opt).find("'stages.0.optimizer.type'"), std::string::npos) << err(bad_opt);
+  // A stage's name is the name of its checkpoint file.
+  for (const std::string& bad : {std::string(""), std::string(".."), std::string("a/b"), std::string("x\0y", 3)}) {
+    json named = j;
+    named["stages"][0]["name"] = bad;
+    EXPECT_NE(err(named).find("'stages.0.name'"), std::string::npos) << err(named);
+    EXPECT_NE(err(named).find("cannot name a file"), std::string::npos) << err(named);
+  }
+  json last = j;
+  last["stages"][1]["name"] = "last";
+  EXPECT_NE(err(last).find("'stages.1.name' cannot be 'last'"), std::string::npos) << err(last);
+  json twice = j;
+  twice["stages"][1]["name"] = "fp";
+  EXPECT_NE(err(twice).find("'stages.1.name' 'fp' is also the name of stage 0"), std::string::npos) << err(twice);
   // A checkpoint's stored configuration that no longer reads names who read it and the file.
   json stored = j;
   stored["stages"][0]["epochs"] = 0;
@@ -117,8 +130,16 @@ TEST(ExperimentConfigTest, OverridesAndSweeps) {
   ASSERT_EQ(same_last.size(), 2u);
   EXPECT_EQ(same_last[1].first, "seed=3,0.optimizer.lr=0.1,1.optimizer.lr=0.02");
   EXPECT_DOUBLE_EQ(same_last[1].second["stages"][1]["optimizer"]["lr"].get<double>(), 0.02);
-  j["sweep"] = {{"", {1, 2}}};
-  EXPECT_NE(error_of([&] { expand_sweep(j); }).find("'sweep' has an empty key path"), std::string::npos);
+  for (const std::string key : {"", "seed.", ".seed", "stages..0"}) {
+    j["sweep"] = {{key, {1, 2}}};
+    EXPECT_NE(error_of([&] { expand_sweep(j); }).find("' has an empty part"), std::string::npos) << key;
+  }
+  // Every run gets a folder of its own.
+  j["sweep"] = {{"stages.0.optimizer.lr", {0.05, 0.05}}};
+  EXPECT_NE(error_of([&] { expand_sweep(j); }).find("gives two runs the name 'lr=0.05'"), std::string::npos);
+  j["sweep"] = {{"description", {"a/b"}}};
+  EXPECT_NE(error_of([&] { expand_sweep(j); }).find("the sweep run \"description=a/b\" cannot name a file"),
+            std::string::npos) << error_of([&] { expand_sweep(j); });
 }
 
 TEST(Experiment, TrainEvalExportEvalExported) {
@@ -530,6 +551,14 @@ TEST(Experiment, TrainingSetInfoRoundTripsAndRefusesBadValues) {
   EXPECT_NE(err([](json& j) { j["classes"] = {"cat"}; }).find("1 class names for 2 classes"), std::string::npos);
   EXPECT_NE(err([](json& j) { j["normalize"]["mean"] = "0.5"; }).find("'x.safetensors': metadata 'data'"),
             std::string::npos);
+  EXPECT_NE(err([](json& j) { j["input"]["height"] = 4.5; }).find("input height is not an integer"), std::string::npos);
+  EXPECT_NE(err([](json& j) { j["normalize"]["std"][1] = 0.0; }).find("a normalisation std is not positive"),
+            std::string::npos);
+  EXPECT_NE(err([](json& j) { j["normalize"]["mean"].push_back(0.5); })
+                .find("normalisation 'channel' of 3x4x5 inputs needs 3 means and 3 standard deviations, not 4 and 3"),
+            std::string::npos);
+  EXPECT_NE(err([](json& j) { j["normalize"]["kind"] = "pixel_mean"; }).find("needs 60 means and 0 standard"),
+            std::string::npos);
 }
 
 TEST(Experiment, AMissingDataRootNamesTheConfigKey) {
@@ -569,6 +598,12 @@ TEST(Experiment, ANewRunRefusesAFolderHoldingARun) {
   EXPECT_FALSE(std::filesystem::exists(d.file("fp.safetensors")));
   EXPECT_FALSE(std::filesystem::exists(d.file("model.ttq.safetensors")));
   EXPECT_TRUE(std::filesystem::exists(d.file("notes.txt")));
+  // A new run starting from the earlier run's checkpoint in the same folder keeps that file.
+  j["init_from"] = d.file("fp_again.safetensors");
+  j["stages"][0]["name"] = "tuned";
+  train_experiment(parse_experiment(j), overwriting());
+  EXPECT_TRUE(std::filesystem::exists(d.file("fp_again.safetensors")));
+  EXPECT_TRUE(std::filesystem::exists(d.file("tuned.safetensors")));
 }
 
 TEST(Experiment, NonFiniteLossStopsWithAnErrorAndKeepsTheCheckpoint) {

@@ -69,8 +69,8 @@ int run_train(const std::vector<std::string>& argv) {
                               "RANK, WORLD_SIZE, LOCAL_RANK and TTQ_RENDEZVOUS=/shared/file; batch_size is per process.");
   a.option("set", "", "override a config value: --set key.path=value (repeatable; values are JSON or plain words)")
       .flag("resume", "continue from <output_dir>/last.safetensors")
-      .flag("overwrite", "start again in an output_dir that holds a run (the files the earlier run wrote there are "
-                         "removed first)")
+      .flag("overwrite", "start again in an output_dir that holds a run (the earlier run's checkpoints, metrics, "
+                         "summaries and default export there are removed first)")
       .flag("quiet", "no per-step progress output");
   std::vector<std::string> pos;
   std::vector<std::string> rest = split_positional(argv, 1, "train", pos);

@@ -1,5 +1,6 @@
 #include "engine/train/data_sets.h"
 
+#include <cmath>
 #include <filesystem>
 #include <sstream>
 
@@ -46,6 +47,15 @@ DataSets load_imagenet(const DataConfig& cfg, const TrainingSetInfo* given) {
   } else {
     ImageFolderIndex train = scan_image_folder(cfg.root + "/train");
     classes = train.classes;
+    // Checkpoints keep the class names (JSON text), for evaluating without the training folder.
+    for (const auto& c : classes) {
+      try {
+        (void)json(c).dump();
+      } catch (const json::exception&) {
+        TTQ_FAIL("data: the class folder '" << cfg.root << "/train/" << c << "' has a name that is not UTF-8; "
+                                            << "rename it");
+      }
+    }
     d.train = std::make_shared<ImageFolderSource>(std::move(train), opt);
   }
   const std::string val_dir = cfg.root + "/val";
@@ -105,10 +115,15 @@ DataSets load(const DataConfig& cfg, uint64_t seed, const TrainingSetInfo* given
       if (!given) train = std::make_shared<ImageSet>(load_cifar100(cfg.root, true));
       test = std::make_shared<ImageSet>(load_cifar100(cfg.root, false));
     }
-    d.spec = train ? train->spec : test->spec;
-    if (given) check_same_input(*given, d.spec, cfg);
-    TTQ_CHECK(test->spec.channels == d.spec.channels && test->spec.height == d.spec.height && test->spec.width == d.spec.width,
-              "data: train and test images of " << cfg.dataset << " differ in size");
+    if (train) {
+      d.spec = train->spec;
+      TTQ_CHECK(test->spec.channels == d.spec.channels && test->spec.height == d.spec.height &&
+                    test->spec.width == d.spec.width,
+                "data: train and test images of " << cfg.dataset << " differ in size");
+    } else {
+      d.spec = test->spec;
+      check_same_input(*given, d.spec, cfg);  // before its statistics meet these images
+    }
     // Normalisation statistics come from the training images only.
     if (given) {
       d.info.norm = given->norm;
@@ -121,15 +136,9 @@ DataSets load(const DataConfig& cfg, uint64_t seed, const TrainingSetInfo* given
                                                     : Normalization::none(d.spec.channels);
       d.train = std::make_shared<ImageSetSource>(train, d.info.norm, cfg.augment);
     }
-    const size_t expected = d.info.norm.kind == "pixel_mean" ? static_cast<size_t>(d.spec.channels * d.spec.height * d.spec.width)
-                                                             : static_cast<size_t>(d.spec.channels);
-    TTQ_CHECK(d.info.norm.mean.size() == expected && d.info.norm.std.size() == (d.info.norm.kind == "pixel_mean" ? 0 : expected),
-              "data: normalisation statistics of " << d.info.norm.mean.size() << " values do not fit " << cfg.dataset
-                                                   << " images of " << d.spec.channels << "x" << d.spec.height << "x"
-                                                   << d.spec.width);
     d.test = std::make_shared<ImageSetSource>(test, d.info.norm, cfg.augment);
   }
-  if (given) check_same_input(*given, d.spec, cfg);
+  if (given && (cfg.dataset == "synthetic" || cfg.dataset == "imagenet")) check_same_input(*given, d.spec, cfg);
   d.info.input = d.spec;
   // ImageNet folders are stored class by class: its subsets are spread over the whole set.
   const bool spread = cfg.dataset == "imagenet";
@@ -167,6 +176,7 @@ TrainingSetInfo TrainingSetInfo::from_json(const json& j, const std::string& whe
   try {
     const json& in = j.at("input");
     auto dim = [&](const char* key) {
+      TTQ_CHECK(in.at(key).is_number_integer(), where << ": input " << key << " is not an integer");
       const int64_t v = in.at(key).get<int64_t>();
       TTQ_CHECK(v > 0 && v <= (int64_t{1} << 30), where << ": input " << key << " " << v << " is out of range");
       return v;
@@ -184,6 +194,18 @@ TrainingSetInfo TrainingSetInfo::from_json(const json& j, const std::string& whe
             where << ": unknown normalisation '" << t.norm.kind << "'");
   TTQ_CHECK(t.classes.empty() || static_cast<int64_t>(t.classes.size()) == t.input.classes,
             where << ": " << t.classes.size() << " class names for " << t.input.classes << " classes");
+  // The statistics' sizes follow the kind: one per channel (mean and std), one mean per pixel, none.
+  const InputSpec& in = t.input;
+  const size_t means = t.norm.kind.empty()              ? 0
+                       : t.norm.kind == "pixel_mean" ? static_cast<size_t>(in.channels * in.height * in.width)
+                                                     : static_cast<size_t>(in.channels);
+  const size_t stds = t.norm.kind == "pixel_mean" ? 0 : means;
+  TTQ_CHECK(t.norm.mean.size() == means && t.norm.std.size() == stds,
+            where << ": normalisation '" << t.norm.kind << "' of " << in.channels << "x" << in.height << "x" << in.width
+                  << " inputs needs " << means << " means and " << stds << " standard deviations, not "
+                  << t.norm.mean.size() << " and " << t.norm.std.size());
+  for (float m : t.norm.mean) TTQ_CHECK(std::isfinite(m), where << ": a normalisation mean is not finite");
+  for (float d : t.norm.std) TTQ_CHECK(std::isfinite(d) && d > 0.0f, where << ": a normalisation std is not positive");
   return t;
 }
 

@@ -96,9 +96,19 @@ DataConfig parse_data(JsonReader r) {
   return d;
 }
 
+// A name that becomes a file or folder name in the run folder.
+void check_file_name(const std::string& name, const std::string& what) {
+  TTQ_CHECK(!name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+                name.find('\0') == std::string::npos,
+            what << " " << json_text(name) << " cannot name a file (empty, '.', '..', or holding '/' or NUL)");
+}
+
 StageConfig parse_stage(JsonReader r, size_t index) {
   StageConfig s;
   s.name = r.get<std::string>("name", "stage" + std::to_string(index));
+  check_file_name(s.name, "config: '" + r.path_of("name") + "'");
+  TTQ_CHECK(s.name != "last", "config: '" << r.path_of("name") << "' cannot be 'last' (last.safetensors is the "
+                                                                  "run's latest checkpoint)");
   s.epochs = r.get<int>("epochs", s.epochs);
   TTQ_CHECK(s.epochs >= 1, "config: '" << r.path_of("epochs") << "' must be >= 1, got " << s.epochs);
   s.batch_size = r.get<int64_t>("batch_size", s.batch_size);
@@ -153,6 +163,10 @@ ExperimentConfig parse_experiment(const json& j) {
     json& out = c.resolved["stages"].emplace_back(json::object());
     TTQ_CHECK(stages[i].is_object(), "config: 'stages." << i << "' must be an object");
     c.stages.push_back(parse_stage(JsonReader(stages[i], "stages." + std::to_string(i), &out), i));
+    for (size_t k = 0; k < i; ++k)
+      TTQ_CHECK(c.stages[k].name != c.stages[i].name, "config: 'stages." << i << ".name' '" << c.stages[i].name
+                                                                          << "' is also the name of stage " << k
+                                                                          << " (each stage writes <name>.safetensors)");
   }
   JsonReader ev = r.child("eval");
   c.eval_every_epochs = ev.get<int>("every_epochs", c.eval_every_epochs);
@@ -270,7 +284,9 @@ std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
     TTQ_CHECK(it->is_array() && !it->empty(), "config: 'sweep." << it.key() << "' must be a non-empty list");
     // The key's last part names the value ("r=0.3"), or as many parts as tell it from the sweep's
     // other keys ("0.optimizer.lr=0.1,1.optimizer.lr=0.01").
-    TTQ_CHECK(!it.key().empty(), "config: 'sweep' has an empty key path");
+    TTQ_CHECK(!it.key().empty() && it.key().front() != '.' && it.key().back() != '.' &&
+                  it.key().find("..") == std::string::npos,
+              "config: 'sweep' key '" << it.key() << "' has an empty part");
     std::string short_key = it.key();
     for (int parts = 1;; ++parts) {
       const std::string mine = last_parts(it.key(), parts);
@@ -290,6 +306,13 @@ std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
         next.emplace_back(name + (name.empty() ? "" : ",") + short_key + "=" + value_label(v), std::move(c));
       }
     runs = std::move(next);
+  }
+  // Each run gets its own folder.
+  for (size_t i = 0; i < runs.size(); ++i) {
+    check_file_name(runs[i].first, "config: the sweep run");
+    for (size_t k = 0; k < i; ++k)
+      TTQ_CHECK(runs[k].first != runs[i].first,
+                "config: 'sweep' gives two runs the name '" << runs[i].first << "' (a value repeated?)");
   }
   for (const char* key : {"name", "output_dir"})
     TTQ_CHECK(!j.contains(key) || j.at(key).is_string(),

@@ -289,24 +289,36 @@ void check_resumable(const TrainingState& s, const ExperimentConfig& cfg, const 
                           << "); the checkpoint is damaged");
 }
 
-// The files a run writes in its folder (the stage checkpoints by the stage names in its
-// config.json); other files stay.
-void remove_run_files(const std::string& dir) {
-  std::vector<std::string> names{"last.safetensors", "stages.json", "summary.json", "metrics.jsonl",
-                                 "model.ttq.safetensors", "config.json"};
-  try {
-    std::ifstream in(dir + "/config.json");
-    const json old = json::parse(in, json_depth_limit("'" + dir + "/config.json'"));
-    for (const auto& st : old.at("stages")) names.push_back(st.at("name").get<std::string>() + ".safetensors");
-  } catch (const std::exception&) {
-    // no readable config.json: its stage checkpoints are not known
+// --overwrite: the files the earlier run in dir wrote (the stage checkpoints by the stage names of
+// its config.json, read only when the folder holds a training checkpoint) and its default export;
+// keep (the new run's init_from) and files of any other kind stay. last.safetensors goes last, so a
+// failure leaves a run that still resumes. Returns the failure, or "".
+std::string remove_run_files(const std::string& dir, const std::string& keep) {
+  const std::string last = dir + "/last.safetensors";
+  std::vector<std::string> names{"stages.json", "summary.json", "metrics.jsonl", "model.ttq.safetensors", "config.json"};
+  if (safetensors_format(last) == "ttq-checkpoint") {
+    try {
+      std::ifstream in(dir + "/config.json");
+      const json old = json::parse(in, json_depth_limit("'" + dir + "/config.json'"));
+      for (const auto& st : old.at("stages")) {
+        const std::string n = st.at("name").get<std::string>();
+        if (!n.empty() && n != "." && n != ".." && n.find_first_of(std::string("/\0", 2)) == std::string::npos)
+          names.push_back(n + ".safetensors");
+      }
+    } catch (const std::exception&) {
+      // no readable config.json: its stage checkpoints are not known
+    }
   }
+  names.push_back("last.safetensors");
   for (const auto& n : names) {
-    if (n.find('/') != std::string::npos) continue;
+    const std::string path = dir + "/" + n;
     std::error_code ec;
-    fs::remove(dir + "/" + n, ec);
-    TTQ_CHECK(!ec, "--overwrite: cannot remove '" << dir << "/" << n << "': " << ec.message());
+    if (!fs::is_regular_file(fs::symlink_status(path, ec))) continue;
+    if (!keep.empty() && fs::equivalent(path, keep, ec)) continue;
+    fs::remove(path, ec);
+    if (ec) return "--overwrite: cannot remove '" + path + "': " + ec.message();
   }
+  return "";
 }
 
 }  // namespace
@@ -434,10 +446,17 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
     }
     progress.line("Initialised from " + cfg.init_from);
   }
+  if (opt.overwrite) {
+    // Starting again: the earlier run's files go, so none is taken for this run's. Every rank
+    // learns whether rank 0 could remove them.
+    const std::string failed = root ? remove_run_files(cfg.output_dir, cfg.init_from) : "";
+    int64_t failures = failed.empty() ? 0 : 1;
+    if (dp.active()) dp.sum(&failures, 1, "whether the earlier run's files were removed");
+    TTQ_CHECK(failures == 0, (root ? failed : "--overwrite: rank 0 could not remove the earlier run's files in '" +
+                                                  cfg.output_dir + "'"));
+  }
   if (root) {
     fs::create_directories(cfg.output_dir);
-    // Starting again: the earlier run's files go, so none is taken for this run's.
-    if (opt.overwrite) remove_run_files(cfg.output_dir);
     write_file_atomic(config_path, cfg.resolved.dump(2) + "\n");
   }
   net.to(device);
