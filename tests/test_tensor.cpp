@@ -7,6 +7,24 @@
 
 using namespace ttq;
 
+// An error names the place it was raised at once; an error that wraps another's text keeps the
+// inner place and adds none.
+TEST(Errors, NameWhereTheyWereRaisedOnce) {
+  std::string inner, outer;
+  try {
+    TTQ_FAIL("inner " << 1);
+  } catch (const ttq::Error& e) {
+    inner = e.what();
+  }
+  EXPECT_EQ(inner.rfind("inner 1 [tests/test_tensor.cpp:", 0), 0u) << inner;
+  try {
+    TTQ_FAIL("context: " << inner << " (more)");
+  } catch (const ttq::Error& e) {
+    outer = e.what();
+  }
+  EXPECT_EQ(outer, "context: " + inner + " (more)");
+}
+
 TEST(Tensor, ShapesAndNumel) {
   Tensor t = Tensor::zeros({2, 3, 4});
   EXPECT_EQ(t.numel(), 24);
