@@ -100,8 +100,10 @@ DataSets load(const DataConfig& cfg, uint64_t seed, const TrainingSetInfo* given
     if (!given) d.train = std::make_shared<SyntheticDataset>(d.spec, cfg.synthetic_train, noise, seed, 0);
     d.test = std::make_shared<SyntheticDataset>(d.spec, cfg.synthetic_test, noise, seed, int64_t(1) << 40);
     d.info.norm.kind = "";
+    if (given) check_same_input(*given, d.spec, cfg);
   } else if (cfg.dataset == "imagenet") {
     d = load_imagenet(cfg, given);
+    if (given) check_same_input(*given, d.spec, cfg);
   } else {
     std::shared_ptr<ImageSet> train, test;
     check_root(cfg);
@@ -138,7 +140,6 @@ DataSets load(const DataConfig& cfg, uint64_t seed, const TrainingSetInfo* given
     }
     d.test = std::make_shared<ImageSetSource>(test, d.info.norm, cfg.augment);
   }
-  if (given && (cfg.dataset == "synthetic" || cfg.dataset == "imagenet")) check_same_input(*given, d.spec, cfg);
   d.info.input = d.spec;
   // ImageNet folders are stored class by class: its subsets are spread over the whole set.
   const bool spread = cfg.dataset == "imagenet";

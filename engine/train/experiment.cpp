@@ -98,8 +98,7 @@ DataConfig parse_data(JsonReader r) {
 
 // A name that becomes a file or folder name in the run folder.
 void check_file_name(const std::string& name, const std::string& what) {
-  TTQ_CHECK(!name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
-                name.find('\0') == std::string::npos,
+  TTQ_CHECK(usable_file_name(name),
             what << " " << json_text(name) << " cannot name a file (empty, '.', '..', or holding '/' or NUL)");
 }
 
@@ -272,7 +271,25 @@ std::string last_parts(const std::string& key, int parts) {
 
 std::string value_label(const json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
+// What names a swept key's values in the runs' names: its last part ("r"), or as many last parts
+// as tell it from the sweep's other keys ("0.optimizer.lr" beside "1.optimizer.lr").
+std::string distinct_key_suffix(const json& sweep, const std::string& key) {
+  for (int parts = 1;; ++parts) {
+    const std::string mine = last_parts(key, parts);
+    if (mine == key) return key;
+    bool unique = true;
+    for (auto other = sweep.begin(); other != sweep.end(); ++other)
+      if (other.key() != key && last_parts(other.key(), parts) == mine) unique = false;
+    if (unique) return mine;
+  }
+}
+
 }  // namespace
+
+bool usable_file_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
 
 std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
   if (!j.is_object() || !j.contains("sweep")) return {{"", j}};
@@ -282,23 +299,10 @@ std::vector<std::pair<std::string, json>> expand_sweep(const json& j) {
   runs[0].second.erase("sweep");
   for (auto it = sweep.begin(); it != sweep.end(); ++it) {
     TTQ_CHECK(it->is_array() && !it->empty(), "config: 'sweep." << it.key() << "' must be a non-empty list");
-    // The key's last part names the value ("r=0.3"), or as many parts as tell it from the sweep's
-    // other keys ("0.optimizer.lr=0.1,1.optimizer.lr=0.01").
     TTQ_CHECK(!it.key().empty() && it.key().front() != '.' && it.key().back() != '.' &&
                   it.key().find("..") == std::string::npos,
               "config: 'sweep' key '" << it.key() << "' has an empty part");
-    std::string short_key = it.key();
-    for (int parts = 1;; ++parts) {
-      const std::string mine = last_parts(it.key(), parts);
-      if (mine == it.key()) break;  // the whole key
-      bool unique = true;
-      for (auto other = sweep.begin(); other != sweep.end(); ++other)
-        if (other != it && last_parts(other.key(), parts) == mine) unique = false;
-      if (unique) {
-        short_key = mine;
-        break;
-      }
-    }
+    const std::string short_key = distinct_key_suffix(sweep, it.key());
     std::vector<std::pair<std::string, json>> next;
     for (const auto& [name, cfg] : runs)
       for (const auto& v : *it) {

@@ -90,6 +90,10 @@ ExperimentConfig parse_stored_experiment(const json& j, const std::string& check
 // as a string. List elements are addressed by index ("stages.1.epochs=3").
 json apply_override(json j, const std::string& assignment);
 
+// Whether a name (a stage's, a sweep run's) can name a file or folder in a run folder: not empty,
+// "." or "..", and holding no '/' or NUL.
+bool usable_file_name(const std::string& name);
+
 // One configuration per point of the sweep grid ({"sweep": {"key.path": [values...], ...}}), each
 // with a run name like "t=0.05" and output_dir/<run name>; a config without a sweep gives itself.
 std::vector<std::pair<std::string, json>> expand_sweep(const json& j);

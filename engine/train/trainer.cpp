@@ -302,8 +302,7 @@ std::string remove_run_files(const std::string& dir, const std::string& keep) {
       const json old = json::parse(in, json_depth_limit("'" + dir + "/config.json'"));
       for (const auto& st : old.at("stages")) {
         const std::string n = st.at("name").get<std::string>();
-        if (!n.empty() && n != "." && n != ".." && n.find_first_of(std::string("/\0", 2)) == std::string::npos)
-          names.push_back(n + ".safetensors");
+        if (usable_file_name(n)) names.push_back(n + ".safetensors");
       }
     } catch (const std::exception&) {
       // no readable config.json: its stage checkpoints are not known
@@ -434,10 +433,8 @@ RunSummary train_experiment(const ExperimentConfig& cfg_in, const TrainOptions& 
   }
   if (!opt.resume && !cfg.init_from.empty()) {
     // Read before anything is written to the run folder: a wrong init_from leaves it as it was.
-    std::unique_ptr<Checkpoint> init;
     try {
-      init = std::make_unique<Checkpoint>(read_checkpoint(cfg.init_from));
-      load_model(net, *init);
+      load_model(net, read_checkpoint(cfg.init_from));
     } catch (const Error& e) {
       TTQ_FAIL("init_from: " << e.what()
                              << (fs::path(cfg.init_from).is_relative() ? " (a relative init_from is read from the "
